@@ -1,0 +1,52 @@
+# Prompt Orchestrator — the two commands a newcomer needs: `make run`, `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Service suite: local PostgreSQL + Redis (CI starts them if they are down).
+SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
+SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/0
+
+.PHONY: run test test-services lint schema check clean
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+## run: serve on $(HOST):$(PORT) with the pipeline worker inside (SQLite, zero config)
+run: $(VENV)/.installed
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py runserver $(HOST):$(PORT)
+
+## test: the default suite in embedded mode (SQLite + in-memory channel layer)
+test: $(VENV)/.installed-dev
+	$(PY) -m pytest -m "not services" $(PYTEST_ARGS)
+
+## test-services: the service suite against PostgreSQL + Redis, separate processes
+test-services: $(VENV)/.installed-dev
+	DATABASE_URL=$(SERVICES_DATABASE_URL) REDIS_URL=$(SERVICES_REDIS_URL) \
+		$(PY) -m pytest -m services $(PYTEST_ARGS)
+
+## lint: ruff lint + format check
+lint: $(VENV)/.installed-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+## schema: validate the OpenAPI schema
+schema: $(VENV)/.installed-dev
+	$(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
+
+## check: migrations are committed and the configuration is valid
+check: $(VENV)/.installed-dev
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+
+clean:
+	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache .mypy_cache

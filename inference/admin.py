@@ -1,0 +1,124 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+
+from inference import services
+from inference.models import InferenceRequest, StreamChunk
+
+STAGES = ("rag", "assemble", "inference", "post", "stream")
+
+
+class StreamChunkInline(admin.TabularInline):
+    model = StreamChunk
+    fields = ("seq", "attempt", "text", "created_at")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+    show_change_link = False
+
+
+@admin.register(InferenceRequest)
+class InferenceRequestAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "status",
+        "backend",
+        "priority",
+        "created_at",
+        "duration_display",
+        "attempt",
+    )
+    list_filter = ("status", "backend", "transport", ("created_at", admin.DateFieldListFilter))
+    search_fields = ("=id", "=session_id", "prompt")
+    date_hierarchy = "created_at"
+    ordering = ("-created_at",)
+    list_per_page = 50
+    show_full_result_count = False  # no COUNT(*) over millions of rows per page
+    actions = ["cancel_selected", "retry_selected"]
+    inlines = [StreamChunkInline]
+    readonly_fields = (
+        "id",
+        "session_id",
+        "status",
+        "prompt",
+        "metadata",
+        "priority",
+        "transport",
+        "backend",
+        "backend_used",
+        "params",
+        "result",
+        "error",
+        "error_code",
+        "attempt",
+        "max_attempts",
+        "lease_owner",
+        "lease_expires_at",
+        "deadline_at",
+        "last_seq",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "timeline",
+        "prompt_tokens",
+        "completion_tokens",
+        "idempotency_key",
+        "client_ip",
+    )
+    exclude = ("timings",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.display(description="duration")
+    def duration_display(self, obj: InferenceRequest) -> str:
+        return f"{obj.duration.total_seconds():.3f}s" if obj.duration else "—"
+
+    @admin.display(description="stage timings")
+    def timeline(self, obj: InferenceRequest) -> str:
+        """Each stage's share of the attempt as a bar with its milliseconds."""
+        timings = obj.timings or {}
+        total = sum(timings.get(stage, 0.0) for stage in STAGES) or 1.0
+        rows = [
+            (stage, f"{timings[stage] * 1000:.1f}", max(1, round(300 * timings[stage] / total)))
+            for stage in STAGES
+            if stage in timings
+        ]
+        if not rows:
+            return "—"
+        bars = format_html_join(
+            "",
+            '<div><code style="display:inline-block;width:6em">{}</code>'
+            '<span style="display:inline-block;background:#79aec8;height:.8em;width:{}px">'
+            "</span> {} ms</div>",
+            ((stage, width, ms) for stage, ms, width in rows),
+        )
+        first = timings.get("first_token")
+        extra = (
+            format_html("<div>first token after {} ms</div>", f"{first * 1000:.1f}")
+            if first
+            else ""
+        )
+        return format_html("{}{}", bars, extra)
+
+    @admin.action(description="Cancel selected requests")
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[InferenceRequest]) -> None:
+        cancelled = sum(
+            services.cancel_request(row.pk).status == "cancelled" for row in queryset.active()
+        )
+        self.message_user(request, f"Cancelled {cancelled} request(s).", messages.SUCCESS)
+
+    @admin.action(description="Retry selected finished requests (as new requests)")
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[InferenceRequest]) -> None:
+        retried = [services.retry_request(row.pk) for row in queryset]
+        count = sum(row is not None for row in retried)
+        self.message_user(request, f"Resubmitted {count} request(s).", messages.SUCCESS)
+
+    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        return super().get_inline_instances(request, obj) if obj else []

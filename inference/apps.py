@@ -1,0 +1,11 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class InferenceConfig(AppConfig):
+    name = "inference"
+    verbose_name = "Inference requests"
+
+    def ready(self) -> None:
+        from inference import checks  # noqa: F401  (registers system checks)

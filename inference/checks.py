@@ -1,0 +1,91 @@
+"""System checks: invalid or unsafe configuration fails at startup, clearly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
+
+
+@register(Tags.security, deploy=True)
+def check_production_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
+    errors = []
+    if settings.SECRET_KEY == settings.DEV_SECRET_KEY:
+        errors.append(
+            Error(
+                "SECRET_KEY is the development key.",
+                hint="Set SECRET_KEY (or SECRET_KEY_FILE) to a long random value.",
+                id="inference.E001",
+            )
+        )
+    if not settings.ALLOWED_HOSTS or "*" in settings.ALLOWED_HOSTS:
+        errors.append(
+            Error(
+                "ALLOWED_HOSTS is empty or a wildcard.",
+                hint="Set ALLOWED_HOSTS to the comma-separated host names you serve.",
+                id="inference.E002",
+            )
+        )
+    return errors
+
+
+@register()
+def check_debug_off_needs_secret(app_configs: Any, **kwargs: Any) -> list[Error]:
+    """With DEBUG off the development key is refused even without --deploy."""
+    if not settings.DEBUG and settings.SECRET_KEY == settings.DEV_SECRET_KEY:
+        return [
+            Error(
+                "DEBUG is off but SECRET_KEY is the development key.",
+                hint="Set SECRET_KEY (or SECRET_KEY_FILE).",
+                id="inference.E003",
+            )
+        ]
+    return []
+
+
+@register()
+def check_orchestrator_config(app_configs: Any, **kwargs: Any) -> list[Error | Warning]:
+    problems: list[Error | Warning] = []
+    backends = settings.ORCHESTRATOR_BACKENDS
+    if settings.ORCHESTRATOR_DEFAULT_BACKEND not in backends:
+        problems.append(
+            Error(
+                f"Default backend {settings.ORCHESTRATOR_DEFAULT_BACKEND!r} is not configured.",
+                hint=f"Configured backends: {sorted(backends)}.",
+                id="inference.E010",
+            )
+        )
+    for name, spec in backends.items():
+        problems += _check_importable(spec.get("class", ""), f"backend {name!r}", "E011")
+    for path in settings.ORCHESTRATOR_STAGES:
+        problems += _check_importable(path, "stage", "E012")
+    if settings.ORCHESTRATOR_WORKER_MODE not in ("embedded", "external"):
+        problems.append(
+            Error(
+                "ORCHESTRATOR_WORKER_MODE must be 'embedded' or 'external'.",
+                id="inference.E013",
+            )
+        )
+    elif settings.ORCHESTRATOR_WORKER_MODE == "external" and not settings.REDIS_URL:
+        problems.append(
+            Warning(
+                "External workers without REDIS_URL: the in-memory channel layer "
+                "cannot reach them, so they find work only by polling.",
+                id="inference.W014",
+            )
+        )
+    if settings.ORCHESTRATOR_CONCURRENCY < 1 or settings.ORCHESTRATOR_LEASE_SECONDS <= 0:
+        problems.append(
+            Error("Concurrency and lease seconds must be positive.", id="inference.E015")
+        )
+    return problems
+
+
+def _check_importable(path: str, what: str, code: str) -> list[Error | Warning]:
+    try:
+        import_string(path)
+    except ImportError as exc:
+        return [Error(f"Cannot import {what} class {path!r}: {exc}", id=f"inference.{code}")]
+    return []

@@ -1,0 +1,119 @@
+"""One JSON error shape everywhere: ``{"error": {message, type, code, param}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import RequestDataTooBig
+from django.db import DatabaseError
+from django.http import Http404, HttpRequest, JsonResponse
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler
+
+logger = logging.getLogger(__name__)
+
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    406: "invalid_request_error",
+    413: "request_too_large",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "service_unavailable",
+}
+
+
+def error_body(
+    message: str, status_code: int, code: str, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    error = {
+        "message": message,
+        "type": _TYPES.get(status_code, "api_error"),
+        "code": code,
+        "param": param,
+    }
+    error.update(extra)
+    return {"error": error}
+
+
+class RequestTooLarge(exceptions.APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "Request body is too large."
+    default_code = "request_too_large"
+
+
+class ServiceUnavailable(exceptions.APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The service is temporarily unavailable; retry later."
+    default_code = "service_unavailable"
+
+    def __init__(self, detail: str | None = None, retry_after: int = DATABASE_RETRY_AFTER):
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
+def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
+    """(param, message, code) of the first error in a nested ValidationError."""
+    if isinstance(detail, dict):
+        for key, value in detail.items():
+            name = key if key != "non_field_errors" else ""
+            path = f"{prefix}.{name}" if prefix and name else (name or prefix)
+            return _first_field_error(value, path)
+    if isinstance(detail, list) and detail:
+        return _first_field_error(detail[0], prefix)
+    code = getattr(detail, "code", "invalid") or "invalid"
+    return (prefix or None), str(detail), str(code)
+
+
+def _validation_response(exc: exceptions.ValidationError) -> Response:
+    param, message, code = _first_field_error(exc.detail)
+    text = f"{param}: {message}" if param else message
+    return Response(error_body(text, 400, code, param, fields=exc.detail), status=400)
+
+
+def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    """DRF's EXCEPTION_HANDLER: map every failure to the error shape."""
+    if isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    if isinstance(exc, DatabaseError):
+        logger.warning("database unavailable: %s", exc)
+        exc = ServiceUnavailable("The database is unavailable; retry later.")
+    if isinstance(exc, exceptions.ValidationError):
+        return _validation_response(exc)
+    response = exception_handler(exc, context)
+    if response is None:
+        return None  # a bug: let Django log it and answer 500 (JSON, see below)
+    detail = response.data.get("detail", "") if isinstance(response.data, dict) else ""
+    code = getattr(detail, "code", None) or getattr(exc, "default_code", "error")
+    if isinstance(exc, Http404):
+        code = "not_found"
+    response.data = error_body(str(detail) or str(exc), response.status_code, str(code))
+    if isinstance(exc, ServiceUnavailable):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
+
+
+def not_found_response(message: str = "No such resource.") -> JsonResponse:
+    return JsonResponse(error_body(message, 404, "not_found"), status=404)
+
+
+def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    """handler404 for paths no route matches."""
+    return not_found_response(f"No route for {request.path}.")
+
+
+def json_500(request: HttpRequest) -> JsonResponse:
+    return JsonResponse(error_body("Internal server error.", 500, "internal_error"), status=500)
+
+
+def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+    return JsonResponse(error_body("Bad request.", 400, "bad_request"), status=400)

@@ -1,0 +1,312 @@
+"""Durable inference requests and their streamed chunks.
+
+Every state change of a running request is a fenced compare-and-set: an UPDATE
+whose WHERE clause names the state it expects (status, and for a worker the
+attempt it holds). Zero rows updated means someone else moved the row first, so
+a stale worker can never overwrite a newer attempt or a terminal state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.db import models, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+
+class Status(models.TextChoices):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
+ACTIVE_STATUSES = (Status.PENDING, Status.PROCESSING)
+
+
+class ErrorCode(models.TextChoices):
+    BACKEND_ERROR = "backend_error"
+    INTERNAL_ERROR = "internal_error"
+    WORKER_LOST = "worker_lost"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a finished attempt produced, written in one fenced UPDATE."""
+
+    result: str
+    prompt_tokens: int
+    completion_tokens: int
+    timings: dict[str, float]
+    backend_used: str
+
+
+class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
+    def active(self) -> InferenceRequestQuerySet:
+        return self.filter(status__in=ACTIVE_STATUSES)
+
+    def claimable(self) -> InferenceRequestQuerySet:
+        """Pending rows in claim order: highest priority first, then oldest."""
+        now = timezone.now()
+        return (
+            self.filter(status=Status.PENDING)
+            .filter(Q(deadline_at__isnull=True) | Q(deadline_at__gt=now))
+            .order_by("-priority", "created_at")
+        )
+
+    def claim_next(self, owner: str, lease_seconds: float) -> InferenceRequest | None:
+        """Atomically move the best pending row to processing for ``owner``.
+
+        On PostgreSQL ``SKIP LOCKED`` lets concurrent workers pick different rows;
+        elsewhere it is a no-op and the status CAS alone decides who wins.
+        """
+        for _ in range(5):
+            with transaction.atomic():
+                candidate = (
+                    self.claimable()
+                    .select_for_update(skip_locked=True)
+                    .values_list("pk", flat=True)
+                    .first()
+                )
+                if candidate is None:
+                    return None
+                if self._take(candidate, owner, lease_seconds):
+                    return self.get(pk=candidate)
+        return None
+
+    def _take(self, pk: uuid.UUID, owner: str, lease_seconds: float) -> bool:
+        now = timezone.now()
+        taken = self.filter(pk=pk, status=Status.PENDING).update(
+            status=Status.PROCESSING,
+            attempt=F("attempt") + 1,
+            lease_owner=owner,
+            lease_expires_at=now + timedelta(seconds=lease_seconds),
+            started_at=now,
+            last_seq=-1,
+        )
+        if taken:
+            # A new attempt streams from seq 0; the previous attempt's chunks go.
+            StreamChunk.objects.filter(request_id=pk).delete()
+        return bool(taken)
+
+    def held_by(self, pk: uuid.UUID, attempt: int) -> InferenceRequestQuerySet:
+        """The row, only while this attempt still holds it."""
+        return self.filter(pk=pk, attempt=attempt, status=Status.PROCESSING)
+
+    def heartbeat(self, pk: uuid.UUID, attempt: int, lease_seconds: float) -> bool:
+        expires = timezone.now() + timedelta(seconds=lease_seconds)
+        return bool(self.held_by(pk, attempt).update(lease_expires_at=expires))
+
+    def complete(self, pk: uuid.UUID, attempt: int, outcome: Outcome) -> bool:
+        return bool(
+            self.held_by(pk, attempt).update(
+                status=Status.COMPLETED,
+                result=outcome.result,
+                prompt_tokens=outcome.prompt_tokens,
+                completion_tokens=outcome.completion_tokens,
+                timings=outcome.timings,
+                backend_used=outcome.backend_used,
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+            )
+        )
+
+    def fail(
+        self,
+        pk: uuid.UUID,
+        attempt: int,
+        code: str,
+        message: str,
+        timings: dict[str, float] | None = None,
+    ) -> bool:
+        return bool(
+            self.held_by(pk, attempt).update(
+                status=Status.FAILED,
+                error_code=code,
+                error=message[:2000],
+                timings=timings or {},
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+            )
+        )
+
+    def release(self, pk: uuid.UUID, attempt: int) -> bool:
+        """Hand a held row back to the queue (graceful shutdown)."""
+        return bool(
+            self.held_by(pk, attempt).update(
+                status=Status.PENDING, lease_owner="", lease_expires_at=None
+            )
+        )
+
+    def cancel(self, pk: uuid.UUID) -> bool:
+        return bool(
+            self.filter(pk=pk, status__in=ACTIVE_STATUSES).update(
+                status=Status.CANCELLED,
+                error_code=ErrorCode.CANCELLED,
+                error="Cancelled by the client.",
+                finished_at=timezone.now(),
+                lease_expires_at=None,
+            )
+        )
+
+    def reclaim_expired_leases(self) -> tuple[int, int]:
+        """Expired leases go back to pending, or fail once attempts are spent.
+
+        Returns (requeued, failed).
+        """
+        now = timezone.now()
+        lost = self.filter(status=Status.PROCESSING, lease_expires_at__lt=now)
+        failed = lost.filter(attempt__gte=F("max_attempts")).update(
+            status=Status.FAILED,
+            error_code=ErrorCode.WORKER_LOST,
+            error="The worker running this request stopped responding.",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+        requeued = lost.filter(attempt__lt=F("max_attempts")).update(
+            status=Status.PENDING, lease_owner="", lease_expires_at=None
+        )
+        return requeued, failed
+
+    def expire_overdue(self) -> int:
+        now = timezone.now()
+        return self.filter(status__in=ACTIVE_STATUSES, deadline_at__lt=now).update(
+            status=Status.EXPIRED,
+            error_code=ErrorCode.DEADLINE_EXCEEDED,
+            error="The request's deadline passed before it finished.",
+            finished_at=now,
+            lease_expires_at=None,
+        )
+
+    def pending_older_than(self, seconds: float) -> bool:
+        cutoff = timezone.now() - timedelta(seconds=seconds)
+        return self.filter(status=Status.PENDING, created_at__lt=cutoff).exists()
+
+
+class InferenceRequest(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session_id = models.CharField(max_length=128, db_index=True)
+    prompt = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    priority = models.SmallIntegerField(default=5)
+    transport = models.CharField(max_length=16, default="rest")
+
+    backend = models.CharField(max_length=64)
+    backend_used = models.CharField(max_length=64, blank=True)
+    params = models.JSONField(default=dict, blank=True)
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    result = models.TextField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)
+    error_code = models.CharField(max_length=32, blank=True)
+
+    attempt = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    lease_owner = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    deadline_at = models.DateTimeField(null=True, blank=True)
+    # Highest chunk seq written by the current attempt (-1: none yet).
+    last_seq = models.IntegerField(default=-1)
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Seconds per pipeline stage, plus "first_token" (since the attempt started).
+    timings = models.JSONField(default=dict, blank=True)
+    prompt_tokens = models.PositiveIntegerField(default=0)
+    completion_tokens = models.PositiveIntegerField(default=0)
+
+    idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    client_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    objects = InferenceRequestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The claim query: pending rows by priority, then age.
+            models.Index(
+                F("priority").desc(),
+                "created_at",
+                condition=Q(status="pending"),
+                name="claim_order_idx",
+            ),
+            # The reaper: leases that may have expired.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="processing"),
+                name="lease_expiry_idx",
+            ),
+            # Admin list and API list filtered by status, newest first.
+            models.Index(fields=["status", "-created_at"], name="status_created_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="unique_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.status})"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
+    def usage(self) -> dict[str, int]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.prompt_tokens + self.completion_tokens,
+        }
+
+    def append_chunks(self, first_seq: int, texts: list[str]) -> bool:
+        """Persist a batch of tokens for this attempt, fenced on the attempt.
+
+        The row update and the chunk insert commit together: a reclaimed attempt
+        updates 0 rows and writes nothing.
+        """
+        last = first_seq + len(texts) - 1
+        with transaction.atomic():
+            held = InferenceRequest.objects.held_by(self.pk, self.attempt)
+            if not held.update(last_seq=last):
+                return False
+            StreamChunk.objects.bulk_create(
+                StreamChunk(request_id=self.pk, seq=first_seq + i, text=t, attempt=self.attempt)
+                for i, t in enumerate(texts)
+            )
+        return True
+
+
+class StreamChunk(models.Model):
+    request = models.ForeignKey(InferenceRequest, on_delete=models.CASCADE, related_name="chunks")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    attempt = models.PositiveIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["request", "seq"], name="unique_chunk_seq"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.request_id}#{self.seq}"

@@ -1,0 +1,184 @@
+"""Request validation and the public JSON shapes (reference/phase3-web-api.md)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from inference.models import InferenceRequest
+from inference.services import Submission
+from pipeline.backends import backend_names
+
+PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
+
+
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "integer", "minimum": 0, "maximum": 9},
+            {"type": "string", "enum": list(PRIORITY_NAMES)},
+        ],
+        "description": "0 (lowest) to 9 (highest), or low/normal/high.",
+    }
+)
+class PriorityField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Use an integer from 0 to 9 or one of: low, normal, high.",
+    }
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, str) and data in PRIORITY_NAMES:
+            return PRIORITY_NAMES[data]
+        if isinstance(data, int) and not isinstance(data, bool) and 0 <= data <= 9:
+            return data
+        self.fail("invalid")
+
+    def to_representation(self, value: int) -> int:
+        return value
+
+
+class BackendChoiceField(serializers.CharField):
+    """A configured backend's name; the error lists the valid ones."""
+
+    def to_internal_value(self, data: Any) -> str:
+        name = super().to_internal_value(data)
+        if name not in backend_names():
+            raise serializers.ValidationError(
+                f"Unknown backend {name!r}. Valid backends: {', '.join(backend_names())}.",
+                code="unknown_backend",
+            )
+        return name
+
+
+class InferRequestSerializer(serializers.Serializer):
+    """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
+
+    prompt = serializers.CharField(trim_whitespace=False)
+    session_id = serializers.CharField(required=False, max_length=128, allow_blank=False)
+    metadata = serializers.DictField(required=False, default=dict)
+    stream = serializers.BooleanField(required=False, default=False)
+    priority = PriorityField(required=False, default=5)
+    backend = BackendChoiceField(required=False, max_length=64)
+    max_tokens = serializers.IntegerField(required=False, min_value=1)
+    temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
+    top_p = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    stop = serializers.ListField(
+        child=serializers.CharField(max_length=64, trim_whitespace=False),
+        required=False,
+        max_length=4,
+    )
+    deadline_seconds = serializers.FloatField(required=False, min_value=1.0)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # The seed's clients put "priority" inside metadata; honour it there too.
+        hint = attrs["metadata"].get("priority")
+        if "priority" not in self.initial_data and hint is not None:
+            try:
+                attrs["priority"] = PriorityField().to_internal_value(hint)
+            except serializers.ValidationError:
+                pass  # free-form metadata: an unknown hint is not an error
+        return attrs
+
+    def validate_prompt(self, value: str) -> str:
+        if not value.strip():
+            raise serializers.ValidationError("The prompt is empty.", code="blank")
+        limit = settings.ORCHESTRATOR_MAX_PROMPT_CHARS
+        if len(value) > limit:
+            raise serializers.ValidationError(
+                f"The prompt is longer than {limit} characters.", code="max_length"
+            )
+        return value
+
+    def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
+        limit = settings.ORCHESTRATOR_MAX_METADATA_BYTES
+        if len(json.dumps(value)) > limit:
+            raise serializers.ValidationError(
+                f"Metadata is larger than {limit} bytes of JSON.", code="max_length"
+            )
+        return value
+
+    def validate_max_tokens(self, value: int) -> int:
+        ceiling = settings.ORCHESTRATOR_MAX_TOKENS_CEILING
+        if value > ceiling:
+            raise serializers.ValidationError(
+                f"max_tokens may be at most {ceiling}.", code="max_value"
+            )
+        return value
+
+    def to_submission(self, **context: Any) -> Submission:
+        data = self.validated_data
+        params = {
+            key: data[key] for key in ("max_tokens", "temperature", "top_p", "stop") if key in data
+        }
+        return Submission(
+            prompt=data["prompt"],
+            session_id=data.get("session_id", ""),
+            metadata=data["metadata"],
+            priority=data["priority"],
+            backend=data.get("backend", ""),
+            params=params,
+            deadline_seconds=data.get("deadline_seconds"),
+            **context,
+        )
+
+
+class UsageSerializer(serializers.Serializer):
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    total_tokens = serializers.IntegerField()
+
+
+class InferenceRequestSerializer(serializers.ModelSerializer):
+    """A request as the API shows it: the seed's five fields, then the rest."""
+
+    request_id = serializers.UUIDField(source="id", read_only=True)
+    usage = UsageSerializer(read_only=True)
+    timings = serializers.DictField(child=serializers.FloatField(), read_only=True)
+
+    class Meta:
+        model = InferenceRequest
+        fields = [
+            "request_id",
+            "session_id",
+            "status",
+            "result",
+            "error",
+            "error_code",
+            "metadata",
+            "priority",
+            "backend",
+            "backend_used",
+            "params",
+            "attempt",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "deadline_at",
+            "usage",
+            "timings",
+        ]
+        read_only_fields = fields
+
+
+class ErrorDetailSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    type = serializers.CharField()
+    code = serializers.CharField()
+    param = serializers.CharField(allow_null=True)
+
+
+class ErrorSerializer(serializers.Serializer):
+    """The one error shape of every endpoint."""
+
+    error = ErrorDetailSerializer()
+
+
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["healthy", "unhealthy"])
+    checks = serializers.DictField(child=serializers.CharField())
+    worker_mode = serializers.CharField()
+    version = serializers.CharField()

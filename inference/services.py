@@ -1,0 +1,118 @@
+"""Verbs on inference requests: the one path REST, WebSocket and SSE call.
+
+Each verb writes to the database first and publishes its channel-layer event
+only after the transaction commits (``transaction.on_commit``): an event never
+announces a row a reader cannot see yet, and "accepted" always means committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from asgiref.sync import async_to_sync
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from inference.models import InferenceRequest, Status
+from pipeline import events
+
+
+@dataclass
+class Submission:
+    """A validated prompt submission (what the serializers produce)."""
+
+    prompt: str
+    session_id: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    priority: int = 5
+    backend: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+    deadline_seconds: float | None = None
+    transport: str = "rest"
+    idempotency_key: str | None = None
+    client_ip: str | None = None
+
+
+def _after_commit(publish: Any, *args: Any) -> None:
+    transaction.on_commit(lambda: async_to_sync(publish)(*args))
+
+
+def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
+    """Store a new pending request and ring the workers' doorbell.
+
+    Returns ``(request, created)``: a repeated ``idempotency_key`` returns the
+    request first stored under it, and ``created`` is False.
+    """
+    if submission.idempotency_key:
+        existing = InferenceRequest.objects.filter(
+            idempotency_key=submission.idempotency_key
+        ).first()
+        if existing is not None:
+            return existing, False
+    try:
+        with transaction.atomic():
+            request = InferenceRequest.objects.create(**_row_fields(submission))
+            _after_commit(events.ring_doorbell, request.pk)
+    except IntegrityError:
+        if not submission.idempotency_key:
+            raise
+        # Lost a race with the same key: the winner's row is the answer.
+        return InferenceRequest.objects.get(idempotency_key=submission.idempotency_key), False
+    return request, True
+
+
+def _row_fields(submission: Submission) -> dict[str, Any]:
+    now = timezone.now()
+    deadline = submission.deadline_seconds or settings.ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS
+    return {
+        "prompt": submission.prompt,
+        "session_id": submission.session_id or str(uuid.uuid4()),
+        "metadata": submission.metadata,
+        "priority": submission.priority,
+        "backend": submission.backend or settings.ORCHESTRATOR_DEFAULT_BACKEND,
+        "params": submission.params,
+        "transport": submission.transport,
+        "idempotency_key": submission.idempotency_key or None,
+        "client_ip": submission.client_ip,
+        "max_attempts": settings.ORCHESTRATOR_MAX_ATTEMPTS,
+        "created_at": now,
+        "deadline_at": now + timedelta(seconds=deadline),
+    }
+
+
+def cancel_request(request_id: uuid.UUID) -> InferenceRequest:
+    """Cancel a pending or running request; a terminal one is left as it is.
+
+    Raises ``InferenceRequest.DoesNotExist`` for an unknown id.
+    """
+    with transaction.atomic():
+        cancelled = InferenceRequest.objects.cancel(request_id)
+        request = InferenceRequest.objects.get(pk=request_id)
+        if cancelled:
+            _after_commit(events.notify_finished, request.pk, Status.CANCELLED)
+            # lease_owner is the holding worker's control channel.
+            _after_commit(events.tell_worker_to_cancel, request.lease_owner, request.pk)
+    return request
+
+
+def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:
+    """Submit a terminal request's prompt again as a new request (admin action)."""
+    original = InferenceRequest.objects.get(pk=request_id)
+    if not original.is_terminal:
+        return None
+    request, _ = submit_request(
+        Submission(
+            prompt=original.prompt,
+            session_id=original.session_id,
+            metadata=original.metadata,
+            priority=original.priority,
+            backend=original.backend,
+            params=original.params,
+            transport="admin",
+        )
+    )
+    return request

@@ -1,0 +1,133 @@
+"""Follow one request's stream: every chunk once, in order, then its end.
+
+Readers (SSE, WebSocket, long-poll, ``manage.py infer``) join the request's
+group *first*, then read chunks from the database, so an event published while
+they read cannot slip past them. Group events are only wake-ups: a lost one
+delays a reader by at most ``ORCHESTRATOR_STREAM_POLL_SECONDS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from inference.models import TERMINAL_STATUSES, InferenceRequest, StreamChunk
+from pipeline import events
+
+
+@dataclass(frozen=True)
+class Token:
+    seq: int
+    text: str
+
+
+@dataclass(frozen=True)
+class Reset:
+    """A new attempt started: drop what was received and start again from 0."""
+
+    attempt: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    request: InferenceRequest
+
+
+@dataclass(frozen=True)
+class Idle:
+    """Nothing happened for a poll interval (SSE sends a keepalive)."""
+
+
+StreamEvent = Token | Reset | Finished | Idle
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    request: InferenceRequest
+    chunks: list[StreamChunk]
+
+
+def _read(request_id: uuid.UUID, after_seq: int) -> _Snapshot:
+    request = InferenceRequest.objects.get(pk=request_id)
+    chunks = list(
+        StreamChunk.objects.filter(
+            request_id=request_id, attempt=request.attempt, seq__gt=after_seq
+        ).order_by("seq")
+    )
+    return _Snapshot(request, chunks)
+
+
+@contextlib.asynccontextmanager
+async def _subscription(request_id: uuid.UUID) -> AsyncIterator[str]:
+    layer = get_channel_layer()
+    channel = await layer.new_channel("stream")
+    group = events.request_group(request_id)
+    await layer.group_add(group, channel)
+    try:
+        yield channel
+    finally:
+        await layer.group_discard(group, channel)
+
+
+async def _wait_for_event(channel: str, timeout: float) -> bool:
+    """True if a wake-up arrived, False on timeout."""
+    try:
+        await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
+    except TimeoutError:
+        return False
+    return True
+
+
+async def follow(
+    request_id: uuid.UUID, after_seq: int = -1, attempt: int | None = None
+) -> AsyncIterator[StreamEvent]:
+    """Yield the request's tokens after ``after_seq``, live, then ``Finished``.
+
+    ``attempt`` is the attempt the caller's ``after_seq`` belongs to; if the
+    request has moved on, the reader gets ``Reset`` and every token again.
+    Raises ``InferenceRequest.DoesNotExist`` for an unknown id.
+    """
+    read = database_sync_to_async(_read)
+    poll = settings.ORCHESTRATOR_STREAM_POLL_SECONDS
+    async with _subscription(request_id) as channel:
+        while True:
+            snap = await read(request_id, after_seq)
+            current = snap.request.attempt
+            if attempt is not None and current != attempt and after_seq >= 0:
+                yield Reset(current)
+                after_seq = -1
+                snap = await read(request_id, after_seq)
+            attempt = current
+            for chunk in snap.chunks:
+                yield Token(chunk.seq, chunk.text)
+                after_seq = chunk.seq
+            # The row is read before its chunks, and a worker writes every chunk
+            # before the terminal status: a terminal row means we have them all.
+            if snap.request.status in TERMINAL_STATUSES:
+                yield Finished(snap.request)
+                return
+            if not await _wait_for_event(channel, poll):
+                yield Idle()
+
+
+async def wait_until_finished(request_id: uuid.UUID, timeout: float) -> InferenceRequest:
+    """The request once terminal, or as it is when ``timeout`` runs out."""
+    read = database_sync_to_async(InferenceRequest.objects.get)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    async with _subscription(request_id) as channel:
+        while True:
+            request = await read(pk=request_id)
+            remaining = deadline - loop.time()
+            if request.is_terminal or remaining <= 0:
+                return request
+            await _wait_for_event(
+                channel, min(remaining, settings.ORCHESTRATOR_STREAM_POLL_SECONDS)
+            )

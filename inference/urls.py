@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.urls import path, re_path
+from rest_framework.routers import SimpleRouter
+
+from inference import errors, views
+
+app_name = "inference"
+
+router = SimpleRouter(trailing_slash=True)
+router.register("requests", views.RequestViewSet, basename="requests")
+
+urlpatterns = [
+    path("infer", views.InferView.as_view(), name="infer"),
+    path("status/<str:request_id>", views.StatusView.as_view(), name="status"),
+    path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
+    *router.urls,
+    # Anything else under /api/v1/ is a JSON 404, whatever DEBUG says.
+    re_path(r"^.*$", errors.json_404),
+]

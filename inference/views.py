@@ -1,0 +1,241 @@
+"""REST endpoints. Views parse, call a service, and serialize; nothing else.
+
+The submit, status and result routes are async (adrf) so a long-poll holds no
+thread; the ``requests`` viewset is plain DRF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from adrf.views import APIView
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import connection
+from django.http import Http404
+from django.urls import reverse
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import mixins, pagination, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from inference import services
+from inference.models import InferenceRequest, Status
+from inference.serializers import (
+    ErrorSerializer,
+    HealthSerializer,
+    InferenceRequestSerializer,
+    InferRequestSerializer,
+)
+from inference.streaming import wait_until_finished
+
+ERRORS = {
+    400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
+    404: OpenApiResponse(ErrorSerializer, description="Unknown request id."),
+    413: OpenApiResponse(ErrorSerializer, description="Body too large."),
+    503: OpenApiResponse(ErrorSerializer, description="Database unavailable; see Retry-After."),
+}
+
+
+def parse_request_id(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise Http404("No request with that id.") from None
+
+
+async def get_request_or_404(value: str) -> InferenceRequest:
+    try:
+        return await InferenceRequest.objects.aget(pk=parse_request_id(value))
+    except InferenceRequest.DoesNotExist:
+        raise Http404("No request with that id.") from None
+
+
+def client_ip(request: Request) -> str | None:
+    return request.META.get("REMOTE_ADDR") or None
+
+
+class InferView(APIView):
+    @extend_schema(
+        operation_id="infer",
+        summary="Submit a prompt",
+        request=InferRequestSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Resubmitting with the same key returns the first request (200).",
+            )
+        ],
+        responses={
+            202: OpenApiResponse(InferenceRequestSerializer, description="Accepted (committed)."),
+            200: OpenApiResponse(InferenceRequestSerializer, description="Idempotent replay."),
+            **ERRORS,
+        },
+    )
+    async def post(self, request: Request) -> Response:
+        serializer = InferRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        submission = serializer.to_submission(
+            transport="rest",
+            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            client_ip=client_ip(request),
+        )
+        row, created = await database_sync_to_async(services.submit_request)(submission)
+        status_url = reverse("inference:status", args=[row.pk])
+        return Response(
+            InferenceRequestSerializer(row).data,
+            status=202 if created else 200,
+            headers={"Location": status_url},
+        )
+
+
+class StatusView(APIView):
+    @extend_schema(
+        operation_id="status",
+        summary="A request's status",
+        responses={200: InferenceRequestSerializer, 404: ERRORS[404], 503: ERRORS[503]},
+    )
+    async def get(self, request: Request, request_id: str) -> Response:
+        row = await get_request_or_404(request_id)
+        return Response(InferenceRequestSerializer(row).data)
+
+
+class ResultView(APIView):
+    @extend_schema(
+        operation_id="result",
+        summary="A request's result: 200 once finished, 202 while not",
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                float,
+                description=(
+                    "Long-poll: wait up to this many seconds for the request to "
+                    "finish (capped by the server)."
+                ),
+            )
+        ],
+        responses={
+            200: OpenApiResponse(InferenceRequestSerializer, description="Finished."),
+            202: OpenApiResponse(InferenceRequestSerializer, description="Still running."),
+            404: ERRORS[404],
+            503: ERRORS[503],
+        },
+    )
+    async def get(self, request: Request, request_id: str) -> Response:
+        row = await get_request_or_404(request_id)
+        wait = _wait_seconds(request.query_params.get("wait"))
+        if wait > 0 and not row.is_terminal:
+            row = await wait_until_finished(row.pk, wait)
+        body = InferenceRequestSerializer(row).data
+        return Response(body, status=200 if row.is_terminal else 202)
+
+
+def _wait_seconds(raw: str | None) -> float:
+    try:
+        wait = float(raw) if raw else 0.0
+    except ValueError:
+        return 0.0
+    return max(0.0, min(wait, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS))
+
+
+class RequestFilter(filters.FilterSet):
+    status = filters.MultipleChoiceFilter(choices=Status.choices)
+    session_id = filters.CharFilter()
+    backend = filters.CharFilter()
+
+    class Meta:
+        model = InferenceRequest
+        fields = ["status", "session_id", "backend"]
+
+
+class NewestFirst(pagination.CursorPagination):
+    ordering = "-created_at"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+@extend_schema(responses={200: InferenceRequestSerializer, 404: ERRORS[404]})
+class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Inference requests: list (filter by status, session_id, backend), retrieve, cancel."""
+
+    queryset = InferenceRequest.objects.all()
+    serializer_class = InferenceRequestSerializer
+    filterset_class = RequestFilter
+    pagination_class = NewestFirst
+    lookup_field = "pk"
+    lookup_url_kwarg = "request_id"
+
+    @extend_schema(request=None, responses={200: InferenceRequestSerializer, 404: ERRORS[404]})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, request_id: str) -> Response:
+        """Cancel a pending or running request (a finished one is returned unchanged)."""
+        row = self.get_object()
+        return Response(self.get_serializer(services.cancel_request(row.pk)).data)
+
+
+def _check_database() -> str:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return "ok"
+
+
+async def _check_channel_layer() -> str:
+    layer = get_channel_layer()
+    channel = await layer.new_channel("health")
+    await layer.send(channel, {"type": "health.ping"})
+    await layer.receive(channel)
+    return "ok"
+
+
+class HealthView(APIView):
+    """Readiness: the database and the channel layer answer."""
+
+    @extend_schema(
+        operation_id="health",
+        summary="Health check (database and channel layer)",
+        responses={200: HealthSerializer, 503: HealthSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        checks = {
+            "database": await _probe(database_sync_to_async(_check_database)()),
+            "channel_layer": await _probe(_check_channel_layer()),
+        }
+        healthy = all(value == "ok" for value in checks.values())
+        body = {
+            "status": "healthy" if healthy else "unhealthy",
+            "checks": checks,
+            "worker_mode": settings.ORCHESTRATOR_WORKER_MODE,
+            "version": settings.SPECTACULAR_SETTINGS["VERSION"],
+        }
+        return Response(body, status=200 if healthy else 503)
+
+
+class LivenessView(APIView):
+    """Liveness: the process answers; no dependency is checked."""
+
+    @extend_schema(
+        operation_id="health_live", summary="Liveness", responses={200: HealthSerializer}
+    )
+    async def get(self, request: Request) -> Response:
+        return Response(
+            {
+                "status": "healthy",
+                "checks": {},
+                "worker_mode": settings.ORCHESTRATOR_WORKER_MODE,
+                "version": settings.SPECTACULAR_SETTINGS["VERSION"],
+            }
+        )
+
+
+async def _probe(check) -> str:  # type: ignore[no-untyped-def]
+    try:
+        return await asyncio.wait_for(check, timeout=3)
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"

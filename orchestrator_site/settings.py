@@ -1,0 +1,266 @@
+"""Settings for Prompt Orchestrator: one env-driven file.
+
+Zero variables give the embedded (laptop) mode: SQLite in WAL mode, the in-memory
+channel layer, a local-memory cache and the pipeline worker hosted inside the
+server process. ``DATABASE_URL`` (PostgreSQL) and ``REDIS_URL`` switch to the
+scaled mode, where workers run as separate ``manage.py run_pipeline`` processes.
+Layering: code defaults -> optional TOML file (``ORCHESTRATOR_CONFIG``) ->
+environment variables. Production requirements are enforced by system checks
+(``inference/checks.py``), not here.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import dj_database_url
+
+from orchestrator_site.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("ORCHESTRATOR_DATA_DIR", str(BASE_DIR / "var")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+# A well-known key: the deploy check (inference.E001) refuses it when DEBUG is off.
+DEV_SECRET_KEY = "dev-insecure-prompt-orchestrator-key-change-me-in-production"
+SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+DEBUG = env_bool("DEBUG", True)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+
+INSTALLED_APPS = [
+    # inference first: its runserver (daphne's, plus the embedded worker) wins.
+    "inference",
+    "daphne",  # before staticfiles: its runserver serves the ASGI app
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "corsheaders",
+    "channels",
+    "rest_framework",
+    "adrf",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "pipeline",
+]
+
+MIDDLEWARE = [
+    "corsheaders.middleware.CorsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "orchestrator_site.urls"
+ASGI_APPLICATION = "orchestrator_site.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -----------------------------------------------------------------
+DATABASE_URL = env_str("DATABASE_URL")
+
+
+def _database(url: str) -> dict[str, Any]:
+    if not url:
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "db.sqlite3",
+            "OPTIONS": {
+                # IMMEDIATE takes the write lock at BEGIN, so two writers queue on
+                # the busy timeout instead of failing with "database is locked".
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": (
+                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;"
+                ),
+            },
+            # One connection per thread for the process's life: reopening would
+            # re-run the PRAGMAs on every database_sync_to_async call.
+            "CONN_MAX_AGE": None,
+            "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
+        }
+    config = dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True)
+    if config["ENGINE"] == "django.db.backends.postgresql":
+        # Without a pool every ASGI request opens a backend (~3x slower, DESIGN §12).
+        config.setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env_int("DATABASE_POOL_MIN", 2),
+            "max_size": env_int("DATABASE_POOL_MAX", 20),
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
+        }
+    return config
+
+
+DATABASES = {"default": _database(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Channel layer and cache ------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL")
+PIPELINE_CHANNEL = "pipeline"
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py's 5 s socket timeout collides with the layer's 5 s
+                # blocking read (django/channels_redis#422): disable it.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": None}],
+                "capacity": 1000,
+                "expiry": 60,
+            },
+        }
+    }
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels.layers.InMemoryChannelLayer",
+            "CONFIG": {"capacity": 1000, "expiry": 60},
+        }
+    }
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# --- Static files, i18n -------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- REST API -------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    # API keys arrive with the security work; until then the API is open (dev).
+    "DEFAULT_AUTHENTICATION_CLASSES": [],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
+    "UNAUTHENTICATED_USER": None,
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["inference.parsers.LimitedJSONParser"],
+    "EXCEPTION_HANDLER": "inference.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Prompt Orchestrator API",
+    "DESCRIPTION": (
+        "Durable, observable, streamable LLM requests: submit a prompt, poll its "
+        "status and result, or stream its tokens over SSE or WebSocket."
+    ),
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- CORS: permissive in development, an allow-list otherwise ------------------------
+CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
+CORS_ALLOW_ALL_ORIGINS = DEBUG and not CORS_ALLOWED_ORIGINS
+CORS_EXPOSE_HEADERS = ["Location", "Retry-After"]
+
+# --- The orchestrator -----------------------------------------------------------------
+_config_file = env_str("ORCHESTRATOR_CONFIG")
+_file_config: dict[str, Any] = tomllib.loads(Path(_config_file).read_text()) if _config_file else {}
+
+
+def _cfg(key: str, default: Any) -> Any:
+    """A value from the TOML file's top level, else the code default."""
+    return _file_config.get(key, default)
+
+
+# Where the pipeline worker runs: "embedded" (inside the ASGI server process) or
+# "external" (separate `manage.py run_pipeline` processes). The in-memory channel
+# layer cannot cross processes, so scaled mode (REDIS_URL) defaults to external.
+ORCHESTRATOR_WORKER_MODE = env_str(
+    "ORCHESTRATOR_WORKER_MODE", "external" if REDIS_URL else "embedded"
+)
+ORCHESTRATOR_CONCURRENCY = env_int("ORCHESTRATOR_CONCURRENCY", _cfg("concurrency", 8))
+ORCHESTRATOR_LEASE_SECONDS = env_float("ORCHESTRATOR_LEASE_SECONDS", 30.0)
+ORCHESTRATOR_REAP_INTERVAL_SECONDS = env_float("ORCHESTRATOR_REAP_INTERVAL_SECONDS", 5.0)
+ORCHESTRATOR_POLL_INTERVAL_SECONDS = env_float("ORCHESTRATOR_POLL_INTERVAL_SECONDS", 2.0)
+ORCHESTRATOR_MAX_ATTEMPTS = env_int("ORCHESTRATOR_MAX_ATTEMPTS", 3)
+ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS = env_float("ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS", 600.0)
+ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS = env_float("ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS", 30.0)
+# Tokens are persisted in batches: whichever comes first, N tokens or T seconds.
+ORCHESTRATOR_CHUNK_BATCH_TOKENS = env_int("ORCHESTRATOR_CHUNK_BATCH_TOKENS", 32)
+ORCHESTRATOR_CHUNK_BATCH_SECONDS = env_float("ORCHESTRATOR_CHUNK_BATCH_SECONDS", 0.05)
+# Stream readers re-check the database this often even without a wake-up event.
+ORCHESTRATOR_STREAM_POLL_SECONDS = env_float("ORCHESTRATOR_STREAM_POLL_SECONDS", 5.0)
+ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = env_float("ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS", 30.0)
+
+# Input caps.
+ORCHESTRATOR_MAX_BODY_BYTES = env_int("ORCHESTRATOR_MAX_BODY_BYTES", 1024 * 1024)
+ORCHESTRATOR_MAX_PROMPT_CHARS = env_int("ORCHESTRATOR_MAX_PROMPT_CHARS", 100_000)
+ORCHESTRATOR_MAX_METADATA_BYTES = env_int("ORCHESTRATOR_MAX_METADATA_BYTES", 16 * 1024)
+ORCHESTRATOR_DEFAULT_MAX_TOKENS = env_int("ORCHESTRATOR_DEFAULT_MAX_TOKENS", 256)
+ORCHESTRATOR_MAX_TOKENS_CEILING = env_int("ORCHESTRATOR_MAX_TOKENS_CEILING", 4096)
+
+# Model backends: name -> {"class": dotted path, "options": {...}}.
+ORCHESTRATOR_BACKENDS: dict[str, dict[str, Any]] = _cfg(
+    "backends",
+    {
+        "echo": {
+            "class": "pipeline.backends.echo.EchoBackend",
+            "options": {"token_delay": env_float("ORCHESTRATOR_ECHO_TOKEN_DELAY", 0.0)},
+        },
+    },
+)
+ORCHESTRATOR_DEFAULT_BACKEND = env_str(
+    "ORCHESTRATOR_DEFAULT_BACKEND", _cfg("default_backend", "echo")
+)
+ORCHESTRATOR_STAGES: list[str] = _cfg(
+    "stages",
+    [
+        "pipeline.stages.rag.RagStage",
+        "pipeline.stages.assemble.AssembleStage",
+        "pipeline.stages.infer.InferenceStage",
+        "pipeline.stages.post.PostStage",
+        "pipeline.stages.stream.StreamStage",
+    ],
+)
+ORCHESTRATOR_SYSTEM_PROMPT = env_str(
+    "ORCHESTRATOR_SYSTEM_PROMPT",
+    _cfg("system_prompt", "You are a helpful, concise assistant."),
+)
+
+# --- Logging --------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {"django.db.backends": {"level": "WARNING"}},
+}

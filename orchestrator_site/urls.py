@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from inference import views
+
+urlpatterns = [
+    path("api/v1/", include("inference.urls")),
+    path("health", views.HealthView.as_view(), name="health"),
+    path("health/live", views.LivenessView.as_view(), name="health-live"),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("admin/", admin.site.urls),
+]
+
+handler400 = "inference.errors.json_400"
+handler404 = "inference.errors.json_404"
+handler500 = "inference.errors.json_500"

@@ -1,0 +1,59 @@
+"""The interface every model backend implements."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+class BackendError(Exception):
+    """A backend failed. ``retryable`` says whether trying again may help."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str = "backend_error",
+        retryable: bool = False,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass
+class GenerationParams:
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Usage:
+    """Filled in by the backend while it streams; final once the stream ends."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = ""
+
+
+class Backend:
+    """A model: ``stream`` yields text deltas and fills ``usage`` as it goes.
+
+    Closing the generator early (cancellation, lease loss) must stop the
+    generation and release anything it holds.
+    """
+
+    model: str = ""
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+
+    def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, usage: Usage
+    ) -> AsyncIterator[str]:
+        raise NotImplementedError

@@ -1,0 +1,75 @@
+"""Persist streamed tokens as numbered chunk rows, in batches, then ring readers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from channels.db import database_sync_to_async
+
+from inference.models import InferenceRequest
+from pipeline import events
+
+logger = logging.getLogger(__name__)
+
+
+class LeaseLost(Exception):
+    """The attempt no longer holds its request (reclaimed, cancelled, expired)."""
+
+
+class ChunkWriter:
+    """A TokenSink that writes a batch every ``max_tokens`` tokens or ``max_delay`` s.
+
+    Each batch is one fenced transaction (see ``InferenceRequest.append_chunks``)
+    followed by one group event, never one write or event per token.
+    """
+
+    def __init__(self, request: InferenceRequest, max_tokens: int, max_delay: float):
+        self.request = request
+        self.max_tokens = max_tokens
+        self.max_delay = max_delay
+        self.next_seq = 0
+        self._buffer: list[str] = []
+        self._lock = asyncio.Lock()
+        self._timer: asyncio.Task[None] | None = None
+        self._first_buffered_at = 0.0
+
+    async def write(self, text: str) -> None:
+        if not self._buffer:
+            self._first_buffered_at = time.monotonic()
+        self._buffer.append(text)
+        if len(self._buffer) >= self.max_tokens:
+            await self.flush()
+        elif self._timer is None:
+            self._timer = asyncio.create_task(self._flush_later())
+
+    async def close(self) -> None:
+        await self.flush()
+        if self._timer is not None:
+            self._timer.cancel()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self._buffer:
+                return
+            # Tokens written during the await land after this prefix; a failed
+            # write leaves the buffer intact for the next flush.
+            texts = list(self._buffer)
+            append = database_sync_to_async(self.request.append_chunks)
+            if not await append(self.next_seq, texts):
+                raise LeaseLost(str(self.request.pk))
+            del self._buffer[: len(texts)]
+            self.next_seq += len(texts)
+        await events.notify_chunks(self.request.pk, self.request.attempt, self.next_seq - 1)
+
+    async def _flush_later(self) -> None:
+        """Bound the latency of a slow trickle of tokens to ``max_delay``."""
+        try:
+            delay = self.max_delay - (time.monotonic() - self._first_buffered_at)
+            await asyncio.sleep(max(delay, 0))
+            self._timer = None
+            await self.flush()
+        except Exception:
+            # The attempt's next write, its close() or its heartbeat will notice.
+            logger.warning("deferred chunk flush failed", exc_info=True)

@@ -1,0 +1,49 @@
+"""What flows through the pipeline: a request snapshot and each stage's output."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pipeline.backends.base import GenerationParams, Usage
+
+
+class TokenSink(Protocol):
+    """Where the Inference stage puts text deltas as they arrive."""
+
+    async def write(self, text: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class RequestSnapshot:
+    """The fields of the request row the stages need, read once at claim."""
+
+    id: uuid.UUID
+    attempt: int
+    prompt: str
+    session_id: str
+    backend: str
+    params: GenerationParams
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PipelineContext:
+    request: RequestSnapshot
+    sink: TokenSink
+    passages: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
+    output: str = ""
+    result: str = ""
+    usage: Usage = field(default_factory=Usage)
+    backend_used: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def mark(self, event: str) -> None:
+        """Record seconds since the attempt started (e.g. "first_token")."""
+        self.timings[event] = round(time.monotonic() - self.started, 6)

@@ -1,0 +1,79 @@
+"""Channel-layer names and the events the engine and the web edge exchange.
+
+The channel layer is only a doorbell (DESIGN §4): every event here is a hint to
+re-read the database, and losing one delays work but never loses it. So every
+publish swallows layer errors after logging them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+# Message types (Channels maps "a.b" to handler method "a_b").
+REQUEST_SUBMITTED = "request.submitted"
+STREAM_CHUNKS = "stream.chunks"
+REQUEST_FINISHED = "request.finished"
+REQUEST_CANCEL = "request.cancel"
+
+
+def request_group(request_id: uuid.UUID | str) -> str:
+    """The group stream readers of one request join."""
+    return f"request.{uuid.UUID(str(request_id)).hex}"
+
+
+async def _publish(kind: str, target: str, message: dict[str, Any]) -> None:
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        if kind == "send":
+            await layer.send(target, message)
+        else:
+            await layer.group_send(target, message)
+    except Exception:  # the doorbell is best effort by design
+        logger.warning("channel layer %s to %s failed", kind, target, exc_info=True)
+
+
+async def ring_doorbell(request_id: uuid.UUID | None = None) -> None:
+    """Tell some worker that a pending request (or several) is waiting."""
+    await _publish(
+        "send",
+        settings.PIPELINE_CHANNEL,
+        {"type": REQUEST_SUBMITTED, "request_id": str(request_id or "")},
+    )
+
+
+async def notify_chunks(request_id: uuid.UUID, attempt: int, last_seq: int) -> None:
+    await _publish(
+        "group",
+        request_group(request_id),
+        {
+            "type": STREAM_CHUNKS,
+            "request_id": str(request_id),
+            "attempt": attempt,
+            "last_seq": last_seq,
+        },
+    )
+
+
+async def notify_finished(request_id: uuid.UUID, status: str) -> None:
+    await _publish(
+        "group",
+        request_group(request_id),
+        {"type": REQUEST_FINISHED, "request_id": str(request_id), "status": status},
+    )
+
+
+async def tell_worker_to_cancel(worker_channel: str, request_id: uuid.UUID) -> None:
+    """Ask the worker holding a request to stop generating it now."""
+    if worker_channel:
+        await _publish(
+            "send", worker_channel, {"type": REQUEST_CANCEL, "request_id": str(request_id)}
+        )

@@ -1,0 +1,269 @@
+"""The worker engine: claims pending requests and runs them through the stages.
+
+One ``Engine`` per process. It is hosted either inside the ASGI server
+(embedded mode) or by ``manage.py run_pipeline`` (scaled mode); the code is the
+same. The database is the queue: the engine claims rows with a compare-and-set,
+wakes on the ``pipeline`` channel's doorbell, and polls as a fallback because
+a doorbell may be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.db import DatabaseError
+
+from inference.models import InferenceRequest, Outcome, Status
+from pipeline import events
+from pipeline.backends import BackendError, GenerationParams
+from pipeline.chunks import ChunkWriter, LeaseLost
+from pipeline.context import PipelineContext, RequestSnapshot
+from pipeline.reaper import reap_once
+from pipeline.stages import configured_stages, run_stages
+
+logger = logging.getLogger(__name__)
+
+_current: Engine | None = None
+
+
+def current_engine() -> Engine | None:
+    """The engine running in this process, if any."""
+    return _current
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    concurrency: int
+    lease_seconds: float
+    poll_interval: float
+    reap_interval: float
+    grace_seconds: float
+
+    @classmethod
+    def from_settings(cls, concurrency: int | None = None) -> EngineConfig:
+        return cls(
+            concurrency=concurrency or settings.ORCHESTRATOR_CONCURRENCY,
+            lease_seconds=settings.ORCHESTRATOR_LEASE_SECONDS,
+            poll_interval=settings.ORCHESTRATOR_POLL_INTERVAL_SECONDS,
+            reap_interval=settings.ORCHESTRATOR_REAP_INTERVAL_SECONDS,
+            grace_seconds=settings.ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS,
+        )
+
+
+def snapshot(request: InferenceRequest) -> RequestSnapshot:
+    params = request.params
+    return RequestSnapshot(
+        id=request.pk,
+        attempt=request.attempt,
+        prompt=request.prompt,
+        session_id=request.session_id,
+        backend=request.backend,
+        metadata=request.metadata,
+        params=GenerationParams(
+            max_tokens=params.get("max_tokens", settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS),
+            temperature=params.get("temperature", 0.7),
+            top_p=params.get("top_p", 1.0),
+            stop=params.get("stop", []),
+        ),
+    )
+
+
+class Engine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.identity = f"{socket.gethostname()}:{os.getpid()}"
+        self.control_channel = ""
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._wakeup = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._stop_reasons: dict[uuid.UUID, str] = {}
+
+    # --- lifecycle -----------------------------------------------------------
+    async def run(self) -> None:
+        """Claim and run requests until :meth:`stop`."""
+        global _current
+        _current = self
+        layer = get_channel_layer()
+        self.control_channel = await layer.new_channel("worker")
+        logger.info("pipeline engine %s up (control %s)", self.identity, self.control_channel)
+        loops = [
+            asyncio.create_task(self._claim_loop()),
+            asyncio.create_task(self._control_loop()),
+            asyncio.create_task(self._reap_loop()),
+        ]
+        try:
+            await self._stopping.wait()
+        finally:
+            for loop in loops:
+                loop.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+            if _current is self:
+                _current = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop claiming, let in-flight requests finish within the grace period,
+        then hand the rest back to the queue so another worker resumes them."""
+        grace = self.config.grace_seconds if grace is None else grace
+        self._stopping.set()
+        self._wakeup.set()
+        tasks = list(self._running.values())
+        if tasks and grace > 0:
+            logger.info("waiting up to %ss for %d requests", grace, len(tasks))
+            await asyncio.wait(tasks, timeout=grace)
+        for request_id, _task in list(self._running.items()):
+            self._interrupt(request_id, "shutdown")
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+    def notify_work(self) -> None:
+        """The doorbell rang: a pending request may be waiting."""
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # --- claiming --------------------------------------------------------------
+    async def _claim_loop(self) -> None:
+        claim = database_sync_to_async(InferenceRequest.objects.claim_next)
+        while not self._stopping.is_set():
+            await self._slots.acquire()
+            # Clear before claiming: a doorbell that rings during the claim
+            # leaves the event set, so the wait below returns at once.
+            self._wakeup.clear()
+            try:
+                request = await claim(self.control_channel, self.config.lease_seconds)
+            except Exception:  # the database may be restarting: poll again later
+                logger.warning("claim failed; retrying", exc_info=True)
+                request = None
+            if request is None or self._stopping.is_set():
+                self._slots.release()
+                if request is not None:  # claimed while stopping: hand it back
+                    await database_sync_to_async(InferenceRequest.objects.release)(
+                        request.pk, request.attempt
+                    )
+                await self._wait_for_work()
+                continue
+            task = asyncio.create_task(self._execute(request))
+            self._running[request.pk] = task
+            task.add_done_callback(lambda _t, pk=request.pk: self._finished(pk))
+
+    async def _wait_for_work(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), self.config.poll_interval)
+
+    def _finished(self, request_id: uuid.UUID) -> None:
+        self._running.pop(request_id, None)
+        self._stop_reasons.pop(request_id, None)
+        self._slots.release()
+
+    # --- control: cancellation from the API --------------------------------------
+    async def _control_loop(self) -> None:
+        layer = get_channel_layer()
+        while True:
+            message = await layer.receive(self.control_channel)
+            if message.get("type") == events.REQUEST_CANCEL:
+                self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
+
+    def _interrupt(self, request_id: uuid.UUID, reason: str) -> None:
+        task = self._running.get(request_id)
+        if task is not None and not task.done():
+            self._stop_reasons.setdefault(request_id, reason)
+            task.cancel()
+
+    # --- reaping ------------------------------------------------------------------
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.reap_interval)
+            try:
+                report = await database_sync_to_async(reap_once)()
+            except Exception:
+                logger.warning("reap failed", exc_info=True)
+                continue
+            if report.work_waiting:
+                self._wakeup.set()
+                await events.ring_doorbell()
+
+    # --- running one request ---------------------------------------------------------
+    async def _execute(self, request: InferenceRequest) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(request))
+        try:
+            await self._run_attempt(request)
+        except asyncio.CancelledError:
+            await self._after_interrupt(request)
+        finally:
+            heartbeat.cancel()
+
+    async def _run_attempt(self, request: InferenceRequest) -> None:
+        writer = ChunkWriter(
+            request,
+            max_tokens=settings.ORCHESTRATOR_CHUNK_BATCH_TOKENS,
+            max_delay=settings.ORCHESTRATOR_CHUNK_BATCH_SECONDS,
+        )
+        ctx = PipelineContext(request=snapshot(request), sink=writer)
+        try:
+            ctx = await run_stages(ctx, configured_stages())
+        except LeaseLost:
+            logger.info("request %s attempt %s lost its lease", request.pk, request.attempt)
+            return
+        except BackendError as exc:
+            await self._fail(request, exc.code, exc.message, ctx)
+            return
+        except Exception as exc:  # never let one request take the worker down
+            logger.exception("request %s failed in the pipeline", request.pk)
+            await self._fail(
+                request, "internal_error", f"Internal error: {type(exc).__name__}", ctx
+            )
+            return
+        outcome = Outcome(
+            result=ctx.result,
+            prompt_tokens=ctx.usage.prompt_tokens,
+            completion_tokens=ctx.usage.completion_tokens,
+            timings=ctx.timings,
+            backend_used=ctx.backend_used,
+        )
+        complete = database_sync_to_async(InferenceRequest.objects.complete)
+        if await complete(request.pk, request.attempt, outcome):
+            await events.notify_finished(request.pk, Status.COMPLETED)
+
+    async def _fail(
+        self, request: InferenceRequest, code: str, message: str, ctx: PipelineContext
+    ) -> None:
+        fail = database_sync_to_async(InferenceRequest.objects.fail)
+        if await fail(request.pk, request.attempt, code, message, ctx.timings):
+            await events.notify_finished(request.pk, Status.FAILED)
+
+    async def _after_interrupt(self, request: InferenceRequest) -> None:
+        reason = self._stop_reasons.get(request.pk, "shutdown")
+        logger.info("request %s attempt %s interrupted: %s", request.pk, request.attempt, reason)
+        if reason == "shutdown":
+            release = database_sync_to_async(InferenceRequest.objects.release)
+            if await release(request.pk, request.attempt):
+                await events.ring_doorbell(request.pk)
+
+    async def _heartbeat(self, request: InferenceRequest) -> None:
+        """Extend the lease every L/3; stop the attempt once it is no longer held."""
+        interval = self.config.lease_seconds / 3
+        beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
+        unreachable_for = 0.0
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await beat(request.pk, request.attempt, self.config.lease_seconds)
+                unreachable_for = 0.0
+            except DatabaseError:
+                # Self-fence: past the lease another worker may own the request.
+                unreachable_for += interval
+                held = unreachable_for < self.config.lease_seconds
+            if not held:
+                self._interrupt(request.pk, "lease_lost")
+                return
