@@ -41,7 +41,18 @@ class PriorityField(serializers.Field):
         return value
 
 
-class BackendChoiceField(serializers.CharField):
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF would coerce 42 to "42"."""
+
+    default_error_messages = {"not_a_string": "Must be a string."}
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("not_a_string")
+        return super().to_internal_value(data)
+
+
+class BackendChoiceField(StrictCharField):
     """A configured backend's name; the error lists the valid ones."""
 
     def to_internal_value(self, data: Any) -> str:
@@ -57,8 +68,8 @@ class BackendChoiceField(serializers.CharField):
 class InferRequestSerializer(serializers.Serializer):
     """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
 
-    prompt = serializers.CharField(trim_whitespace=False)
-    session_id = serializers.CharField(required=False, max_length=128, allow_blank=False)
+    prompt = StrictCharField(trim_whitespace=False)
+    session_id = StrictCharField(required=False, max_length=128, allow_blank=False)
     metadata = serializers.DictField(required=False, default=dict)
     stream = serializers.BooleanField(required=False, default=False)
     priority = PriorityField(required=False, default=5)
@@ -67,7 +78,7 @@ class InferRequestSerializer(serializers.Serializer):
     temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
     top_p = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
     stop = serializers.ListField(
-        child=serializers.CharField(max_length=64, trim_whitespace=False),
+        child=StrictCharField(max_length=64, trim_whitespace=False),
         required=False,
         max_length=4,
     )

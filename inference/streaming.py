@@ -118,8 +118,11 @@ async def follow(
 
 
 async def wait_until_finished(request_id: uuid.UUID, timeout: float) -> InferenceRequest:
-    """The request once terminal, or as it is when ``timeout`` runs out."""
-    read = database_sync_to_async(InferenceRequest.objects.get)
+    """The request once terminal, or as it is when ``timeout`` runs out.
+
+    For views: ``aget`` runs on the request's own thread and connection.
+    """
+    read = InferenceRequest.objects.aget
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with _subscription(request_id) as channel:

@@ -1,7 +1,9 @@
 """REST endpoints. Views parse, call a service, and serialize; nothing else.
 
 The submit, status and result routes are async (adrf) so a long-poll holds no
-thread; the ``requests`` viewset is plain DRF.
+thread; the ``requests`` viewset is plain DRF. Database calls use
+``sync_to_async`` (not ``database_sync_to_async``): Django's request signals
+already manage the connection of the thread they run on.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import asyncio
 import uuid
 
 from adrf.views import APIView
-from channels.db import database_sync_to_async
+from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
@@ -86,7 +88,7 @@ class InferView(APIView):
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             client_ip=client_ip(request),
         )
-        row, created = await database_sync_to_async(services.submit_request)(submission)
+        row, created = await sync_to_async(services.submit_request)(submission)
         status_url = reverse("inference:status", args=[row.pk])
         return Response(
             InferenceRequestSerializer(row).data,
@@ -204,7 +206,7 @@ class HealthView(APIView):
     )
     async def get(self, request: Request) -> Response:
         checks = {
-            "database": await _probe(database_sync_to_async(_check_database)()),
+            "database": await _probe(sync_to_async(_check_database)()),
             "channel_layer": await _probe(_check_channel_layer()),
         }
         healthy = all(value == "ok" for value in checks.values())

@@ -1,0 +1,81 @@
+"""Shared fixtures. The default suite runs in embedded mode: SQLite + in-memory layer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.layers import channel_layers
+
+from inference import services
+from inference.models import InferenceRequest
+from inference.streaming import wait_until_finished
+from pipeline.backends import reset_backends
+from pipeline.host import PipelineHost
+from pipeline.stages import configured_stages
+from pipeline.worker import Engine, EngineConfig
+
+TEST_BACKENDS = {
+    "echo": {"class": "pipeline.backends.echo.EchoBackend", "options": {}},
+    "slow-echo": {
+        "class": "pipeline.backends.echo.EchoBackend",
+        "options": {"token_delay": 0.02},
+    },
+    "failing": {"class": "tests.backends.FailingBackend", "options": {"tokens_before": 3}},
+    "exploding": {"class": "tests.backends.ExplodingBackend", "options": {}},
+    "endless": {"class": "tests.backends.EndlessBackend", "options": {}},
+}
+
+
+@pytest.fixture(autouse=True)
+def fast_profile(settings) -> None:  # type: ignore[no-untyped-def]
+    """Short leases and intervals so recovery paths run in test time."""
+    settings.ORCHESTRATOR_POLL_INTERVAL_SECONDS = 0.2
+    settings.ORCHESTRATOR_REAP_INTERVAL_SECONDS = 0.2
+    settings.ORCHESTRATOR_LEASE_SECONDS = 3.0
+    settings.ORCHESTRATOR_STREAM_POLL_SECONDS = 0.5
+    settings.ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS = 2.0
+    settings.ORCHESTRATOR_BACKENDS = TEST_BACKENDS
+    settings.ORCHESTRATOR_DEFAULT_BACKEND = "echo"
+
+
+@pytest.fixture(autouse=True)
+def fresh_process_state() -> Iterator[None]:
+    """In-memory layers are bound to one event loop; backends to one settings."""
+    channel_layers.backends.clear()
+    reset_backends()
+    configured_stages.cache_clear()
+    yield
+    channel_layers.backends.clear()
+    reset_backends()
+    configured_stages.cache_clear()
+
+
+@pytest.fixture
+async def engine(transactional_db) -> AsyncIterator[Engine]:  # type: ignore[no-untyped-def]
+    """A running engine (plus its doorbell listener) in the test's event loop."""
+    host = PipelineHost(EngineConfig.from_settings())
+    host.start()
+    while not host.engine.control_channel:
+        await asyncio.sleep(0)
+    yield host.engine
+    await host.stop(grace=0)
+
+
+def submit(prompt: str = "hello world", **fields) -> InferenceRequest:  # type: ignore[no-untyped-def]
+    request, _ = services.submit_request(services.Submission(prompt=prompt, **fields))
+    return request
+
+
+async def asubmit(prompt: str = "hello world", **fields) -> InferenceRequest:  # type: ignore[no-untyped-def]
+    return await database_sync_to_async(submit)(prompt, **fields)
+
+
+async def finished(request_id: uuid.UUID, timeout: float = 10.0) -> InferenceRequest:
+    """The request once terminal; fails the test if it is not within ``timeout``."""
+    request = await wait_until_finished(request_id, timeout)
+    assert request.is_terminal, f"request still {request.status} after {timeout}s"
+    return request

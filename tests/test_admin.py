@@ -1,0 +1,87 @@
+"""The admin: request list with filters and search, detail with timings and chunks."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from inference.models import InferenceRequest, Outcome
+from tests.conftest import submit
+
+pytestmark = pytest.mark.django_db
+
+URL = "/admin/inference/inferencerequest/"
+
+
+def completed(prompt: str = "a b") -> InferenceRequest:
+    request = submit(prompt)
+    held = InferenceRequest.objects.claim_next("w", 30)
+    held.append_chunks(0, ["a", " b"])
+    InferenceRequest.objects.complete(
+        request.pk,
+        held.attempt,
+        Outcome(
+            "a b",
+            2,
+            2,
+            {
+                "rag": 0.001,
+                "assemble": 0.002,
+                "inference": 0.5,
+                "post": 0.0,
+                "stream": 0.01,
+                "first_token": 0.1,
+            },
+            "echo",
+        ),
+    )
+    return InferenceRequest.objects.get(pk=request.pk)
+
+
+def test_the_list_shows_requests_and_filters_by_status(admin_client: Client) -> None:
+    done = completed()
+    waiting = submit("still waiting")
+    page = admin_client.get(URL, {"status__exact": "pending"}).content.decode()
+    assert str(waiting.pk) in page and str(done.pk) not in page
+
+
+def test_search_finds_by_id_session_and_prompt(admin_client: Client) -> None:
+    target = submit("find the needle", session_id="sess-42")
+    submit("other")
+    for query in (str(target.pk), "sess-42", "needle"):
+        page = admin_client.get(URL, {"q": query}).content.decode()
+        assert str(target.pk) in page, query
+
+
+def test_the_list_runs_a_fixed_number_of_queries(
+    admin_client: Client, django_assert_max_num_queries
+) -> None:  # type: ignore[no-untyped-def]
+    for i in range(30):
+        submit(f"p{i}")
+    with django_assert_max_num_queries(12):
+        assert admin_client.get(URL).status_code == 200
+
+
+def test_the_detail_shows_stage_timings_and_streamed_chunks(admin_client: Client) -> None:
+    done = completed()
+    page = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
+    assert "inference" in page and "500.0 ms" in page
+    assert "first token after 100.0 ms" in page
+    assert "Stream chunks" in page and " b" in page
+
+
+def test_the_cancel_action_cancels_active_requests(admin_client: Client) -> None:
+    waiting = submit()
+    admin_client.post(URL, {"action": "cancel_selected", "_selected_action": [str(waiting.pk)]})
+    assert InferenceRequest.objects.get(pk=waiting.pk).status == "cancelled"
+
+
+def test_the_retry_action_resubmits_finished_requests(admin_client: Client) -> None:
+    done = completed("again please")
+    admin_client.post(URL, {"action": "retry_selected", "_selected_action": [str(done.pk)]})
+    retried = InferenceRequest.objects.exclude(pk=done.pk).get()
+    assert (retried.prompt, retried.status, retried.session_id) == (
+        "again please",
+        "pending",
+        done.session_id,
+    )

@@ -1,0 +1,108 @@
+"""GET /api/v1/status/<id> and /api/v1/result/<id> (with ?wait long-poll)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from django.test import AsyncClient, Client
+
+from inference.models import InferenceRequest
+from pipeline.worker import Engine
+from tests.conftest import asubmit, finished, submit
+
+
+@pytest.mark.django_db
+def test_status_returns_the_request(client: Client) -> None:
+    request = submit("hi", session_id="s1", metadata={"a": 1})
+    body = client.get(f"/api/v1/status/{request.pk}").json()
+    assert body["request_id"] == str(request.pk)
+    assert (body["session_id"], body["status"], body["metadata"]) == ("s1", "pending", {"a": 1})
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("route", ["status", "result"])
+@pytest.mark.parametrize(
+    "request_id", ["0b6f3c2e-3f7e-4a39-9a0b-1d1b5f0f9a11", "not-a-uuid", "1234", "%20"]
+)
+def test_an_unknown_or_malformed_id_is_a_json_404(
+    client: Client, route: str, request_id: str
+) -> None:
+    response = client.get(f"/api/v1/{route}/{request_id}")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"
+
+
+@pytest.mark.django_db
+def test_result_is_202_while_pending(client: Client) -> None:
+    request = submit()
+    response = client.get(f"/api/v1/result/{request.pk}")
+    assert response.status_code == 202
+    assert response.json()["status"] == "pending"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("status", ["completed", "failed", "cancelled", "expired"])
+def test_result_is_200_once_terminal(client: Client, status: str) -> None:
+    request = submit()
+    InferenceRequest.objects.filter(pk=request.pk).update(status=status, result="done")
+    response = client.get(f"/api/v1/result/{request.pk}")
+    assert response.status_code == 200
+    assert response.json()["status"] == status
+
+
+@pytest.mark.django_db
+def test_a_wait_on_a_request_that_does_not_finish_returns_202_after_the_wait(
+    client: Client,
+) -> None:
+    request = submit()
+    began = time.monotonic()
+    response = client.get(f"/api/v1/result/{request.pk}?wait=0.3")
+    assert response.status_code == 202
+    assert time.monotonic() - began >= 0.3
+
+
+@pytest.mark.django_db
+def test_the_wait_is_capped_by_the_server(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = 0.2
+    request = submit()
+    began = time.monotonic()
+    assert client.get(f"/api/v1/result/{request.pk}?wait=60").status_code == 202
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("wait", ["soon", "-3", "nan"])
+def test_a_nonsense_wait_is_ignored(client: Client, wait: str) -> None:
+    request = submit()
+    assert client.get(f"/api/v1/result/{request.pk}?wait={wait}").status_code == 202
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_long_poll_returns_the_result_as_soon_as_it_is_ready(engine: Engine) -> None:
+    request = await asubmit("one two three four five six", backend="slow-echo")
+    began = time.monotonic()
+    response = await AsyncClient().get(f"/api/v1/result/{request.pk}?wait=10")
+    elapsed = time.monotonic() - began
+    assert response.status_code == 200
+    assert response.json()["result"] == "one two three four five six"
+    assert elapsed < 5  # woke on the finish event, not at the end of the wait
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_seed_poll_loop_gets_the_completed_result(engine: Engine) -> None:
+    client = AsyncClient()
+    submitted = await client.post(
+        "/api/v1/infer", {"prompt": "What is Rust?"}, content_type="application/json"
+    )
+    request_id = submitted.json()["request_id"]
+    await finished(request_id)
+    for _ in range(50):  # the seed's client: poll until 200
+        result = await client.get(f"/api/v1/result/{request_id}")
+        if result.status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    assert result.status_code == 200
+    assert result.json()["status"] == "completed"
+    assert result.json()["result"] == "What is Rust?"

@@ -1,0 +1,73 @@
+"""follow(): every chunk once, in order, for early and late readers alike."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from inference.models import InferenceRequest
+from inference.streaming import Finished, Reset, Token, follow
+from pipeline.worker import Engine
+from tests.conftest import asubmit, finished
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+PROMPT = " ".join(f"w{i}" for i in range(40))
+
+
+async def read_all(request_id, after: int = -1) -> tuple[str, list[int], InferenceRequest]:  # type: ignore[no-untyped-def]
+    text, seqs = "", []
+    async for event in follow(request_id, after):
+        if isinstance(event, Token):
+            text += event.text
+            seqs.append(event.seq)
+        elif isinstance(event, Finished):
+            return text, seqs, event.request
+    raise AssertionError("stream ended without Finished")
+
+
+async def test_a_live_reader_gets_every_token_in_order(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_CHUNK_BATCH_TOKENS = 3
+    request = await asubmit(PROMPT, backend="slow-echo")
+    text, seqs, final = await read_all(request.pk)
+    assert text == PROMPT
+    assert seqs == list(range(40))
+    assert final.status == "completed"
+
+
+async def test_a_late_reader_gets_the_whole_stream_then_the_end(engine: Engine) -> None:
+    request = await asubmit(PROMPT)
+    await finished(request.pk)
+    text, seqs, final = await read_all(request.pk)
+    assert (text, seqs, final.result) == (PROMPT, list(range(40)), PROMPT)
+
+
+async def test_a_reader_resumes_after_a_seq(engine: Engine) -> None:
+    request = await asubmit(PROMPT)
+    await finished(request.pk)
+    text, seqs, _ = await read_all(request.pk, after=9)
+    assert seqs == list(range(10, 40))
+    assert PROMPT.endswith(text)
+
+
+async def test_many_concurrent_readers_each_get_exactly_the_stream(engine: Engine) -> None:
+    request = await asubmit(PROMPT, backend="slow-echo")
+    results = await asyncio.gather(*(read_all(request.pk) for _ in range(10)))
+    assert all(text == PROMPT and seqs == list(range(40)) for text, seqs, _ in results)
+
+
+async def test_a_reader_of_an_older_attempt_is_told_to_reset(transactional_db) -> None:  # type: ignore[no-untyped-def]
+    request = await asubmit("a b")
+    await InferenceRequest.objects.filter(pk=request.pk).aupdate(status="failed", attempt=2)
+    events = [e async for e in follow(request.pk, after_seq=5, attempt=1)]
+    assert isinstance(events[0], Reset) and events[0].attempt == 2
+    assert isinstance(events[-1], Finished)
+
+
+async def test_following_an_unknown_request_raises(transactional_db) -> None:  # type: ignore[no-untyped-def]
+    import uuid
+
+    with pytest.raises(InferenceRequest.DoesNotExist):
+        async for _ in follow(uuid.uuid4()):
+            pass
