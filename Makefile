@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Service suite: local PostgreSQL + Redis (CI starts them if they are down).
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
-SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/0
+SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
 .PHONY: run test test-services lint schema check clean
 

@@ -1,0 +1,120 @@
+"""The service suite: PostgreSQL + Redis, web and workers as separate processes.
+
+Run by ``make test-services`` (and CI) with DATABASE_URL and REDIS_URL set. It
+fails, never skips, when they are missing or unreachable: a green run must mean
+the scaled mode really worked.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dj_database_url
+import psycopg
+import pytest
+import redis
+
+from tests.processes import ROOT, free_port, manage, run_manage, stop, wait_until_serving
+
+
+def _require_env(name: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        pytest.fail(f"{name} must be set for the service suite (see `make test-services`)")
+    return value
+
+
+def _recreate_database(url: str) -> None:
+    config = dj_database_url.parse(url)
+    name = config["NAME"]
+    admin_url = url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+@dataclass
+class Stack:
+    """daphne (web) on PostgreSQL + Redis, plus any number of worker processes."""
+
+    base_url: str
+    env: dict[str, str]
+    logs: Path
+    web: subprocess.Popen[bytes]
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    started: int = 0  # workers ever started: names each one's log
+
+    def start_worker(
+        self, concurrency: int = 50, token_delay: float = 0.0
+    ) -> subprocess.Popen[bytes]:
+        env = {**self.env, "ORCHESTRATOR_ECHO_TOKEN_DELAY": str(token_delay)}
+        log = self.logs / f"worker-{self.started}.log"
+        self.started += 1
+        worker = manage("run_pipeline", "--concurrency", str(concurrency), env=env, log=log)
+        self.workers.append(worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            stop(worker)
+        self.workers.clear()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    database_url = _require_env("DATABASE_URL")
+    redis_url = _require_env("REDIS_URL")
+    _recreate_database(database_url)
+    redis.Redis.from_url(redis_url).flushdb()
+    logs = tmp_path_factory.mktemp("service-logs")
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "ORCHESTRATOR_WORKER_MODE": "external",
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        "ORCHESTRATOR_LEASE_SECONDS": "3",
+        "ORCHESTRATOR_REAP_INTERVAL_SECONDS": "0.5",
+        "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "1",
+        "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
+    }
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    port = free_port()
+    web = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daphne",
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "orchestrator_site.asgi:application",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=open(logs / "web.log", "ab"),
+        stderr=subprocess.STDOUT,  # noqa: SIM115
+    )
+    the_stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs, web=web)
+    try:
+        wait_until_serving(the_stack.base_url, web)
+        yield the_stack
+    finally:
+        the_stack.stop_workers()
+        stop(web)
+
+
+@pytest.fixture
+def db_access(django_db_blocker) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """ORM access from the test process to the stack's (real, shared) database."""
+    with django_db_blocker.unblock():
+        yield
