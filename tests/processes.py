@@ -23,15 +23,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def manage(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(argv: list[str], env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv`` from the project root, output appended to ``log``."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
     return subprocess.Popen(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=out,
-        stderr=subprocess.STDOUT,
+        argv, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT
     )
+
+
+def manage(*args: str, env: dict[str, str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    return spawn([sys.executable, "manage.py", *args], env, log)
 
 
 def run_manage(*args: str, env: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.processes import ROOT, free_port, manage, run_manage, stop, wait_until_serving
+from tests.processes import free_port, manage, run_manage, spawn, stop, wait_until_serving
 
 
 def _require_env(name: str) -> str:
@@ -88,22 +88,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "daphne",
-            "-b",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "orchestrator_site.asgi:application",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        stdout=open(logs / "web.log", "ab"),
-        stderr=subprocess.STDOUT,  # noqa: SIM115
-    )
+    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
+    web = spawn([*daphne, "orchestrator_site.asgi:application"], env, logs / "web.log")
     the_stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs, web=web)
     try:
         wait_until_serving(the_stack.base_url, web)
