@@ -34,10 +34,11 @@ test-services: $(VENV)/.installed-dev
 	DATABASE_URL=$(SERVICES_DATABASE_URL) REDIS_URL=$(SERVICES_REDIS_URL) \
 		$(PY) -m pytest -m services $(PYTEST_ARGS)
 
-## lint: ruff lint + format check
+## lint: ruff lint + format check, mypy (django-stubs)
 lint: $(VENV)/.installed-dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy inference pipeline orchestrator_site
 
 ## schema: validate the OpenAPI schema
 schema: $(VENV)/.installed-dev

@@ -8,7 +8,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from inference import services
-from inference.models import InferenceRequest, StreamChunk
+from inference.models import InferenceRequest, InferenceRequestQuerySet, StreamChunk
 
 STAGES = ("rag", "assemble", "inference", "post", "stream")
 
@@ -108,7 +108,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         return format_html("{}{}", bars, extra)
 
     @admin.action(description="Cancel selected requests")
-    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[InferenceRequest]) -> None:
+    def cancel_selected(self, request: HttpRequest, queryset: InferenceRequestQuerySet) -> None:
         cancelled = sum(
             services.cancel_request(row.pk).status == "cancelled" for row in queryset.active()
         )

@@ -102,7 +102,9 @@ def _database(url: str) -> dict[str, Any]:
             "CONN_MAX_AGE": None,
             "TEST": {"NAME": str(DATA_DIR / "test-db.sqlite3")},
         }
-    config = dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True)
+    config: dict[str, Any] = dict(
+        dj_database_url.parse(url, conn_max_age=0, conn_health_checks=True)
+    )
     if config["ENGINE"] == "django.db.backends.postgresql":
         # Without a pool every ASGI request opens a backend (~3x slower, DESIGN §12).
         config.setdefault("OPTIONS", {})["pool"] = {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -155,13 +156,13 @@ class Engine:
                 continue
             task = asyncio.create_task(self._execute(request))
             self._running[request.pk] = task
-            task.add_done_callback(lambda _t, pk=request.pk: self._finished(pk))
+            task.add_done_callback(functools.partial(self._finished, request.pk))
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self.config.poll_interval)
 
-    def _finished(self, request_id: uuid.UUID) -> None:
+    def _finished(self, request_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
         self._running.pop(request_id, None)
         self._stop_reasons.pop(request_id, None)
         self._slots.release()

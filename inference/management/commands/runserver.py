@@ -7,6 +7,7 @@ has no ASGI lifespan), leaving requests queued before a restart waiting.
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from daphne.management.commands.runserver import Command as DaphneRunserver
 from daphne.server import Server
@@ -26,7 +27,8 @@ class EmbeddedWorkerServer(Server):
             return
         # Called just before the reactor's loop runs: schedule, don't start.
         asyncio.get_event_loop().call_soon(embedded.ensure_started)
-        reactor.addSystemEventTrigger("before", "shutdown", self._stop_pipeline, embedded)
+        stop = functools.partial(self._stop_pipeline, embedded)
+        reactor.addSystemEventTrigger("before", "shutdown", stop)  # type: ignore[arg-type]
 
     def _stop_pipeline(self, embedded):  # type: ignore[no-untyped-def]
         if embedded.host is None:
