@@ -12,6 +12,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from inference.parsers import RequestTooLarge
+
 logger = logging.getLogger(__name__)
 
 # Seconds a client should wait before retrying while the database is unreachable.
@@ -45,12 +47,6 @@ def error_body(
     return {"error": error}
 
 
-class RequestTooLarge(exceptions.APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
-    default_detail = "Request body is too large."
-    default_code = "request_too_large"
-
-
 class ServiceUnavailable(exceptions.APIException):
     status_code = status.HTTP_503_SERVICE_UNAVAILABLE
     default_detail = "The service is temporarily unavailable; retry later."
@@ -74,10 +70,11 @@ def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, 
     return (prefix or None), str(detail), str(code)
 
 
-def _validation_response(exc: exceptions.ValidationError) -> Response:
+def validation_error_body(exc: exceptions.ValidationError) -> dict[str, Any]:
+    """The error shape of a serializer's ValidationError; ``fields`` has them all."""
     param, message, code = _first_field_error(exc.detail)
     text = f"{param}: {message}" if param else message
-    return Response(error_body(text, 400, code, param, fields=exc.detail), status=400)
+    return error_body(text, 400, code, param, fields=exc.detail)
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -88,7 +85,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         logger.warning("database unavailable: %s", exc)
         exc = ServiceUnavailable("The database is unavailable; retry later.")
     if isinstance(exc, exceptions.ValidationError):
-        return _validation_response(exc)
+        return Response(validation_error_body(exc), status=400)
     response = exception_handler(exc, context)
     if response is None:
         return None  # a bug: let Django log it and answer 500 (JSON, see below)

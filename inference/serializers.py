@@ -137,6 +137,14 @@ class InferRequestSerializer(serializers.Serializer):
         )
 
 
+class WebSocketSubmitSerializer(InferRequestSerializer):
+    """A WebSocket ``infer`` message: the REST body, streaming by default."""
+
+    type = serializers.ChoiceField(choices=["infer"], required=False)
+    stream = serializers.BooleanField(required=False, default=True)
+    idempotency_key = StrictCharField(required=False, max_length=255)
+
+
 class UsageSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()

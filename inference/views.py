@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
@@ -18,6 +19,7 @@ from django.conf import settings
 from django.db import connection
 from django.http import Http404
 from django.urls import reverse
+from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, pagination, viewsets
@@ -34,6 +36,7 @@ from inference.serializers import (
     InferRequestSerializer,
 )
 from inference.streaming import wait_until_finished
+from pipeline.backends import backend_names
 
 ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
@@ -144,6 +147,19 @@ def _wait_seconds(raw: str | None) -> float:
     except ValueError:
         return 0.0
     return max(0.0, min(wait, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS))
+
+
+class ChatPageView(TemplateView):
+    """The WebSocket chat page."""
+
+    template_name = "chat.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        return {
+            **super().get_context_data(**kwargs),
+            "backends": backend_names(),
+            "default_backend": settings.ORCHESTRATOR_DEFAULT_BACKEND,
+        }
 
 
 class RequestFilter(filters.FilterSet):

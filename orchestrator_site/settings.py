@@ -183,6 +183,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "inference.schema.add_streaming_routes",
+    ],
 }
 
 # --- CORS: permissive in development, an allow-list otherwise ------------------------
@@ -218,6 +222,8 @@ ORCHESTRATOR_CHUNK_BATCH_TOKENS = env_int("ORCHESTRATOR_CHUNK_BATCH_TOKENS", 32)
 ORCHESTRATOR_CHUNK_BATCH_SECONDS = env_float("ORCHESTRATOR_CHUNK_BATCH_SECONDS", 0.05)
 # Stream readers re-check the database this often even without a wake-up event.
 ORCHESTRATOR_STREAM_POLL_SECONDS = env_float("ORCHESTRATOR_STREAM_POLL_SECONDS", 5.0)
+# SSE comment lines that keep proxies from closing an idle stream.
+ORCHESTRATOR_SSE_KEEPALIVE_SECONDS = env_float("ORCHESTRATOR_SSE_KEEPALIVE_SECONDS", 15.0)
 ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = env_float("ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS", 30.0)
 
 # Input caps.

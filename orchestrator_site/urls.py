@@ -7,6 +7,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from inference import views
 
 urlpatterns = [
+    path("", views.ChatPageView.as_view(), name="chat"),
     path("api/v1/", include("inference.urls")),
     path("health", views.HealthView.as_view(), name="health"),
     path("health/live", views.LivenessView.as_view(), name="health-live"),

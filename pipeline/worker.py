@@ -217,6 +217,9 @@ class Engine:
             logger.info("request %s attempt %s lost its lease", request.pk, request.attempt)
             return
         except BackendError as exc:
+            # Readers see the tokens that did stream, then the error.
+            with contextlib.suppress(Exception):
+                await writer.close()
             await self._fail(request, exc.code, exc.message, ctx)
             return
         except Exception as exc:  # never let one request take the worker down
