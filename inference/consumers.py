@@ -9,7 +9,6 @@ own subscription inside ``follow``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -184,16 +183,6 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         for task in self.readers.values():
             task.cancel()
         await asyncio.gather(*self.readers.values(), return_exceptions=True)
-
-    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
-        try:
-            await super().__call__(scope, receive, send)
-        except asyncio.CancelledError:
-            # The server is shutting down and cancels every application: say
-            # "going away" (1001) instead of dropping the socket.
-            with contextlib.suppress(Exception):
-                await send({"type": "websocket.close", "code": 1001})
-            raise
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if text_data is None:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import sqlite3
 import time
 from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from tests.processes import free_port, manage, run_manage, running, wait_until_serving
 
@@ -15,6 +19,14 @@ from tests.processes import free_port, manage, run_manage, running, wait_until_s
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path
+
+
+def runserver(data_dir: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Start `manage.py runserver` (what `make run` does) on a free port."""
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    port = free_port()
+    log = data_dir / "server.log"
+    return manage("runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=log), port
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
@@ -29,12 +41,8 @@ def env_for(data_dir: Path) -> dict[str, str]:
 
 def test_the_seed_curl_flow_works_against_runserver(data_dir: Path) -> None:
     env = env_for(data_dir)
-    run_manage("migrate", "--noinput", "-v0", env=env)
-    port = free_port()
+    server, port = runserver(data_dir, env)
     base = f"http://127.0.0.1:{port}"
-    server = manage(
-        "runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=data_dir / "server.log"
-    )
     with running(server):
         wait_until_serving(base, server)
         submitted = httpx.post(f"{base}/api/v1/infer", json={"prompt": "What is Rust?"})
@@ -64,10 +72,7 @@ def test_runserver_starts_the_worker_at_boot_and_resumes_queued_work(data_dir: P
         "submit_request(Submission(prompt='queued while down'))",
         env=env,
     )
-    port = free_port()
-    server = manage(
-        "runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=data_dir / "server.log"
-    )
+    server, _ = runserver(data_dir, env)
     with running(server):
         # No HTTP request at all: only the boot-time worker can run it.
         db = sqlite3.connect(data_dir / "db.sqlite3")
@@ -80,3 +85,51 @@ def test_runserver_starts_the_worker_at_boot_and_resumes_queued_work(data_dir: P
                 break
             time.sleep(0.05)
         assert (status, result) == ("completed", "queued while down")
+
+
+def test_server_shutdown_closes_websockets_with_1001_and_keeps_the_request(data_dir: Path) -> None:
+    env = {**env_for(data_dir), "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.2"}
+    server, port = runserver(data_dir, env)
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        close_code, request_id = asyncio.run(_submit_then_stop_server(port, server))
+    assert close_code == 1001
+    db = sqlite3.connect(data_dir / "db.sqlite3")
+    status = db.execute(
+        "SELECT status FROM inference_inferencerequest WHERE id = ?", [request_id.replace("-", "")]
+    ).fetchone()[0]
+    assert status == "pending", "handed back to the queue, not lost or failed"
+
+
+async def _submit_then_stop_server(port: int, server) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    origin = f"http://127.0.0.1:{port}"
+    async with websockets.connect(f"ws://127.0.0.1:{port}/api/v1/ws", origin=origin) as socket:
+        await socket.send(json.dumps({"prompt": "slow " * 50}))
+        request_id = json.loads(await socket.recv())["request_id"]
+        assert json.loads(await socket.recv())["type"] == "token"
+        server.send_signal(signal.SIGTERM)
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            while True:
+                await asyncio.wait_for(socket.recv(), timeout=10)
+        return closed.value.rcvd.code, request_id
+
+
+def test_websockets_need_an_allowed_origin_and_oversized_frames_close_1009(data_dir: Path) -> None:
+    env = {**env_for(data_dir), "ORCHESTRATOR_MAX_BODY_BYTES": "10000"}
+    server, port = runserver(data_dir, env)
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        asyncio.run(_origin_and_frame_cap(port))
+
+
+async def _origin_and_frame_cap(port: int) -> None:
+    url = f"ws://127.0.0.1:{port}/api/v1/ws"
+    for origin in (None, "http://evil.example"):
+        with pytest.raises(websockets.InvalidStatus):
+            async with websockets.connect(url, origin=origin):
+                pass
+    async with websockets.connect(url, origin=f"http://127.0.0.1:{port}") as socket:
+        await socket.send(json.dumps({"prompt": "x" * 20000}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await asyncio.wait_for(socket.recv(), timeout=10)
+        assert closed.value.rcvd.code == 1009

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.processes import free_port, manage, run_manage, spawn, stop, wait_until_serving
+from tests.processes import free_port, manage, run_manage, stop, wait_until_serving
 
 
 def _require_env(name: str) -> str:
@@ -88,8 +87,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     }
     run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
-    daphne = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    web = spawn([*daphne, "orchestrator_site.asgi:application"], env, logs / "web.log")
+    web = manage("serve", "--host", "127.0.0.1", "--port", str(port), env=env, log=logs / "web.log")
     the_stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs, web=web)
     try:
         wait_until_serving(the_stack.base_url, web)

@@ -1,0 +1,80 @@
+"""Real network clients for the service suite: httpx for SSE, websockets for WS."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import httpx
+import websockets
+
+
+@dataclass
+class Received:
+    """What one client reassembled from a stream."""
+
+    text: str = ""
+    seqs: list[int] = field(default_factory=list)
+    final: dict | None = None
+    last_id: str | None = None
+
+
+async def sse_read(
+    client: httpx.AsyncClient, request_id: str, into: Received, stop_after: int | None = None
+) -> Received:
+    """Read the stream (from ``into.last_id``); stop early after ``stop_after`` tokens."""
+    headers = {"Last-Event-ID": into.last_id} if into.last_id else {}
+    async with client.stream("GET", f"/api/v1/stream/{request_id}", headers=headers) as response:
+        assert response.status_code == 200
+        event, event_id = "", None
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                event = line[7:]
+            elif line.startswith("id: "):
+                event_id = line[4:]
+            elif line.startswith("data: "):
+                data = json.loads(line[6:])
+                if event == "token":
+                    into.text += data["data"]
+                    into.seqs.append(data["chunk"])
+                    into.last_id = event_id
+                    if stop_after is not None and len(into.seqs) >= stop_after:
+                        return into  # drop the connection mid-stream
+                elif event in ("complete", "error"):
+                    into.final = {"event": event, **data}
+                    return into
+    return into
+
+
+async def ws_run(ws_url: str, origin: str, prompt: str, drop_after: int | None = None) -> Received:
+    """Submit over a WebSocket; optionally drop it mid-stream and resume on a new one."""
+    received = Received()
+    async with websockets.connect(ws_url, origin=origin) as socket:
+        await socket.send(json.dumps({"prompt": prompt}))
+        ack = json.loads(await socket.recv())
+        request_id = ack["request_id"]
+        if await _ws_collect(socket, request_id, received, drop_after):
+            return received
+    async with websockets.connect(ws_url, origin=origin) as socket:
+        last = received.seqs[-1] if received.seqs else -1
+        await socket.send(
+            json.dumps({"type": "resume", "request_id": request_id, "last_chunk": last})
+        )
+        await _ws_collect(socket, request_id, received, None)
+    return received
+
+
+async def _ws_collect(socket, request_id: str, into: Received, drop_after: int | None) -> bool:  # type: ignore[no-untyped-def]
+    """True once the request's final message arrived; False if we dropped first."""
+    while True:
+        message = json.loads(await socket.recv())
+        if message.get("request_id") != request_id:
+            continue
+        if message["type"] == "token":
+            into.text += message["data"]
+            into.seqs.append(message["chunk"])
+            if drop_after is not None and len(into.seqs) >= drop_after:
+                return False
+        elif message["type"] in ("result", "error"):
+            into.final = message
+            return True
