@@ -8,7 +8,7 @@ PORT ?= 8000
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services lint schema check clean
+.PHONY: run test test-services test-browser lint schema check clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -27,12 +27,16 @@ run: $(VENV)/.installed
 
 ## test: the default suite in embedded mode (SQLite + in-memory channel layer)
 test: $(VENV)/.installed-dev
-	$(PY) -m pytest -m "not services" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not services and not browser" $(PYTEST_ARGS)
 
 ## test-services: the service suite against PostgreSQL + Redis, separate processes
 test-services: $(VENV)/.installed-dev
 	DATABASE_URL=$(SERVICES_DATABASE_URL) REDIS_URL=$(SERVICES_REDIS_URL) \
 		$(PY) -m pytest -m services $(PYTEST_ARGS)
+
+## test-browser: the chat page in headless Chromium (Debian's `chromium` package)
+test-browser: $(VENV)/.installed-dev
+	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
 ## lint: ruff lint + format check, mypy (django-stubs)
 lint: $(VENV)/.installed-dev

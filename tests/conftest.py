@@ -17,6 +17,7 @@ from pipeline.backends import reset_backends
 from pipeline.host import PipelineHost
 from pipeline.stages import configured_stages
 from pipeline.worker import Engine, EngineConfig
+from tests.processes import free_port, manage, run_manage, running, wait_until_serving
 
 TEST_BACKENDS = {
     "echo": {"class": "pipeline.backends.echo.EchoBackend", "options": {}},
@@ -52,6 +53,26 @@ def fresh_process_state() -> Iterator[None]:
     channel_layers.backends.clear()
     reset_backends()
     configured_stages.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`make run`'s server as a process (embedded mode), echo paced at 50 ms/token."""
+    data_dir = tmp_path_factory.mktemp("live-server")
+    env = {
+        "ORCHESTRATOR_DATA_DIR": str(data_dir),
+        "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05",
+        "ORCHESTRATOR_CHUNK_BATCH_TOKENS": "4",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+    }
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    port = free_port()
+    log = data_dir / "server.log"
+    server = manage("runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=log)
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        yield f"http://127.0.0.1:{port}"
 
 
 @pytest.fixture

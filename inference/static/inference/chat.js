@@ -68,13 +68,14 @@
       if (!entry || m.chunk <= entry.lastChunk) return; // exactly once, in order
       entry.lastChunk = m.chunk;
       entry.text += m.data;
+      entry.el.dataset.tokens = String(Number(entry.el.dataset.tokens || 0) + 1);
       entry.el.querySelector(".body").textContent = entry.text;
       messages.scrollTop = messages.scrollHeight;
     },
     reset(m) {
       const entry = requests.get(m.request_id);
       if (!entry) return;
-      entry.text = ""; entry.lastChunk = -1;
+      entry.text = ""; entry.lastChunk = -1; entry.el.dataset.tokens = "0";
       entry.el.querySelector(".body").textContent = "";
     },
     result(m) {
