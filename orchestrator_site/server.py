@@ -43,7 +43,7 @@ class OrchestratorServer(Server):
         if embedded is not None and embedded.enabled:
             # Called just before the reactor's loop runs: schedule, don't start.
             asyncio.get_event_loop().call_soon(embedded.ensure_started)
-        reactor.addSystemEventTrigger("before", "shutdown", self._shut_down)  # type: ignore[attr-defined]
+        reactor.addSystemEventTrigger("before", "shutdown", self._shut_down)  # type: ignore[attr-defined, arg-type]
 
     def _shut_down(self) -> defer.Deferred[Any]:
         sockets = [p for p in self.connections if isinstance(p, WebSocketProtocol)]
