@@ -4,11 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# llama-cpp-python compiles llama.cpp on first install (a few minutes). A native
+# build (-march=native) crashed on this machine class with "Illegal instruction".
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 # Service suite: local PostgreSQL + Redis (CI starts them if they are down).
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser lint schema check clean
+.PHONY: run test test-services test-browser bench-local lint schema check clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -37,6 +40,10 @@ test-services: $(VENV)/.installed-dev
 ## test-browser: the chat page in headless Chromium (Debian's `chromium` package)
 test-browser: $(VENV)/.installed-dev
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
+
+## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
+bench-local: $(VENV)/.installed
+	$(PY) bench/local_model.py
 
 ## lint: ruff lint + format check, mypy (django-stubs)
 lint: $(VENV)/.installed-dev

@@ -59,6 +59,14 @@ def check_orchestrator_config(app_configs: Any, **kwargs: Any) -> list[Error | W
         )
     for name, spec in backends.items():
         problems += _check_importable(spec.get("class", ""), f"backend {name!r}", "E011")
+        unknown = [f for f in spec.get("fallback", []) if f not in backends or f == name]
+        if unknown:
+            problems.append(
+                Error(
+                    f"Backend {name!r} falls back to unknown backends {unknown}.",
+                    id="inference.E016",
+                )
+            )
     for path in settings.ORCHESTRATOR_STAGES:
         problems += _check_importable(path, "stage", "E012")
     if settings.ORCHESTRATOR_WORKER_MODE not in ("embedded", "external"):

@@ -236,19 +236,66 @@ DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = ORCHESTRATOR_MAX_BODY_BYTES
 ORCHESTRATOR_DEFAULT_MAX_TOKENS = env_int("ORCHESTRATOR_DEFAULT_MAX_TOKENS", 256)
 ORCHESTRATOR_MAX_TOKENS_CEILING = env_int("ORCHESTRATOR_MAX_TOKENS_CEILING", 4096)
 
-# Model backends: name -> {"class": dotted path, "options": {...}}.
-ORCHESTRATOR_BACKENDS: dict[str, dict[str, Any]] = _cfg(
-    "backends",
-    {
+
+# Model backends: name -> {"class": dotted path, "options": {...}, "fallback": [names]}.
+# "local" (SmolLM2 via llama.cpp) and "echo" always exist; "openai" and
+# "anthropic" appear when their key or URL is set. Secrets may come from *_FILE.
+def _default_backends() -> dict[str, dict[str, Any]]:
+    backends: dict[str, dict[str, Any]] = {
+        "local": {
+            "class": "pipeline.backends.llama_cpp.LlamaCppBackend",
+            "options": {
+                "model_path": env_str("ORCHESTRATOR_LOCAL_MODEL_PATH"),  # "" = SmolLM2
+                "concurrency": env_int("ORCHESTRATOR_LOCAL_CONCURRENCY", 1),
+                "n_ctx": env_int("ORCHESTRATOR_LOCAL_CONTEXT", 2048),
+            },
+        },
         "echo": {
             "class": "pipeline.backends.echo.EchoBackend",
             "options": {"token_delay": env_float("ORCHESTRATOR_ECHO_TOKEN_DELAY", 0.0)},
         },
-    },
-)
+    }
+    openai_url = env_str("OPENAI_BASE_URL")
+    openai_key = env_str("OPENAI_API_KEY")
+    if openai_url or openai_key:
+        backends["openai"] = {
+            "class": "pipeline.backends.openai_compat.OpenAICompatBackend",
+            "options": {
+                "base_url": openai_url or "https://api.openai.com/v1",
+                "api_key": openai_key,
+                "model": env_str("OPENAI_MODEL", "gpt-4o-mini"),
+            },
+            "fallback": env_list("OPENAI_FALLBACK", ["local"]),
+        }
+    anthropic_key = env_str("ANTHROPIC_API_KEY")
+    if anthropic_key:
+        backends["anthropic"] = {
+            "class": "pipeline.backends.anthropic.AnthropicBackend",
+            "options": {
+                "base_url": env_str("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+                "api_key": anthropic_key,
+                "model": env_str("ANTHROPIC_MODEL", "claude-3-5-haiku-latest"),
+            },
+            "fallback": env_list("ANTHROPIC_FALLBACK", ["local"]),
+        }
+    return backends
+
+
+ORCHESTRATOR_BACKENDS: dict[str, dict[str, Any]] = _cfg("backends", _default_backends())
 ORCHESTRATOR_DEFAULT_BACKEND = env_str(
-    "ORCHESTRATOR_DEFAULT_BACKEND", _cfg("default_backend", "echo")
+    "ORCHESTRATOR_DEFAULT_BACKEND", _cfg("default_backend", "local")
 )
+# Resilience shared by all backends (pipeline/resilience.py).
+ORCHESTRATOR_BACKEND_RETRIES = env_int("ORCHESTRATOR_BACKEND_RETRIES", 2)
+ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS = env_float(
+    "ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS", 0.5
+)
+ORCHESTRATOR_BACKEND_BACKOFF_MAX_SECONDS = env_float(
+    "ORCHESTRATOR_BACKEND_BACKOFF_MAX_SECONDS", 10.0
+)
+ORCHESTRATOR_BREAKER_FAILURES = env_int("ORCHESTRATOR_BREAKER_FAILURES", 5)
+ORCHESTRATOR_BREAKER_RESET_SECONDS = env_float("ORCHESTRATOR_BREAKER_RESET_SECONDS", 10.0)
+ORCHESTRATOR_BREAKER_MAX_RESET_SECONDS = env_float("ORCHESTRATOR_BREAKER_MAX_RESET_SECONDS", 300.0)
 ORCHESTRATOR_STAGES: list[str] = _cfg(
     "stages",
     [

@@ -9,12 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from channels.db import database_sync_to_async
 from channels.layers import channel_layers
+from django.core.cache import cache
 
 from inference import services
 from inference.models import InferenceRequest
 from inference.streaming import wait_until_finished
 from pipeline.backends import reset_backends
 from pipeline.host import PipelineHost
+from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
 from pipeline.worker import Engine, EngineConfig
 from tests.processes import free_port, manage, run_manage, running, wait_until_serving
@@ -25,9 +27,14 @@ TEST_BACKENDS = {
         "class": "pipeline.backends.echo.EchoBackend",
         "options": {"token_delay": 0.02},
     },
-    "failing": {"class": "tests.backends.FailingBackend", "options": {"tokens_before": 3}},
+    "failing": {"class": "tests.backends.FailingBackend", "options": {"tokens_before": 0}},
+    "failing-midway": {
+        "class": "tests.backends.FailingBackend",
+        "options": {"tokens_before": 3},
+    },
     "exploding": {"class": "tests.backends.ExplodingBackend", "options": {}},
     "endless": {"class": "tests.backends.EndlessBackend", "options": {}},
+    "local": {"class": "pipeline.backends.llama_cpp.LlamaCppBackend", "options": {"seed": 42}},
 }
 
 
@@ -41,18 +48,23 @@ def fast_profile(settings) -> None:  # type: ignore[no-untyped-def]
     settings.ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS = 2.0
     settings.ORCHESTRATOR_BACKENDS = TEST_BACKENDS
     settings.ORCHESTRATOR_DEFAULT_BACKEND = "echo"
+    settings.ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS = 0.01
 
 
 @pytest.fixture(autouse=True)
 def fresh_process_state() -> Iterator[None]:
     """In-memory layers are bound to one event loop; backends to one settings."""
-    channel_layers.backends.clear()
-    reset_backends()
-    configured_stages.cache_clear()
+
+    def reset() -> None:
+        channel_layers.backends.clear()
+        reset_backends()
+        reset_breakers()
+        configured_stages.cache_clear()
+        cache.clear()
+
+    reset()
     yield
-    channel_layers.backends.clear()
-    reset_backends()
-    configured_stages.cache_clear()
+    reset()
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +73,7 @@ def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("live-server")
     env = {
         "ORCHESTRATOR_DATA_DIR": str(data_dir),
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
         "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05",
         "ORCHESTRATOR_CHUNK_BATCH_TOKENS": "4",
         "DATABASE_URL": "",

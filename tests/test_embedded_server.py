@@ -133,3 +133,22 @@ async def _origin_and_frame_cap(port: int) -> None:
         with pytest.raises(websockets.ConnectionClosed) as closed:
             await asyncio.wait_for(socket.recv(), timeout=10)
         assert closed.value.rcvd.code == 1009
+
+
+def test_make_run_answers_the_seed_curl_example_with_the_local_model(data_dir: Path) -> None:
+    env = {**env_for(data_dir), "ORCHESTRATOR_DEFAULT_BACKEND": "local"}  # make run's default
+    server, port = runserver(data_dir, env)
+    base = f"http://127.0.0.1:{port}"
+    with running(server):
+        wait_until_serving(base, server)
+        submitted = httpx.post(f"{base}/api/v1/infer", json={"prompt": "What is Rust?"})
+        request_id = submitted.json()["request_id"]
+        result = httpx.get(f"{base}/api/v1/result/{request_id}", params={"wait": 30}, timeout=40)
+        body = result.json()
+        assert (result.status_code, body["status"], body["backend_used"]) == (
+            200,
+            "completed",
+            "local",
+        )
+        assert body["result"].strip() and body["result"] != "What is Rust?"
+        assert body["usage"]["completion_tokens"] > 1

