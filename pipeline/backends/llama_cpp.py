@@ -52,7 +52,7 @@ class LlamaCppBackend(Backend):
         self.model_path = model_path
         self.model = Path(model_path).stem if model_path else "SmolLM2-135M-Instruct"
         self.concurrency = concurrency
-        self.llama_options = {
+        self.llama_options: dict[str, Any] = {
             "n_ctx": n_ctx,
             "n_threads": n_threads or os.cpu_count() or 1,
             "seed": seed,
