@@ -8,7 +8,13 @@ from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 
 from inference import services
-from inference.models import InferenceRequest, InferenceRequestQuerySet, StreamChunk
+from inference.models import (
+    Document,
+    DocumentChunk,
+    InferenceRequest,
+    InferenceRequestQuerySet,
+    StreamChunk,
+)
 
 STAGES = ("rag", "assemble", "inference", "post", "stream")
 
@@ -66,15 +72,31 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "started_at",
         "finished_at",
         "timeline",
+        "passages_display",
+        "messages_display",
         "prompt_tokens",
         "completion_tokens",
         "idempotency_key",
         "client_ip",
     )
-    exclude = ("timings",)
+    exclude = ("timings", "passages", "messages")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+    @admin.display(description="retrieved passages")
+    def passages_display(self, obj: InferenceRequest) -> str:
+        rows = ((p["score"], p["title"], p["text"][:300]) for p in obj.passages)
+        html = format_html_join("", "<div><b>{:.3f}</b> {}: {}</div>", rows)
+        return html or "—"
+
+    @admin.display(description="messages sent to the model")
+    def messages_display(self, obj: InferenceRequest) -> str:
+        rows = ((m["role"], m["content"]) for m in obj.messages)
+        html = format_html_join(
+            "", '<div><code>{}</code><pre style="white-space:pre-wrap">{}</pre></div>', rows
+        )
+        return html or "—"
 
     @admin.display(description="duration")
     def duration_display(self, obj: InferenceRequest) -> str:
@@ -122,3 +144,25 @@ class InferenceRequestAdmin(admin.ModelAdmin):
 
     def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         return super().get_inline_instances(request, obj) if obj else []
+
+
+class DocumentChunkInline(admin.TabularInline):
+    model = DocumentChunk
+    fields = ("position", "text")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    max_num = 0
+
+
+@admin.register(Document)
+class DocumentAdmin(admin.ModelAdmin):
+    list_display = ("title", "source", "created_at")
+    search_fields = ("title", "source")
+    inlines = [DocumentChunkInline]
+    readonly_fields = ("created_at",)
+
+    def save_model(self, request: HttpRequest, obj: Document, form: Any, change: bool) -> None:
+        # Re-chunk through the service so the index always matches the text.
+        saved = services.ingest_document(obj.title, obj.source, obj.text)
+        obj.pk = saved.pk

@@ -9,8 +9,9 @@ a stale worker can never overwrite a newer attempt or a terminal state.
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from django.db import models, transaction
 from django.db.models import F, Q
@@ -47,6 +48,8 @@ class Outcome:
     completion_tokens: int
     timings: dict[str, float]
     backend_used: str
+    passages: list[dict[str, Any]] = field(default_factory=list)
+    messages: list[dict[str, str]] = field(default_factory=list)
 
 
 class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
@@ -114,6 +117,8 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 completion_tokens=outcome.completion_tokens,
                 timings=outcome.timings,
                 backend_used=outcome.backend_used,
+                passages=outcome.passages,
+                messages=outcome.messages,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
@@ -125,14 +130,15 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         attempt: int,
         code: str,
         message: str,
-        timings: dict[str, float] | None = None,
+        **details: Any,
     ) -> bool:
+        """``details``: what the attempt got to (timings, passages, messages)."""
         return bool(
             self.held_by(pk, attempt).update(
                 status=Status.FAILED,
                 error_code=code,
                 error=message[:2000],
-                timings=timings or {},
+                **details,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
@@ -219,6 +225,10 @@ class InferenceRequest(models.Model):
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # What the model was shown: retrieved passages (with scores) and the final
+    # chat messages, written by the worker when the attempt completes.
+    passages = models.JSONField(default=list, blank=True)
+    messages = models.JSONField(default=list, blank=True)
     # Seconds per pipeline stage, plus "first_token" (since the attempt started).
     timings = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
@@ -310,3 +320,35 @@ class StreamChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.seq}"
+
+
+class Document(models.Model):
+    """A text in the project's document store, split into chunks for retrieval."""
+
+    title = models.CharField(max_length=300)
+    # Where it came from (a path, a URL, any key): ingesting the same source
+    # again replaces the document.
+    source = models.CharField(max_length=500, unique=True)
+    text = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class DocumentChunk(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    position = models.PositiveIntegerField()
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["document", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "position"], name="unique_chunk_position")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document_id}#{self.position}"

@@ -9,11 +9,13 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from inference.models import InferenceRequest
+from inference.models import Document, InferenceRequest
 from inference.services import Submission
 from pipeline.backends import backend_names
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
+# Submit fields stored together in the request's ``params``.
+REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag")
 
 
 @extend_schema_field(
@@ -65,6 +67,50 @@ class BackendChoiceField(StrictCharField):
         return name
 
 
+@extend_schema_field(
+    {
+        "oneOf": [
+            {"type": "boolean"},
+            {
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "top_k": {"type": "integer", "minimum": 0, "maximum": 20},
+                    "documents": {"type": "array", "items": {"type": "integer"}},
+                },
+            },
+        ],
+        "description": "Retrieval: false turns it off; an object sets top_k / document ids.",
+    }
+)
+class RagOptionsField(serializers.Field):
+    default_error_messages = {
+        "invalid": "Use true/false or {{enabled?, top_k? (0-20), documents? [ids]}}.",
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, bool):
+            return {"enabled": data}
+        if not isinstance(data, dict) or set(data) - {"enabled", "top_k", "documents"}:
+            self.fail("invalid")
+        top_k = data.get("top_k", 0)
+        documents = data.get("documents", [])
+        valid = (
+            isinstance(data.get("enabled", True), bool)
+            and isinstance(top_k, int)
+            and not isinstance(top_k, bool)
+            and 0 <= top_k <= 20
+            and isinstance(documents, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in documents)
+        )
+        if not valid:
+            self.fail("invalid")
+        return dict(data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
 class InferRequestSerializer(serializers.Serializer):
     """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
 
@@ -83,6 +129,7 @@ class InferRequestSerializer(serializers.Serializer):
         max_length=4,
     )
     deadline_seconds = serializers.FloatField(required=False, min_value=1.0)
+    rag = RagOptionsField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # The seed's clients put "priority" inside metadata; honour it there too.
@@ -122,9 +169,7 @@ class InferRequestSerializer(serializers.Serializer):
 
     def to_submission(self, **context: Any) -> Submission:
         data = self.validated_data
-        params = {
-            key: data[key] for key in ("max_tokens", "temperature", "top_p", "stop") if key in data
-        }
+        params = {key: data[key] for key in REQUEST_PARAMS if key in data}
         return Submission(
             prompt=data["prompt"],
             session_id=data.get("session_id", ""),
@@ -179,6 +224,8 @@ class InferenceRequestSerializer(serializers.ModelSerializer):
             "deadline_at",
             "usage",
             "timings",
+            "passages",
+            "messages",
         ]
         read_only_fields = fields
 
@@ -201,3 +248,36 @@ class HealthSerializer(serializers.Serializer):
     checks = serializers.DictField(child=serializers.CharField())
     worker_mode = serializers.CharField()
     version = serializers.CharField()
+
+
+class DocumentSerializer(serializers.ModelSerializer):
+    """A document in the store; ``chunks`` is how many pieces it was split into."""
+
+    text = serializers.CharField(write_only=True, trim_whitespace=False)
+    source = serializers.CharField(max_length=500, required=False)  # type: ignore[assignment]
+    chunks = serializers.IntegerField(source="chunks.count", read_only=True)
+
+    class Meta:
+        model = Document
+        fields = ["id", "title", "source", "text", "chunks", "created_at"]
+        read_only_fields = ["id", "chunks", "created_at"]
+        # ``source`` may repeat: ingesting it again replaces the document.
+        extra_kwargs: dict[str, dict[str, Any]] = {"source": {"validators": []}}
+
+
+class DocumentDetailSerializer(DocumentSerializer):
+    text = serializers.CharField(read_only=True)
+
+
+class SessionTurnSerializer(serializers.ModelSerializer):
+    request_id = serializers.UUIDField(source="id", read_only=True)
+
+    class Meta:
+        model = InferenceRequest
+        fields = ["request_id", "prompt", "result", "status", "error", "created_at"]
+        read_only_fields = fields
+
+
+class SessionSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    turns = SessionTurnSerializer(many=True)

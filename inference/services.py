@@ -17,8 +17,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.models import InferenceRequest, Status
+from inference.models import Document, DocumentChunk, InferenceRequest, Status
 from pipeline import events
+from pipeline.retrieval import chunk_text
 
 
 @dataclass
@@ -116,3 +117,29 @@ def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:
         )
     )
     return request
+
+
+def ingest_document(title: str, source: str, text: str) -> Document:
+    """Store a document split into chunks; the same ``source`` again replaces it."""
+    chunks = chunk_text(text, settings.ORCHESTRATOR_DOCUMENT_CHUNK_CHARS)
+    with transaction.atomic():
+        Document.objects.filter(source=source).delete()
+        document = Document.objects.create(title=title, source=source, text=text)
+        DocumentChunk.objects.bulk_create(
+            DocumentChunk(document=document, position=i, text=chunk)
+            for i, chunk in enumerate(chunks)
+        )
+    return document
+
+
+def delete_session(session_id: str) -> int:
+    """Forget a conversation: cancel its running requests, then delete them all.
+
+    Returns how many requests were deleted (0: no such session).
+    """
+    with transaction.atomic():
+        session = InferenceRequest.objects.filter(session_id=session_id)
+        for request_id in session.active().values_list("pk", flat=True):
+            cancel_request(request_id)
+        deleted = session.delete()[1].get("inference.InferenceRequest", 0)
+    return deleted

@@ -9,11 +9,13 @@ app_name = "inference"
 
 router = SimpleRouter(trailing_slash=True)
 router.register("requests", views.RequestViewSet, basename="requests")
+router.register("documents", views.DocumentViewSet, basename="documents")
 
 urlpatterns = [
     path("infer", views.InferView.as_view(), name="infer"),
     path("status/<str:request_id>", views.StatusView.as_view(), name="status"),
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
+    path("sessions/<str:session_id>", views.SessionView.as_view(), name="session"),
     *router.urls,
     # Anything else under /api/v1/ is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", errors.json_404),

@@ -22,18 +22,21 @@ from django.urls import reverse
 from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, pagination, viewsets
+from rest_framework import mixins, pagination, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import services
-from inference.models import InferenceRequest, Status
+from inference.models import Document, InferenceRequest, Status
 from inference.serializers import (
+    DocumentDetailSerializer,
+    DocumentSerializer,
     ErrorSerializer,
     HealthSerializer,
     InferenceRequestSerializer,
     InferRequestSerializer,
+    SessionSerializer,
 )
 from inference.streaming import wait_until_finished
 from pipeline.backends import backend_names
@@ -257,3 +260,50 @@ async def _probe(check) -> str:  # type: ignore[no-untyped-def]
         return await asyncio.wait_for(check, timeout=3)
     except Exception as exc:
         return f"error: {type(exc).__name__}"
+
+
+@extend_schema(responses={404: ERRORS[404]})
+class DocumentViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """The document store RAG retrieves from: add, list, show, delete.
+
+    Adding a document with the ``source`` of an existing one replaces it.
+    """
+
+    queryset = Document.objects.prefetch_related("chunks")
+    pagination_class = NewestFirst
+
+    def get_serializer_class(self) -> type[serializers.BaseSerializer]:
+        return DocumentDetailSerializer if self.action == "retrieve" else DocumentSerializer
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        data = serializer.validated_data
+        source = data.get("source") or f"api:{uuid.uuid4()}"
+        serializer.instance = services.ingest_document(data["title"], source, data["text"])
+
+
+class SessionView(APIView):
+    """A conversation: the requests sharing a ``session_id``, oldest first."""
+
+    @extend_schema(operation_id="session", responses={200: SessionSerializer, 404: ERRORS[404]})
+    async def get(self, request: Request, session_id: str) -> Response:
+        turns = [
+            row
+            async for row in InferenceRequest.objects.filter(session_id=session_id).order_by(
+                "created_at"
+            )
+        ]
+        if not turns:
+            raise Http404("No session with that id.")
+        return Response(SessionSerializer({"session_id": session_id, "turns": turns}).data)
+
+    @extend_schema(operation_id="session_delete", responses={204: None, 404: ERRORS[404]})
+    async def delete(self, request: Request, session_id: str) -> Response:
+        if not await sync_to_async(services.delete_session)(session_id):
+            raise Http404("No session with that id.")
+        return Response(status=204)

@@ -183,6 +183,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {
+        "RequestStatusEnum": "inference.models.Status",
+        "HealthStatusEnum": ["healthy", "unhealthy"],
+    },
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "inference.schema.add_streaming_routes",
@@ -310,6 +314,23 @@ ORCHESTRATOR_SYSTEM_PROMPT = env_str(
     "ORCHESTRATOR_SYSTEM_PROMPT",
     _cfg("system_prompt", "You are a helpful, concise assistant."),
 )
+# Appended to the system prompt when passages were retrieved; {sources} is the
+# numbered list the model is asked to cite as [1], [2], ...
+ORCHESTRATOR_RAG_TEMPLATE = _cfg(
+    "rag_template",
+    "Use the numbered sources below when they help, and cite them like [1].\n\n{sources}",
+)
+ORCHESTRATOR_RAG_TOP_K = env_int("ORCHESTRATOR_RAG_TOP_K", _cfg("rag_top_k", 3))
+ORCHESTRATOR_RAG_MIN_SCORE = env_float("ORCHESTRATOR_RAG_MIN_SCORE", 0.0)
+ORCHESTRATOR_DOCUMENT_CHUNK_CHARS = env_int("ORCHESTRATOR_DOCUMENT_CHUNK_CHARS", 800)
+# The model's context window in tokens: system prompt + history + prompt +
+# max_tokens must fit; the oldest turns of a session are dropped first.
+ORCHESTRATOR_CONTEXT_TOKENS = env_int("ORCHESTRATOR_CONTEXT_TOKENS", _cfg("context_tokens", 2048))
+ORCHESTRATOR_SESSION_MAX_TURNS = env_int("ORCHESTRATOR_SESSION_MAX_TURNS", 50)
+# Post-processing of the stored result.
+ORCHESTRATOR_MAX_OUTPUT_CHARS = env_int("ORCHESTRATOR_MAX_OUTPUT_CHARS", 100_000)
+# [[regex, replacement], ...] applied to the stored result (not to streamed tokens).
+ORCHESTRATOR_REDACTIONS: list[list[str]] = _cfg("redactions", [])
 
 # --- Logging --------------------------------------------------------------------------
 LOGGING = {

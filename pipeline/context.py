@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from pipeline.backends.base import GenerationParams, Usage
@@ -29,6 +30,8 @@ class RequestSnapshot:
     backend: str
     params: GenerationParams
     metadata: dict[str, Any] = field(default_factory=dict)
+    created_at: datetime | None = None
+    rag: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

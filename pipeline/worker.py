@@ -69,6 +69,8 @@ def snapshot(request: InferenceRequest) -> RequestSnapshot:
         session_id=request.session_id,
         backend=request.backend,
         metadata=request.metadata,
+        created_at=request.created_at,
+        rag=params.get("rag") or {},
         params=GenerationParams(
             max_tokens=params.get("max_tokens", settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS),
             temperature=params.get("temperature", 0.7),
@@ -234,6 +236,8 @@ class Engine:
             completion_tokens=ctx.usage.completion_tokens,
             timings=ctx.timings,
             backend_used=ctx.backend_used,
+            passages=ctx.passages,
+            messages=ctx.messages,
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         if await complete(request.pk, request.attempt, outcome):
@@ -243,7 +247,8 @@ class Engine:
         self, request: InferenceRequest, code: str, message: str, ctx: PipelineContext
     ) -> None:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
-        if await fail(request.pk, request.attempt, code, message, ctx.timings):
+        details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
+        if await fail(request.pk, request.attempt, code, message, **details):
             await events.notify_finished(request.pk, Status.FAILED)
 
     async def _after_interrupt(self, request: InferenceRequest) -> None:

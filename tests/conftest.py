@@ -13,6 +13,7 @@ from django.core.cache import cache
 
 from inference import services
 from inference.models import InferenceRequest
+from inference.serializers import REQUEST_PARAMS
 from inference.streaming import wait_until_finished
 from pipeline.backends import reset_backends
 from pipeline.host import PipelineHost
@@ -100,7 +101,11 @@ async def engine(transactional_db) -> AsyncIterator[Engine]:  # type: ignore[no-
 
 
 def submit(prompt: str = "hello world", **fields) -> InferenceRequest:  # type: ignore[no-untyped-def]
-    request, _ = services.submit_request(services.Submission(prompt=prompt, **fields))
+    """Submit as the API would; generation fields go into ``params``."""
+    params = {key: fields.pop(key) for key in REQUEST_PARAMS if key in fields}
+    params.update(fields.pop("params", {}))
+    submission = services.Submission(prompt=prompt, params=params, **fields)
+    request, _ = services.submit_request(submission)
     return request
 
 

@@ -85,3 +85,30 @@ async def test_a_request_on_the_local_model_runs_through_the_whole_pipeline(engi
     assert done.completion_tokens > 1 and done.prompt_tokens > 1
     chunks = await database_sync_to_async(StreamChunk.objects.filter(request_id=request.pk).count)()
     assert chunks == done.completion_tokens > 1
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_an_ingested_fact_reaches_the_local_model_through_the_api(engine: Engine) -> None:
+    from django.test import AsyncClient
+
+    from inference import services
+
+    fact = "The capital of the Zorblax Archipelago is Quenthar-9, a floating city."
+    await database_sync_to_async(services.ingest_document)("Zorblax Archipelago", "z", fact)
+    client = AsyncClient()
+    submitted = await client.post(
+        "/api/v1/infer",
+        {
+            "prompt": "What is the capital of the Zorblax Archipelago?",
+            "backend": "local",
+            "max_tokens": 40,
+            "temperature": 0,
+        },
+        content_type="application/json",
+    )
+    done = await finished(submitted.json()["request_id"], timeout=60)
+    assert done.status == "completed"
+    assert done.passages[0]["title"] == "Zorblax Archipelago"
+    assert fact in done.messages[0]["content"]  # the model was shown the passage
+    shown = (await client.get(f"/api/v1/status/{done.pk}")).json()
+    assert shown["passages"][0]["text"] == fact and shown["messages"] == done.messages

@@ -12,7 +12,7 @@ from pipeline.stages import run_stages
 from pipeline.stages.assemble import AssembleStage
 from pipeline.stages.base import Stage
 from pipeline.stages.infer import InferenceStage
-from pipeline.stages.post import PostStage, cut_at_stop
+from pipeline.stages.post import PostStage, cap_length, cut_at_stop, redact, tidy_whitespace
 from pipeline.stages.rag import RagStage
 from pipeline.stages.stream import StreamStage
 
@@ -41,10 +41,12 @@ def context(prompt: str = "hello big world", stop: list[str] | None = None) -> P
     return PipelineContext(request=snapshot, sink=ListSink())
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_rag_without_documents_retrieves_nothing() -> None:
     assert (await RagStage().run(context())).passages == []
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_assemble_puts_the_system_prompt_before_the_user_prompt(settings) -> None:  # type: ignore[no-untyped-def]
     settings.ORCHESTRATOR_SYSTEM_PROMPT = "Be brief."
     ctx = await AssembleStage().run(context("Hi"))
@@ -54,6 +56,7 @@ async def test_assemble_puts_the_system_prompt_before_the_user_prompt(settings) 
     ]
 
 
+@pytest.mark.django_db(transaction=True)
 async def test_inference_streams_each_delta_into_the_sink() -> None:
     ctx = await AssembleStage().run(context("a b c"))
     ctx = await InferenceStage().run(ctx)
@@ -74,6 +77,20 @@ async def test_inference_streams_each_delta_into_the_sink() -> None:
 )
 def test_cut_at_stop_keeps_the_text_before_the_earliest_stop(text, stops, expected) -> None:  # type: ignore[no-untyped-def]
     assert cut_at_stop(text, stops) == expected
+
+
+def test_cap_length_cuts_at_the_limit() -> None:
+    assert cap_length("abcdef", 4) == "abcd" and cap_length("ab", 4) == "ab"
+
+
+def test_tidy_whitespace_trims_lines_and_blank_runs() -> None:
+    assert tidy_whitespace("  one  \n\n\n\ntwo\t \n ") == "one\n\ntwo"
+
+
+def test_redact_applies_each_rule_in_order() -> None:
+    rules = [[r"[\w.]+@[\w.]+", "[email]"], [r"\d{3}-\d{4}", "[phone]"]]
+    assert redact("mail a.b@c.org or 555-1234", rules) == "mail [email] or [phone]"
+    assert redact("nothing here", []) == "nothing here"
 
 
 async def test_post_applies_stops_and_trims_whitespace() -> None:

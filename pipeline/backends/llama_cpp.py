@@ -83,6 +83,17 @@ class LlamaCppBackend(Backend):
         path = self.model_path or str(bundled_smollm2())
         return Llama(model_path=path, **self.llama_options)
 
+    def count_tokens(self, text: str) -> int:
+        """Exact when a model copy is loaded and idle; estimated otherwise."""
+        with self._lock:
+            llama = self._idle.pop() if self._idle else None
+        if llama is None:
+            return super().count_tokens(text)
+        try:
+            return len(llama.tokenize(text.encode(), add_bos=False, special=True))
+        finally:
+            self.release(llama)
+
     def release(self, llama: Any) -> None:
         with self._lock:
             self._idle.append(llama)

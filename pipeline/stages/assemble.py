@@ -1,19 +1,83 @@
 from __future__ import annotations
 
+from typing import Any
+
+from channels.db import database_sync_to_async
 from django.conf import settings
 
-from pipeline.context import PipelineContext
+from inference.models import InferenceRequest, Status
+from pipeline.backends import get_backend
+from pipeline.context import PipelineContext, RequestSnapshot
 from pipeline.stages.base import Stage
+
+Message = dict[str, str]
+
+
+def system_message(passages: list[dict[str, Any]]) -> Message:
+    """The system prompt, plus the numbered sources the model may cite."""
+    content = settings.ORCHESTRATOR_SYSTEM_PROMPT
+    if passages:
+        sources = "\n\n".join(
+            f"[{i}] {p['title']}: {p['text']}" for i, p in enumerate(passages, start=1)
+        )
+        content += "\n\n" + settings.ORCHESTRATOR_RAG_TEMPLATE.format(sources=sources)
+    return {"role": "system", "content": content}
+
+
+def earlier_turns(request: RequestSnapshot) -> list[Message]:
+    """The session's completed turns before this request, oldest first."""
+    if request.created_at is None:
+        return []
+    rows = (
+        InferenceRequest.objects.filter(
+            session_id=request.session_id,
+            status=Status.COMPLETED,
+            created_at__lt=request.created_at,
+        )
+        .exclude(pk=request.id)
+        .order_by("-created_at")
+        .values_list("prompt", "result")[: settings.ORCHESTRATOR_SESSION_MAX_TURNS]
+    )
+    turns: list[Message] = []
+    for prompt, result in reversed(rows):
+        turns += [
+            {"role": "user", "content": prompt},
+            {"role": "assistant", "content": result or ""},
+        ]
+    return turns
+
+
+def fit_to_budget(
+    system: Message, history: list[Message], prompt: Message, budget: int, count: Any
+) -> list[Message]:
+    """Drop the oldest turns (user + assistant pairs) until everything fits.
+
+    The system prompt and the new prompt are always kept.
+    """
+    used = count(system["content"]) + count(prompt["content"])
+    costs = [count(m["content"]) for m in history]
+    start = 0
+    while start < len(history) and used + sum(costs[start:]) > budget:
+        start += 2
+    return [system, *history[start:], prompt]
 
 
 class AssembleStage(Stage):
-    """Build the chat messages the backend receives: system prompt, then the user's."""
+    """System prompt and cited passages, then the session's history, then the prompt.
+
+    The result is stored on the request, so anyone can see what the model got.
+    """
 
     name = "assemble"
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
-        ctx.messages = [
-            {"role": "system", "content": settings.ORCHESTRATOR_SYSTEM_PROMPT},
+        history = await database_sync_to_async(earlier_turns)(ctx.request)
+        budget = settings.ORCHESTRATOR_CONTEXT_TOKENS - ctx.request.params.max_tokens
+        ctx.messages = fit_to_budget(
+            system_message(ctx.passages),
+            history,
             {"role": "user", "content": ctx.request.prompt},
-        ]
+            budget,
+            get_backend(ctx.request.backend).count_tokens,
+        )
         return ctx

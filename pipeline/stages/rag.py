@@ -1,18 +1,28 @@
 from __future__ import annotations
 
+from channels.db import database_sync_to_async
+from django.conf import settings
+
 from pipeline.context import PipelineContext
+from pipeline.retrieval import get_retriever
 from pipeline.stages.base import Stage
 
 
 class RagStage(Stage):
-    """Retrieval-augmented generation.
+    """Retrieve the top-k document chunks for the prompt (none: a no-op).
 
-    There is no document store yet, so there is nothing to retrieve: the stage
-    records an empty passage list (and its time) so the timeline stays complete.
+    Per request: ``rag: false`` turns it off; ``{"top_k": n, "documents": [ids]}``
+    tunes it. The passages (with scores) are stored on the request.
     """
 
     name = "rag"
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
-        ctx.passages = []
+        options = ctx.request.rag
+        if options.get("enabled", True) is False:
+            return ctx
+        top_k = options.get("top_k", settings.ORCHESTRATOR_RAG_TOP_K)
+        search = database_sync_to_async(get_retriever().search)
+        passages = await search(ctx.request.prompt, top_k, options.get("documents"))
+        ctx.passages = [p.as_dict() for p in passages]
         return ctx

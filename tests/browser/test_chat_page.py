@@ -82,3 +82,16 @@ def test_cancel_stops_a_running_answer(page: Page) -> None:
     page.wait_for_function("el => Number(el.dataset.tokens || 0) >= 2", arg=answer.element_handle())
     answer.locator(".cancel").click()
     expect(answer).to_have_attribute("data-status", "cancelled", timeout=10_000)
+
+
+def test_a_reload_continues_the_session(page: Page) -> None:
+    answer = ask(page, "remember this turn")
+    expect(answer).to_have_attribute("data-status", "completed", timeout=20_000)
+    session = page.locator("#session-id").inner_text()
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+    assert page.locator("#session-id").inner_text() == session
+    expect(page.locator("li.msg.user").last).to_have_text("remember this turn")
+    expect(page.locator("li.msg.assistant").last.locator(".body")).to_have_text("remember this turn")
+    follow_up = ask(page, "and this one")
+    expect(follow_up).to_have_attribute("data-status", "completed", timeout=20_000)

@@ -13,13 +13,13 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import dj_database_url
-import psycopg
 import pytest
 import redis
+from django.db import connection
 
-from tests.processes import free_port, manage, run_manage, stop, wait_until_serving
+from tests.processes import free_port, manage, stop, wait_until_serving
 
 
 def _require_env(name: str) -> str:
@@ -27,15 +27,6 @@ def _require_env(name: str) -> str:
     if not value:
         pytest.fail(f"{name} must be set for the service suite (see `make test-services`)")
     return value
-
-
-def _recreate_database(url: str) -> None:
-    config = dj_database_url.parse(url)
-    name = config["NAME"]
-    admin_url = url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 @dataclass
@@ -65,11 +56,18 @@ class Stack:
         self.workers.clear()
 
 
+def _test_database_url(base_url: str) -> str:
+    """pytest-django's (fresh, migrated) test database, shared with the processes."""
+    return base_url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    database_url = _require_env("DATABASE_URL")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any
+) -> Iterator[Stack]:
+    _require_env("DATABASE_URL")
+    database_url = _test_database_url(os.environ["DATABASE_URL"])
     redis_url = _require_env("REDIS_URL")
-    _recreate_database(database_url)
     redis.Redis.from_url(redis_url).flushdb()
     logs = tmp_path_factory.mktemp("service-logs")
     env = {
@@ -85,7 +83,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "1",
         "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
     }
-    run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
     web = manage("serve", "--host", "127.0.0.1", "--port", str(port), env=env, log=logs / "web.log")
     the_stack = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs, web=web)

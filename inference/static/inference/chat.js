@@ -154,7 +154,23 @@
     requests.clear();
   };
 
+  // Continue the conversation after a reload: show its earlier turns, and
+  // resume (over the socket, once open) any that are still running.
+  async function restoreSession() {
+    const response = await fetch(`/api/v1/sessions/${encodeURIComponent(sessionId)}`);
+    if (response.status !== 200) return;
+    for (const turn of (await response.json()).turns) {
+      bubble("user", turn.prompt);
+      const el = bubble("assistant", turn.result || "");
+      const done = !["pending", "processing"].includes(turn.status);
+      const entry = { el, text: "", lastChunk: -1, done };
+      requests.set(turn.request_id, entry);
+      meta(el, turn.request_id);
+      setStatus(entry, turn.status);
+    }
+  }
+
   // For tests and debugging: drop the socket as a network failure would.
   window.chatDebug = { dropSocket: () => socket && socket.close() };
-  connect();
+  restoreSession().finally(connect);
 })();
