@@ -92,6 +92,7 @@ def test_a_reload_continues_the_session(page: Page) -> None:
     expect(page.locator("#conn")).to_have_attribute("data-state", "open")
     assert page.locator("#session-id").inner_text() == session
     expect(page.locator("li.msg.user").last).to_have_text("remember this turn")
-    expect(page.locator("li.msg.assistant").last.locator(".body")).to_have_text("remember this turn")
+    restored = page.locator("li.msg.assistant").last
+    expect(restored.locator(".body")).to_have_text("remember this turn")
     follow_up = ask(page, "and this one")
     expect(follow_up).to_have_attribute("data-status", "completed", timeout=20_000)
