@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -20,6 +21,11 @@ from django.conf import settings
 
 from inference.models import TERMINAL_STATUSES, InferenceRequest, StreamChunk
 from pipeline import events
+
+logger = logging.getLogger(__name__)
+
+# How often a reader re-reads the database while the channel layer is down.
+LAYER_DOWN_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -65,22 +71,37 @@ def _read(request_id: uuid.UUID, after_seq: int) -> _Snapshot:
 
 
 @contextlib.asynccontextmanager
-async def _subscription(request_id: uuid.UUID) -> AsyncIterator[str]:
+async def _subscription(request_id: uuid.UUID) -> AsyncIterator[str | None]:
+    """A channel in the request's group; None while the layer is unreachable
+    (the reader then polls the database, which stays correct, just slower)."""
     layer = get_channel_layer()
-    channel = await layer.new_channel("stream")
     group = events.request_group(request_id)
-    await layer.group_add(group, channel)
+    try:
+        channel = await layer.new_channel("stream")
+        await layer.group_add(group, channel)
+    except Exception:
+        logger.warning("channel layer unavailable: %s polls", request_id, exc_info=True)
+        channel = None
     try:
         yield channel
     finally:
-        await layer.group_discard(group, channel)
+        if channel is not None:
+            with contextlib.suppress(Exception):
+                await layer.group_discard(group, channel)
 
 
-async def _wait_for_event(channel: str, timeout: float) -> bool:
-    """True if a wake-up arrived, False on timeout."""
+async def _wait_for_event(channel: str | None, timeout: float) -> bool:
+    """True if a wake-up arrived, False on timeout (or while the layer is down)."""
+    if channel is None:
+        await asyncio.sleep(min(timeout, LAYER_DOWN_POLL_SECONDS))
+        return False
     try:
         await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
     except TimeoutError:
+        return False
+    except Exception:
+        logger.warning("channel layer receive failed; polling", exc_info=True)
+        await asyncio.sleep(min(timeout, LAYER_DOWN_POLL_SECONDS))
         return False
     return True
 

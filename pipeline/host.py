@@ -11,7 +11,7 @@ from channels.worker import Worker
 from django.conf import settings
 
 from pipeline.consumers import PipelineConsumer
-from pipeline.worker import Engine, EngineConfig
+from pipeline.worker import LAYER_RETRY_SECONDS, Engine, EngineConfig
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +29,24 @@ class PipelineHost:
             channels=[settings.PIPELINE_CHANNEL],
             channel_layer=get_channel_layer(),
         )
-        doorbell = asyncio.create_task(listener.arun())
+        doorbell = asyncio.create_task(self._listen(listener))
         try:
             await self.engine.run()
         finally:
             doorbell.cancel()
             await asyncio.gather(doorbell, return_exceptions=True)
+
+    async def _listen(self, listener: Worker) -> None:
+        """Hear the doorbell; after a layer error (Redis restarting) listen again.
+
+        Meanwhile the engine finds work by polling, so nothing waits for this.
+        """
+        while True:
+            try:
+                await listener.arun()
+            except Exception:
+                logger.warning("doorbell listener failed; restarting", exc_info=True)
+            await asyncio.sleep(LAYER_RETRY_SECONDS)
 
     def start(self) -> asyncio.Task[None]:
         """Start serving in the running event loop (idempotent)."""

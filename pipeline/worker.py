@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 
 _current: Engine | None = None
 
+# Pause before listening again after a channel-layer error (e.g. Redis restarting).
+LAYER_RETRY_SECONDS = 1.0
+
 
 def current_engine() -> Engine | None:
     """The engine running in this process, if any."""
@@ -173,7 +176,14 @@ class Engine:
     async def _control_loop(self) -> None:
         layer = get_channel_layer()
         while True:
-            message = await layer.receive(self.control_channel)
+            try:
+                message = await layer.receive(self.control_channel)
+            except Exception:
+                # Redis restarting: cancels still arrive through the heartbeat
+                # (it finds the row cancelled); listen again shortly.
+                logger.warning("control channel unavailable; retrying", exc_info=True)
+                await asyncio.sleep(LAYER_RETRY_SECONDS)
+                continue
             if message.get("type") == events.REQUEST_CANCEL:
                 self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
 
