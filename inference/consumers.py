@@ -228,7 +228,15 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             idempotency_key=serializer.validated_data.get("idempotency_key") or None,
             client_ip=(self.scope.get("client") or [None])[0],
         )
-        request, _ = await database_sync_to_async(services.submit_request)(submission)
+        try:
+            request, _ = await database_sync_to_async(services.submit_request)(submission)
+        except services.AdmissionRefused as refused:
+            status = 503 if isinstance(refused, services.QueueFull) else 429
+            body = error_body(
+                refused.message, status, refused.code, retry_after=refused.retry_after
+            )
+            await self.send_json({"type": "error", "request_id": None, **body})
+            return
         await self.send_json(
             {
                 "type": "ack",

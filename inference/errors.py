@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from inference.parsers import RequestTooLarge
+from inference.services import AdmissionRefused, QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +58,15 @@ class ServiceUnavailable(exceptions.APIException):
         self.retry_after = retry_after
 
 
+class Refused(exceptions.APIException):
+    """An AdmissionRefused from the services, as an HTTP error with Retry-After."""
+
+    def __init__(self, refusal: AdmissionRefused) -> None:
+        super().__init__(refusal.message, refusal.code)
+        self.status_code = 503 if isinstance(refusal, QueueFull) else 429
+        self.retry_after = refusal.retry_after
+
+
 def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
     """(param, message, code) of the first error in a nested ValidationError."""
     if isinstance(detail, dict):
@@ -81,6 +91,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """DRF's EXCEPTION_HANDLER: map every failure to the error shape."""
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
+    if isinstance(exc, AdmissionRefused):
+        exc = Refused(exc)
     if isinstance(exc, DatabaseError):
         logger.warning("database unavailable: %s", exc)
         exc = ServiceUnavailable("The database is unavailable; retry later.")
@@ -94,7 +106,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, Http404):
         code = "not_found"
     response.data = error_body(str(detail) or str(exc), response.status_code, str(code))
-    if isinstance(exc, ServiceUnavailable):
+    if isinstance(exc, ServiceUnavailable | Refused):
         response["Retry-After"] = str(exc.retry_after)
     return response
 

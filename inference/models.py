@@ -257,6 +257,13 @@ class InferenceRequest(models.Model):
             ),
             # Admin list and API list filtered by status, newest first.
             models.Index(fields=["status", "-created_at"], name="status_created_idx"),
+            # Admission control: a client's requests in flight; recent completions.
+            models.Index(
+                fields=["client_ip"],
+                condition=Q(status__in=["pending", "processing"]),
+                name="client_active_idx",
+            ),
+            models.Index(fields=["finished_at"], name="finished_idx"),
         ]
         constraints = [
             models.UniqueConstraint(

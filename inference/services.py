@@ -38,6 +38,51 @@ class Submission:
     client_ip: str | None = None
 
 
+class AdmissionRefused(Exception):
+    """The request was not accepted; ``retry_after`` says when to try again."""
+
+    code = "refused"
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry_after = retry_after
+
+
+class QueueFull(AdmissionRefused):
+    code = "queue_full"
+
+
+class ClientBusy(AdmissionRefused):
+    code = "too_many_in_flight"
+
+
+def backlog_retry_after(waiting: int) -> int:
+    """Seconds until ``waiting`` requests drain at the last minute's completion rate."""
+    since = timezone.now() - timedelta(seconds=60)
+    per_second = InferenceRequest.objects.filter(finished_at__gte=since).count() / 60
+    return int(min(max(waiting / per_second if per_second else 60, 1), 120))
+
+
+def admit(submission: Submission) -> None:
+    """Refuse work the system cannot take: a full queue (503) or a client with too
+    many requests in flight (429). Counts, then inserts: a soft cap that a burst
+    of concurrent submits can overshoot by a few."""
+    cap = settings.ORCHESTRATOR_MAX_PENDING
+    if cap:
+        pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
+        if pending >= cap:
+            raise QueueFull(f"The queue is full ({pending} waiting).", backlog_retry_after(pending))
+    per_client = settings.ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT
+    if per_client and submission.client_ip:
+        mine = InferenceRequest.objects.active().filter(client_ip=submission.client_ip).count()
+        if mine >= per_client:
+            raise ClientBusy(
+                f"You have {mine} requests in flight (limit {per_client}).",
+                backlog_retry_after(mine),
+            )
+
+
 def _after_commit(publish: Any, *args: Any) -> None:
     transaction.on_commit(lambda: async_to_sync(publish)(*args))
 
@@ -46,7 +91,8 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
     """Store a new pending request and ring the workers' doorbell.
 
     Returns ``(request, created)``: a repeated ``idempotency_key`` returns the
-    request first stored under it, and ``created`` is False.
+    request first stored under it, and ``created`` is False. Raises
+    ``AdmissionRefused`` (``QueueFull``, ``ClientBusy``) under overload.
     """
     if submission.idempotency_key:
         existing = InferenceRequest.objects.filter(
@@ -54,6 +100,7 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
         ).first()
         if existing is not None:
             return existing, False
+    admit(submission)
     try:
         with transaction.atomic():
             request = InferenceRequest.objects.create(**_row_fields(submission))
