@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser bench-local lint schema check clean
+.PHONY: run test test-services test-browser bench-local chaos lint schema check clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -44,6 +44,10 @@ test-browser: $(VENV)/.installed-dev
 ## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
 bench-local: $(VENV)/.installed
 	$(PY) bench/local_model.py
+
+## chaos: kill workers, restart Redis and PostgreSQL under load; fail on any lost/duplicated request
+chaos: $(VENV)/.installed-dev
+	$(PY) scripts/chaos.py --requests 300 --duration 60 --kill-every 5
 
 ## lint: ruff lint + format check, mypy (django-stubs)
 lint: $(VENV)/.installed-dev

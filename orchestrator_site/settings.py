@@ -261,7 +261,10 @@ def _default_backends() -> dict[str, dict[str, Any]]:
         },
         "echo": {
             "class": "pipeline.backends.echo.EchoBackend",
-            "options": {"token_delay": env_float("ORCHESTRATOR_ECHO_TOKEN_DELAY", 0.0)},
+            "options": {
+                "token_delay": env_float("ORCHESTRATOR_ECHO_TOKEN_DELAY", 0.0),
+                "failure_rate": env_float("ORCHESTRATOR_ECHO_FAILURE_RATE", 0.0),
+            },
         },
     }
     openai_url = env_str("OPENAI_BASE_URL")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 from collections.abc import AsyncIterator
 
-from pipeline.backends.base import Backend, GenerationParams, Usage
+from pipeline.backends.base import Backend, BackendError, GenerationParams, Usage
 
 _WORD = re.compile(r"\s*\S+")
 
@@ -24,13 +25,17 @@ class EchoBackend(Backend):
 
     model = "echo"
 
-    def __init__(self, *, name: str, token_delay: float = 0.0) -> None:
+    def __init__(self, *, name: str, token_delay: float = 0.0, failure_rate: float = 0.0) -> None:
         super().__init__(name=name)
         self.token_delay = token_delay
+        # Chaos testing: this share of calls fails (retryably) before any token.
+        self.failure_rate = failure_rate
 
     async def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, usage: Usage
     ) -> AsyncIterator[str]:
+        if self.failure_rate and random.random() < self.failure_rate:
+            raise BackendError("injected fault", code="injected_fault", retryable=True)
         prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
         words = split_words(prompt)
         usage.prompt_tokens = sum(len(split_words(m["content"])) for m in messages)

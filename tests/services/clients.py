@@ -17,6 +17,11 @@ class Received:
     seqs: list[int] = field(default_factory=list)
     final: dict | None = None
     last_id: str | None = None
+    resets: int = 0
+
+    def reset(self) -> None:
+        """A new attempt started: what we had belongs to a dead one."""
+        self.text, self.seqs, self.resets = "", [], self.resets + 1
 
 
 async def sse_read(
@@ -40,6 +45,8 @@ async def sse_read(
                     into.last_id = event_id
                     if stop_after is not None and len(into.seqs) >= stop_after:
                         return into  # drop the connection mid-stream
+                elif event == "reset":
+                    into.reset()
                 elif event in ("complete", "error"):
                     into.final = {"event": event, **data}
                     return into
@@ -75,6 +82,8 @@ async def _ws_collect(socket, request_id: str, into: Received, drop_after: int |
             into.seqs.append(message["chunk"])
             if drop_after is not None and len(into.seqs) >= drop_after:
                 return False
+        elif message["type"] == "reset":
+            into.reset()
         elif message["type"] in ("result", "error"):
             into.final = message
             return True

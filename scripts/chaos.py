@@ -1,0 +1,447 @@
+"""Chaos harness: no request lost or run twice while workers die and Redis and
+PostgreSQL restart.
+
+    .venv/bin/python scripts/chaos.py --requests 300 --duration 60 --kill-every 5
+
+Starts web (`manage.py serve`) and three `run_pipeline` workers on PostgreSQL +
+Redis with the echo backend (random lengths, injected retryable faults), drives
+the requests from async clients (10% resubmitted with the same Idempotency-Key,
+30% streamed over SSE with one drop and a Last-Event-ID resume, 10% over a
+WebSocket with one drop and a resume, the rest long-polled), SIGKILLs a random
+worker every K seconds (and restarts it), restarts Redis once and PostgreSQL
+once, drains, then checks what the clients saw against the database and prints
+one table. Exits non-zero unless lost = duplicated = unexpected = stream
+mismatches = 0 and every rejection carried Retry-After.
+
+It restarts this machine's PostgreSQL and Redis: run it where that is fine
+(CI, a dev box), never against shared servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import secrets
+import signal
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.processes import free_port, manage, run_manage, stop, wait_until_serving  # noqa: E402
+from tests.services.clients import Received, sse_read, ws_run  # noqa: E402
+from tests.services.outages import restart_redis, start_postgres, stop_postgres  # noqa: E402
+
+DATABASE = "orchestrator_chaos"
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+@dataclass
+class Outcome:
+    """One client's view of one logical request."""
+
+    prompt: str
+    mode: str
+    key: str
+    request_id: str | None = None
+    rejections: int = 0
+    rejections_without_retry_after: int = 0
+    duplicate_ids: set[str] = field(default_factory=set)
+    stream: Received | None = None
+    final: dict | None = None
+
+
+@dataclass
+class Stats:
+    kills: int = 0
+    in_flight_at_kills: int = 0
+    recovery_seconds: list[float] = field(default_factory=list)
+    peak_rss_kb: Counter[str] = field(default_factory=Counter)
+
+
+class Cluster:
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs = env, logs
+        self.port = free_port()
+        self.workers: list = []
+        self.web = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, workers: int) -> None:
+        args = ("serve", "--host", "127.0.0.1", "--port", str(self.port))
+        self.web = manage(*args, env=self.env, log=self.logs / "web.log")
+        wait_until_serving(self.base_url, self.web)
+        for _ in range(workers):
+            self.start_worker()
+
+    def start_worker(self) -> None:
+        log = self.logs / f"worker-{len(self.workers)}.log"
+        self.workers.append(manage("run_pipeline", "--concurrency", "20", env=self.env, log=log))
+
+    def kill_random_worker(self) -> None:
+        victim = random.choice([w for w in self.workers if w.poll() is None])
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        self.start_worker()
+
+    def sample_rss(self, stats: Stats) -> None:
+        named = [("web", self.web)] + [(f"worker-{i}", w) for i, w in enumerate(self.workers)]
+        for name, process in named:
+            try:
+                status = Path(f"/proc/{process.pid}/status").read_text()
+            except OSError:
+                continue
+            rss = next(
+                int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS")
+            )
+            kind = "web" if name == "web" else "worker"
+            stats.peak_rss_kb[kind] = max(stats.peak_rss_kb[kind], rss)
+
+    def stop(self) -> None:
+        for process in [*self.workers, self.web]:
+            if process is not None:
+                stop(process)
+
+
+# --- the clients ----------------------------------------------------------------------
+
+
+async def submit(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> str | None:
+    """POST until accepted; outages and refusals are retried with the same key."""
+    while time.monotonic() < deadline:
+        try:
+            response = await client.post(
+                "/api/v1/infer",
+                json={"prompt": outcome.prompt},
+                headers={"Idempotency-Key": outcome.key},
+            )
+        except httpx.HTTPError:
+            await asyncio.sleep(0.5)
+            continue
+        if response.status_code in (200, 202):
+            return response.json()["request_id"]
+        if response.status_code in (429, 503):
+            outcome.rejections += 1
+            if "retry-after" not in response.headers:
+                outcome.rejections_without_retry_after += 1
+            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 2))
+            continue
+        raise AssertionError(f"unexpected {response.status_code}: {response.text}")
+    return None
+
+
+async def follow_sse(client: httpx.AsyncClient, outcome: Outcome) -> None:
+    received = Received()
+    dropped = False
+    while received.final is None:
+        try:
+            stop_after = None if dropped else random.randint(1, 4)
+            await sse_read(client, outcome.request_id, received, stop_after=stop_after)
+            dropped = True  # the deliberate drop; then resume with Last-Event-ID
+        except httpx.HTTPError:
+            await asyncio.sleep(0.5)  # an outage cut the stream: resume
+    outcome.stream = received
+
+
+async def result_of(client: httpx.AsyncClient, request_id: str) -> dict:
+    while True:
+        try:
+            response = await client.get(f"/api/v1/result/{request_id}", params={"wait": 10})
+        except httpx.HTTPError:
+            await asyncio.sleep(0.5)
+            continue
+        if response.status_code == 200:
+            return response.json()
+        if response.status_code != 202:
+            await asyncio.sleep(0.5)
+
+
+async def one_client(
+    cluster: Cluster, client: httpx.AsyncClient, outcome: Outcome, deadline: float
+) -> None:
+    if outcome.mode == "ws":
+        ws_url = cluster.base_url.replace("http", "ws") + "/api/v1/ws"
+        for _ in range(20):
+            try:
+                outcome.stream = await ws_run(
+                    ws_url, cluster.base_url, outcome.prompt, drop_after=2
+                )
+                outcome.request_id = outcome.stream.final and outcome.stream.final.get("request_id")
+                break
+            except Exception:  # an outage during the WS exchange: try again
+                await asyncio.sleep(0.5)
+    else:
+        outcome.request_id = await submit(client, outcome, deadline)
+        if outcome.request_id is None:
+            return
+        if outcome.mode == "resubmit":
+            again = await submit(client, outcome, deadline)
+            if again != outcome.request_id:
+                outcome.duplicate_ids.add(str(again))
+        if outcome.mode == "sse":
+            await follow_sse(client, outcome)
+    if outcome.request_id:
+        outcome.final = await result_of(client, outcome.request_id)
+
+
+def plan(count: int) -> list[Outcome]:
+    outcomes = []
+    for i in range(count):
+        words = " ".join(f"c{i}w{j}" for j in range(random.randint(5, 40)))
+        roll = random.random()
+        mode = "resubmit" if roll < 0.1 else "sse" if roll < 0.4 else "ws" if roll < 0.5 else "poll"
+        outcomes.append(Outcome(prompt=f"chaos {i}: {words}", mode=mode, key=str(uuid.uuid4())))
+    return outcomes
+
+
+# --- the chaos -------------------------------------------------------------------------
+
+
+async def chaos(cluster: Cluster, stats: Stats, duration: float, kill_every: float, query) -> None:  # type: ignore[no-untyped-def]
+    began = time.monotonic()
+    redis_done = postgres_done = False
+    next_kill = began + kill_every
+    recoveries: list[asyncio.Task[None]] = []
+    while (elapsed := time.monotonic() - began) < duration:
+        cluster.sample_rss(stats)
+        if time.monotonic() >= next_kill:
+            held = await asyncio.to_thread(query.processing_snapshot)
+            killed_at = time.monotonic()
+            await asyncio.to_thread(cluster.kill_random_worker)
+            stats.kills += 1
+            stats.in_flight_at_kills += len(held)
+            recoveries.append(asyncio.create_task(measure_recovery(stats, query, held, killed_at)))
+            next_kill += kill_every
+        if not redis_done and elapsed > duration / 3:
+            redis_done = True
+            await asyncio.to_thread(restart_redis)
+        if not postgres_done and elapsed > 2 * duration / 3:
+            postgres_done = True
+            await asyncio.to_thread(stop_postgres)
+            await asyncio.sleep(2)
+            await asyncio.to_thread(start_postgres)
+        await asyncio.sleep(0.2)
+    await asyncio.gather(*recoveries)
+
+
+async def measure_recovery(stats: Stats, query, held, killed_at: float) -> None:  # type: ignore[no-untyped-def]
+    """Seconds until every request processing at the kill is running again or done."""
+    while time.monotonic() - killed_at < 60:
+        try:
+            if await asyncio.to_thread(query.all_recovered, held):
+                stats.recovery_seconds.append(time.monotonic() - killed_at)
+                return
+        except Exception:
+            pass  # the database may be restarting
+        await asyncio.sleep(0.2)
+    stats.recovery_seconds.append(float("inf"))
+
+
+class Query:
+    """Read-only looks at the chaos database (its own connection, autocommit)."""
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        self.url = url
+        self.psycopg = psycopg
+
+    def _rows(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self.psycopg.connect(self.url, autocommit=True) as conn:
+            return conn.execute(sql, params).fetchall()
+
+    def processing_snapshot(self) -> dict[str, tuple]:
+        """Requests running at a kill: id -> (attempt, lease expiry)."""
+        try:
+            rows = self._rows(
+                "SELECT id::text, attempt, lease_expires_at FROM inference_inferencerequest "
+                "WHERE status = 'processing'"
+            )
+        except Exception:
+            return {}
+        return {rid: (attempt, lease) for rid, attempt, lease in rows}
+
+    def all_recovered(self, held: dict[str, tuple]) -> bool:
+        """Each is done, re-claimed (a newer attempt) or still heartbeating (a
+        surviving worker renewed its lease since the kill: a dead one cannot)."""
+        if not held:
+            return True
+        rows = self._rows(
+            "SELECT id::text, attempt, status, lease_expires_at "
+            "FROM inference_inferencerequest WHERE id::text = ANY(%s)",
+            (list(held),),
+        )
+        return all(
+            status != "processing" or attempt > held[rid][0] or (lease and lease > held[rid][1])
+            for rid, attempt, status, lease in rows
+        )
+
+    def requests(self) -> list[tuple]:
+        return self._rows(
+            "SELECT id::text, prompt, status, result, error_code, attempt "
+            "FROM inference_inferencerequest"
+        )
+
+
+# --- the verdict -----------------------------------------------------------------------
+
+
+def verdict(
+    outcomes: list[Outcome], rows: list[tuple], stats: Stats, attempted: int
+) -> tuple[list[tuple[str, object]], bool]:
+    by_id = {row[0]: row for row in rows}
+    per_prompt = Counter(row[1] for row in rows)
+    accepted = [o for o in outcomes if o.request_id]
+    lost = [
+        o
+        for o in accepted
+        if o.request_id not in by_id or by_id[o.request_id][2] in ("pending", "processing")
+    ]
+    duplicated = sum(count - 1 for count in per_prompt.values() if count > 1) + sum(
+        len(o.duplicate_ids) for o in outcomes
+    )
+    unexpected = [
+        o
+        for o in accepted
+        if o.request_id in by_id
+        and by_id[o.request_id][2] == "completed"
+        and by_id[o.request_id][3] != o.prompt
+    ]
+    mismatches = [
+        o
+        for o in accepted
+        if o.stream is not None
+        and o.request_id in by_id
+        and by_id[o.request_id][2] == "completed"
+        and o.stream.text != o.prompt
+    ]
+    statuses = Counter(row[2] for row in rows)
+    failed_codes = Counter(row[4] for row in rows if row[2] == "failed")
+    rejected = sum(o.rejections for o in outcomes)
+    no_retry_after = sum(o.rejections_without_retry_after for o in outcomes)
+    finite = [s for s in stats.recovery_seconds if s != float("inf")]
+    table: list[tuple[str, object]] = [
+        ("attempted", attempted),
+        ("accepted", len(accepted)),
+        ("rejected (429/503)", rejected),
+        ("rejected without Retry-After", no_retry_after),
+        ("completed", statuses["completed"]),
+        ("failed (by code)", dict(failed_codes) or 0),
+        ("cancelled", statuses["cancelled"]),
+        ("expired", statuses["expired"]),
+        ("LOST", len(lost)),
+        ("DUPLICATED", duplicated),
+        ("UNEXPECTED", len(unexpected)),
+        ("re-executions (extra attempts)", sum(max(row[5] - 1, 0) for row in rows)),
+        ("visible resets (stream clients)", sum(o.stream.resets for o in outcomes if o.stream)),
+        ("STREAM MISMATCHES", len(mismatches)),
+        (
+            "worker kills (requests running at the kills)",
+            f"{stats.kills} ({stats.in_flight_at_kills})",
+        ),
+        ("max recovery per kill (s)", f"{max(finite):.2f}" if finite else "-"),
+        ("unrecovered kills", len(stats.recovery_seconds) - len(finite)),
+        (
+            "peak RSS web / worker (MB)",
+            f"{stats.peak_rss_kb['web'] / 1024:.0f} / {stats.peak_rss_kb['worker'] / 1024:.0f}",
+        ),
+    ]
+    ok = not lost and not duplicated and not unexpected and not mismatches and no_retry_after == 0
+    ok = ok and len(finite) == len(stats.recovery_seconds)
+    return table, ok
+
+
+async def drive(cluster: Cluster, outcomes: list[Outcome], stats: Stats, args, query) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + args.duration + 120
+    limits = httpx.Limits(max_connections=200)
+    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30, limits=limits) as client:
+        gap = args.duration * 0.8 / max(len(outcomes), 1)
+        tasks = []
+        chaos_task = asyncio.create_task(
+            chaos(cluster, stats, args.duration, args.kill_every, query)
+        )
+        for outcome in outcomes:  # spread the arrivals over most of the run
+            tasks.append(asyncio.create_task(one_client(cluster, client, outcome, deadline)))
+            await asyncio.sleep(gap)
+        await chaos_task
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--kill-every", type=float, default=5)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    random.seed(args.seed)
+    base = os.environ.get("CHAOS_DATABASE_SERVER", "postgres://postgres@127.0.0.1:5432")
+    logs = ROOT / "var" / "chaos"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {
+        "DATABASE_URL": f"{base}/{DATABASE}",
+        "REDIS_URL": REDIS_URL,
+        "DEBUG": "false",
+        "SECRET_KEY": secrets.token_urlsafe(40),
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "ORCHESTRATOR_WORKER_MODE": "external",
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.02",
+        "ORCHESTRATOR_ECHO_FAILURE_RATE": "0.05",
+        "ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS": "0.05",
+        "ORCHESTRATOR_LEASE_SECONDS": "3",
+        "ORCHESTRATOR_REAP_INTERVAL_SECONDS": "0.5",
+        "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "0.5",
+        "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
+        "ORCHESTRATOR_MAX_ATTEMPTS": "10",  # kills every few seconds: keep retrying
+        "LOG_LEVEL": "WARNING",
+    }
+    import psycopg
+
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    import redis
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    cluster = Cluster(env, logs)
+    stats = Stats()
+    query = Query(env["DATABASE_URL"])
+    outcomes = plan(args.requests)
+    began = time.monotonic()
+    try:
+        cluster.start(workers=3)
+        asyncio.run(drive(cluster, outcomes, stats, args, query))
+        rows = query.requests()
+    finally:
+        cluster.stop()
+    table, ok = verdict(outcomes, rows, stats, args.requests)
+    print(
+        f"\nChaos: {args.requests} requests, {args.duration:.0f} s, a worker SIGKILLed every "
+        f"{args.kill_every:.0f} s, Redis and PostgreSQL restarted once; "
+        f"took {time.monotonic() - began:.0f} s\n"
+    )
+    print("| check | value |\n|---|---|")
+    for name, value in table:
+        print(f"| {name} | {value} |")
+    print("\nPASS" if ok else "\nFAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
