@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.backends.base import BackendError
+from pipeline.backends.base import Backend, BackendError, GenerationParams, Usage
 
 
 class HttpClients:
@@ -93,3 +93,66 @@ def transport_error(exc: Exception, backend: str) -> BackendError:
     """Connect errors and timeouts are worth retrying."""
     kind = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "connect_error"
     return BackendError(f"{backend}: {type(exc).__name__}: {exc}", code=kind, retryable=True)
+
+
+class StreamingHttpBackend(Backend):
+    """A backend that POSTs JSON and reads the answer as Server-Sent Events.
+
+    Subclasses say what to send (``body``) and what each event means
+    (``on_event``); timeouts, status mapping and transport errors live here.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        url: str,
+        headers: dict[str, str],
+        connect_timeout: float,
+        first_token_timeout: float,
+        total_timeout: float,
+    ) -> None:
+        super().__init__(name=name)
+        self.url = url
+        self.first_token_timeout = first_token_timeout
+        self.total_timeout = total_timeout
+        self.clients = HttpClients(
+            headers=headers, timeout=httpx.Timeout(total_timeout, connect=connect_timeout)
+        )
+
+    def body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_event(self, event: str, data: str, usage: Usage) -> list[str] | None:
+        """The text deltas an event carries; None when the stream is complete."""
+        raise NotImplementedError
+
+    async def stream(
+        self, messages: list[dict[str, str]], params: GenerationParams, usage: Usage
+    ) -> AsyncIterator[str]:
+        client = self.clients.get()
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                body = self.body(messages, params)
+                async with client.stream("POST", self.url, json=body) as response:
+                    await raise_for_status(response, self.name)
+                    async for delta in self._deltas(response, usage):
+                        yield delta
+        except (httpx.TransportError, TimeoutError) as exc:
+            raise transport_error(exc, self.name) from exc
+
+    async def _deltas(self, response: httpx.Response, usage: Usage) -> AsyncIterator[str]:
+        events = iter_sse(response)
+        # Until the first event arrives, a stalled upstream gets first_token_timeout.
+        wait: float | None = self.first_token_timeout
+        while True:
+            async with asyncio.timeout(wait):
+                item = await anext(events, None)
+            wait = None
+            if item is None:
+                return  # ended without its end marker: keep what we have
+            deltas = self.on_event(*item, usage)
+            if deltas is None:
+                return
+            for delta in deltas:
+                yield delta
