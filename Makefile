@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser bench-local chaos lint schema check clean
+.PHONY: run test test-services test-browser bench-local bench-overload chaos lint schema check clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -44,6 +44,10 @@ test-browser: $(VENV)/.installed-dev
 ## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
 bench-local: $(VENV)/.installed
 	$(PY) bench/local_model.py
+
+## bench-overload: goodput at 0.5x/1x/2x/5x capacity (PostgreSQL + Redis)
+bench-overload: $(VENV)/.installed-dev
+	$(PY) bench/overload.py
 
 ## chaos: kill workers, restart Redis and PostgreSQL under load; fail on any lost/duplicated request
 chaos: $(VENV)/.installed-dev

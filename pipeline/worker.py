@@ -272,11 +272,11 @@ class Engine:
     async def _heartbeat(self, request: InferenceRequest) -> None:
         """Extend the lease every L/3; stop the attempt once it is no longer held."""
         interval = self.config.lease_seconds / 3
-        beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
         unreachable_for = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
+                beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
                 held = await beat(request.pk, request.attempt, self.config.lease_seconds)
                 unreachable_for = 0.0
             except DatabaseError:

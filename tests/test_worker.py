@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
+from django.db import DatabaseError
 from django.utils import timezone
 
 from inference import services
@@ -139,3 +141,22 @@ async def test_an_abandoned_request_is_reclaimed_and_completed(engine: Engine) -
     )
     done = await finished(request.pk)
     assert (done.status, done.attempt, done.result) == ("completed", 2, "left behind")
+
+
+async def test_a_worker_that_cannot_reach_the_database_stops_within_a_lease(
+    engine: Engine, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    """Self-fencing: past its lease another worker may own the request, so a worker
+    whose heartbeats keep failing stops generating on its own."""
+    request = await asubmit(backend="endless")
+    await first_token(request.pk)
+
+    def unreachable(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise DatabaseError("connection refused")
+
+    monkeypatch.setattr(InferenceRequest.objects, "heartbeat", unreachable)
+    began = time.monotonic()
+    await asyncio.wait_for(EndlessBackend.closed.wait(), timeout=10)
+    stopped_after = time.monotonic() - began
+    lease = engine.config.lease_seconds
+    assert lease * 2 / 3 <= stopped_after <= lease + lease / 3 + 1
