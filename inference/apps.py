@@ -9,3 +9,6 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference import checks  # noqa: F401  (registers system checks)
+        from orchestrator_site.logs import install_record_factory
+
+        install_record_factory()

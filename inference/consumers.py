@@ -30,6 +30,7 @@ from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status
 from inference.serializers import WebSocketSubmitSerializer
 from inference.streaming import Finished, Idle, Reset, StreamEvent, Token, follow
+from pipeline import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,13 @@ class StreamConsumer(AsyncHttpConsumer):
         raise StopConsumer()
 
     async def stream(self) -> None:
+        metrics.CONNECTIONS_OPEN.labels("sse").inc()
+        try:
+            await self._stream()
+        finally:
+            metrics.CONNECTIONS_OPEN.labels("sse").dec()
+
+    async def _stream(self) -> None:
         request_id = parse_uuid(self.scope["url_route"]["kwargs"]["request_id"])
         headers = dict(self.scope.get("headers", []))
         after, attempt = parse_last_event_id(headers.get(b"last-event-id", b"").decode())
@@ -177,8 +185,10 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self) -> None:
         self.readers: dict[uuid.UUID, asyncio.Task[None]] = {}
         await self.accept()
+        metrics.CONNECTIONS_OPEN.labels("ws").inc()
 
     async def disconnect(self, code: int) -> None:
+        metrics.CONNECTIONS_OPEN.labels("ws").dec()
         # The requests keep running (they are durable); only our readers stop.
         for task in self.readers.values():
             task.cancel()

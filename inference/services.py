@@ -7,6 +7,7 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -18,8 +19,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from inference.models import Document, DocumentChunk, InferenceRequest, Status
-from pipeline import events
+from orchestrator_site import logs
+from pipeline import events, metrics
 from pipeline.retrieval import chunk_text
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,7 +104,11 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
         ).first()
         if existing is not None:
             return existing, False
-    admit(submission)
+    try:
+        admit(submission)
+    except AdmissionRefused as refused:
+        metrics.REFUSED.labels(refused.code).inc()
+        raise
     try:
         with transaction.atomic():
             request = InferenceRequest.objects.create(**_row_fields(submission))
@@ -110,6 +118,9 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
             raise
         # Lost a race with the same key: the winner's row is the answer.
         return InferenceRequest.objects.get(idempotency_key=submission.idempotency_key), False
+    metrics.SUBMITTED.labels(submission.transport).inc()
+    logs.REQUEST_ID.set(str(request.pk))
+    logger.info("accepted %s request", submission.transport)
     return request, True
 
 
@@ -141,6 +152,7 @@ def cancel_request(request_id: uuid.UUID) -> InferenceRequest:
         cancelled = InferenceRequest.objects.cancel(request_id)
         request = InferenceRequest.objects.get(pk=request_id)
         if cancelled:
+            metrics.REQUESTS.labels(request.transport, request.backend, Status.CANCELLED).inc()
             _after_commit(events.notify_finished, request.pk, Status.CANCELLED)
             # lease_owner is the holding worker's control channel.
             _after_commit(events.tell_worker_to_cancel, request.lease_owner, request.pk)

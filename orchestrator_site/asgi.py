@@ -20,7 +20,9 @@ from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from inference.metrics_http import HttpMetrics  # noqa: E402
 from inference.routing import http_urlpatterns, websocket_urlpatterns  # noqa: E402
+from orchestrator_site.logs import RequestIdMiddleware  # noqa: E402
 from pipeline.consumers import PipelineConsumer  # noqa: E402
 from pipeline.host import EmbeddedPipeline  # noqa: E402
 
@@ -31,7 +33,11 @@ static_and_django = ASGIStaticFilesHandler(django_asgi_app)
 application = EmbeddedPipeline(
     ProtocolTypeRouter(
         {
-            "http": URLRouter([*http_urlpatterns, re_path(r"", static_and_django)]),  # type: ignore[arg-type]
+            "http": RequestIdMiddleware(
+                HttpMetrics(
+                    URLRouter([*http_urlpatterns, re_path(r"", static_and_django)])  # type: ignore[arg-type]
+                )
+            ),
             # Browsers always send Origin: it must name one of ALLOWED_HOSTS.
             "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
             "channel": ChannelNameRouter({settings.PIPELINE_CHANNEL: PipelineConsumer.as_asgi()}),

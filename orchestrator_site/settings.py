@@ -235,6 +235,9 @@ ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = env_float("ORCHESTRATOR_RESULT_WAIT_MAX_S
 ORCHESTRATOR_MAX_PENDING = env_int("ORCHESTRATOR_MAX_PENDING", 10_000)
 ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT = env_int("ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT", 0)
 
+# Where `run_pipeline --metrics-port` listens (0.0.0.0 for a Prometheus elsewhere).
+ORCHESTRATOR_METRICS_ADDR = env_str("ORCHESTRATOR_METRICS_ADDR", "127.0.0.1")
+
 # Input caps.
 ORCHESTRATOR_MAX_BODY_BYTES = env_int("ORCHESTRATOR_MAX_BODY_BYTES", 1024 * 1024)
 ORCHESTRATOR_MAX_PROMPT_CHARS = env_int("ORCHESTRATOR_MAX_PROMPT_CHARS", 100_000)
@@ -345,9 +348,17 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
+        },
+        "json": {"()": "orchestrator_site.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": env_str("LOG_FORMAT", "plain" if DEBUG else "json"),
+        }
+    },
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }

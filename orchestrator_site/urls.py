@@ -5,12 +5,14 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from inference import views
+from inference.metrics_http import metrics_view
 
 urlpatterns = [
     path("", views.ChatPageView.as_view(), name="chat"),
     path("api/v1/", include("inference.urls")),
     path("health", views.HealthView.as_view(), name="health"),
     path("health/live", views.LivenessView.as_view(), name="health-live"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("admin/", admin.site.urls),

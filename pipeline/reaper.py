@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from inference.models import InferenceRequest
+from pipeline import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ def reap_once() -> ReapReport:
         # worker is busy): ring again so idle workers look now.
         stale = requests.pending_older_than(settings.ORCHESTRATOR_POLL_INTERVAL_SECONDS)
     report = ReapReport(True, requeued, failed, expired, stale)
+    metrics.LEASE_RECLAIMS.labels("requeued").inc(requeued)
+    metrics.LEASE_RECLAIMS.labels("worker_lost").inc(failed)
+    metrics.LEASE_RECLAIMS.labels("expired").inc(expired)
     if requeued or failed or expired:
         logger.info("reaper: %s", report)
     return report

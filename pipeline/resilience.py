@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.cache import cache
 
+from pipeline import metrics
+
 logger = logging.getLogger(__name__)
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
@@ -72,6 +74,7 @@ class CircuitBreaker:
     def _move(self, state: str) -> None:
         logger.warning("circuit breaker %s: %s -> %s", self.name, self.state, state)
         self.state = state
+        metrics.BREAKER_STATE.labels(self.name).set({CLOSED: 0, HALF_OPEN: 1, OPEN: 2}[state])
         cache.set(f"breaker:{self.name}", {"state": state, "since": time.time()}, None)
 
     def _now(self) -> float:

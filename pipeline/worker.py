@@ -22,9 +22,11 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
+from django.utils import timezone
 
 from inference.models import InferenceRequest, Outcome, Status
-from pipeline import events
+from orchestrator_site import logs
+from pipeline import events, metrics
 from pipeline.backends import BackendError, GenerationParams
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
@@ -208,13 +210,20 @@ class Engine:
 
     # --- running one request ---------------------------------------------------------
     async def _execute(self, request: InferenceRequest) -> None:
+        # This task's log lines carry the request (contextvars are per task).
+        logs.REQUEST_ID.set(str(request.pk))
+        logs.ATTEMPT.set(request.attempt)
         heartbeat = asyncio.create_task(self._heartbeat(request))
+        metrics.IN_FLIGHT.inc()
+        waited = (timezone.now() - request.created_at).total_seconds()  # just claimed
+        metrics.QUEUE_WAIT.labels(str(request.priority)).observe(waited)
         try:
             await self._run_attempt(request)
         except asyncio.CancelledError:
             await self._after_interrupt(request)
         finally:
             heartbeat.cancel()
+            metrics.IN_FLIGHT.dec()
 
     async def _run_attempt(self, request: InferenceRequest) -> None:
         writer = ChunkWriter(
@@ -251,6 +260,8 @@ class Engine:
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         if await complete(request.pk, request.attempt, outcome):
+            request.backend_used = ctx.backend_used
+            metrics.record_finished(request, Status.COMPLETED, ctx.timings, ctx.usage)
             await events.notify_finished(request.pk, Status.COMPLETED)
 
     async def _fail(
@@ -259,10 +270,12 @@ class Engine:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
         details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
         if await fail(request.pk, request.attempt, code, message, **details):
+            metrics.record_finished(request, Status.FAILED, ctx.timings)
             await events.notify_finished(request.pk, Status.FAILED)
 
     async def _after_interrupt(self, request: InferenceRequest) -> None:
         reason = self._stop_reasons.get(request.pk, "shutdown")
+        metrics.CANCELLATIONS.labels(reason).inc()
         logger.info("request %s attempt %s interrupted: %s", request.pk, request.attempt, reason)
         if reason == "shutdown":
             release = database_sync_to_async(InferenceRequest.objects.release)

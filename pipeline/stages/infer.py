@@ -6,6 +6,7 @@ from contextlib import aclosing
 
 from django.conf import settings
 
+from pipeline import metrics
 from pipeline.backends import Backend, BackendError, fallback_chain
 from pipeline.context import PipelineContext
 from pipeline.resilience import CircuitBreaker, backoff_seconds, breaker_for
@@ -57,6 +58,7 @@ class InferenceStage(Stage):
                 await self._stream(ctx, backend, parts)
             except BackendError as exc:
                 breaker.record_failure()
+                metrics.BACKEND_ERRORS.labels(backend.name, exc.code).inc()
                 if parts:
                     raise BackendError(
                         f"{backend.name} failed after streaming began: {exc.message}",
@@ -64,6 +66,7 @@ class InferenceStage(Stage):
                     ) from exc
                 if not exc.retryable or attempt >= retries or not breaker.allow():
                     raise
+                metrics.BACKEND_RETRIES.labels(backend.name).inc()
                 await asyncio.sleep(backoff_seconds(attempt, exc.retry_after))
                 attempt += 1
                 continue

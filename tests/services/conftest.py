@@ -41,12 +41,13 @@ class Stack:
     started: int = 0  # workers ever started: names each one's log
 
     def start_worker(
-        self, concurrency: int = 50, token_delay: float = 0.0
+        self, concurrency: int = 50, token_delay: float = 0.0, metrics_port: int = 0
     ) -> subprocess.Popen[bytes]:
         env = {**self.env, "ORCHESTRATOR_ECHO_TOKEN_DELAY": str(token_delay)}
         log = self.logs / f"worker-{self.started}.log"
         self.started += 1
-        worker = manage("run_pipeline", "--concurrency", str(concurrency), env=env, log=log)
+        args = ["--concurrency", str(concurrency), "--metrics-port", str(metrics_port)]
+        worker = manage("run_pipeline", *args, env=env, log=log)
         self.workers.append(worker)
         return worker
 

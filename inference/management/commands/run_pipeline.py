@@ -6,7 +6,9 @@ import asyncio
 import signal
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
+from prometheus_client import start_http_server
 
 from pipeline.host import PipelineHost
 from pipeline.worker import EngineConfig
@@ -27,6 +29,12 @@ class Command(BaseCommand):
             help="Requests run at once (default: ORCHESTRATOR_CONCURRENCY).",
         )
         parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=0,
+            help="Serve this worker's Prometheus metrics on this port (0: off).",
+        )
+        parser.add_argument(
             "--grace",
             type=float,
             default=None,
@@ -37,6 +45,8 @@ class Command(BaseCommand):
         config = EngineConfig.from_settings(options["concurrency"])
         if options["grace"] is not None:
             config = EngineConfig(**{**config.__dict__, "grace_seconds": options["grace"]})
+        if options["metrics_port"]:
+            start_http_server(options["metrics_port"], addr=settings.ORCHESTRATOR_METRICS_ADDR)
         asyncio.run(self._serve(PipelineHost(config)))
 
     async def _serve(self, host: PipelineHost) -> None:
