@@ -57,11 +57,10 @@ def stop_postgres() -> None:
 def start_postgres() -> None:
     subprocess.run([*_pg_cluster(), "start"], check=True)
     _wait(["pg_isready", "-q", "-h", "127.0.0.1"], up=True)
-    _forget_dead_connections()
 
 
-def _forget_dead_connections() -> None:
-    """This (test) process's pooled connections died with the server: drop them."""
+def forget_dead_connections() -> None:
+    """A Django process's pooled connections died with the server: drop them."""
     from django.db import connections
 
     for connection in connections.all(initialized_only=True):

@@ -11,7 +11,12 @@ import pytest
 
 from tests.services.clients import Received, sse_read
 from tests.services.conftest import Stack
-from tests.services.outages import restart_redis, start_postgres, stop_postgres
+from tests.services.outages import (
+    forget_dead_connections,
+    restart_redis,
+    start_postgres,
+    stop_postgres,
+)
 
 pytestmark = pytest.mark.services
 
@@ -65,6 +70,7 @@ def test_while_postgres_is_down_the_api_answers_503_with_retry_after(stack: Stac
         assert health.status_code == 503 and health.json()["checks"]["database"] != "ok"
     finally:
         start_postgres()
+        forget_dead_connections()  # this test process's own pool
     deadline = time.monotonic() + 30
     while True:  # the web process reconnects by itself (CONN_HEALTH_CHECKS, pool)
         submit = httpx.post(
