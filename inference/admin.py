@@ -162,11 +162,15 @@ class InferenceRequestAdmin(admin.ModelAdmin):
             "</span> {} ms</div>",
             ((stage, width, ms) for stage, ms, width in rows),
         )
-        first = timings.get("first_token")
-        extra = (
-            format_html("<div>first token after {} ms</div>", f"{first * 1000:.1f}")
-            if first
-            else ""
+        notes = (
+            ("queued for {} ms", "queue_wait", 1000),
+            ("first token after {} ms", "first_token", 1000),
+            ("{} tokens/s", "tokens_per_second", 1),
+        )
+        extra = format_html_join(
+            "",
+            "<div>{}</div>",
+            ((t.format(f"{timings[k] * scale:.1f}"),) for t, k, scale in notes if k in timings),
         )
         return format_html("{}{}", bars, extra)
 

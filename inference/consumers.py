@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from rest_framework.exceptions import ValidationError
 
-from inference import services
+from inference import dashboard, services
 from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status
 from inference.serializers import WebSocketSubmitSerializer
@@ -85,14 +85,14 @@ def cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
     return []
 
 
-class StreamConsumer(AsyncHttpConsumer):
-    """``GET /api/v1/stream/<id>``: the request's tokens as Server-Sent Events."""
+class SSEConsumer(AsyncHttpConsumer):
+    """An event stream produced by ``stream()`` in a task, so that this consumer
+    keeps hearing ``http.disconnect`` (which cancels the task)."""
 
     channel_layer_alias = NO_CHANNEL_LAYER
     streaming: asyncio.Task[None] | None = None
 
     async def http_request(self, message: dict[str, Any]) -> None:
-        # Stream from a task, so this consumer keeps hearing http.disconnect.
         if not message.get("more_body"):
             self.streaming = asyncio.create_task(self.stream())
 
@@ -101,6 +101,32 @@ class StreamConsumer(AsyncHttpConsumer):
             self.streaming.cancel()
             await asyncio.gather(self.streaming, return_exceptions=True)
         raise StopConsumer()
+
+    async def stream(self) -> None:
+        raise NotImplementedError
+
+    async def start_event_stream(self) -> None:
+        await self.send_headers(
+            status=200,
+            headers=[
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),
+                *cors_headers(self.scope),
+            ],
+        )
+
+    async def json_error(self, status: int, message: str) -> None:
+        code = {403: "forbidden", 404: "not_found"}.get(status, "service_unavailable")
+        body = json.dumps(error_body(message, status, code)).encode()
+        headers = [(b"content-type", b"application/json"), *cors_headers(self.scope)]
+        if status == 503:
+            headers.append((b"retry-after", b"5"))
+        await self.send_response(status, body, headers=headers)
+
+
+class StreamConsumer(SSEConsumer):
+    """``GET /api/v1/stream/<id>``: the request's tokens as Server-Sent Events."""
 
     async def stream(self) -> None:
         metrics.CONNECTIONS_OPEN.labels("sse").inc()
@@ -122,15 +148,7 @@ class StreamConsumer(AsyncHttpConsumer):
             return await self.json_error(404, "No request with that id.")
         except DatabaseError:
             return await self.json_error(503, "The database is unavailable; retry later.")
-        await self.send_headers(
-            status=200,
-            headers=[
-                (b"content-type", b"text/event-stream; charset=utf-8"),
-                (b"cache-control", b"no-cache"),
-                (b"x-accel-buffering", b"no"),
-                *cors_headers(self.scope),
-            ],
-        )
+        await self.start_event_stream()
         start = sse("start", {"request_id": str(request_id)})
         await self.send_body(b"retry: 3000\n\n" + start, more_body=True)
         await self.relay(first, events, attempt or 1)
@@ -164,14 +182,6 @@ class StreamConsumer(AsyncHttpConsumer):
         if request.status == Status.COMPLETED:
             return sse("complete", {"status": "done", "result": request.result})
         return sse("error", {"error": finished_error(request), "status": request.status})
-
-    async def json_error(self, status: int, message: str) -> None:
-        code = "not_found" if status == 404 else "service_unavailable"
-        body = json.dumps(error_body(message, status, code)).encode()
-        headers = [(b"content-type", b"application/json"), *cors_headers(self.scope)]
-        if status == 503:
-            headers.append((b"retry-after", b"5"))
-        await self.send_response(status, body, headers=headers)
 
 
 # --- WebSocket -----------------------------------------------------------------------
@@ -370,6 +380,20 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
     ) -> None:
         body = error_body(message, status, code, param)
         await self.send_json({"type": "error", "request_id": request_id, **body})
+
+
+class DashboardFeedConsumer(SSEConsumer):
+    """``GET /dashboard/feed``: the dashboard's numbers every few seconds (staff only)."""
+
+    async def stream(self) -> None:
+        user = self.scope.get("user")
+        if not (user and user.is_active and user.is_staff):
+            return await self.json_error(403, "Staff only.")
+        await self.start_event_stream()
+        take = database_sync_to_async(dashboard.snapshot)
+        while True:
+            await self.send_body(sse("stats", await take()), more_body=True)
+            await asyncio.sleep(settings.ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS)
 
 
 class NotFoundSocketConsumer(AsyncWebsocketConsumer):

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from channels.auth import AuthMiddlewareStack
 from django.urls import path, re_path
 
-from inference.consumers import InferenceSocketConsumer, NotFoundSocketConsumer, StreamConsumer
+from inference.consumers import (
+    DashboardFeedConsumer,
+    InferenceSocketConsumer,
+    NotFoundSocketConsumer,
+    StreamConsumer,
+)
 
 # SSE is a consumer, not a Django view: at 500 streams a streaming view's first
 # bytes came ~1 s late here, the consumer's in 24 ms (DESIGN §12).
 http_urlpatterns = [
     path("api/v1/stream/<str:request_id>", StreamConsumer.as_asgi()),
+    # The session cookie identifies staff for the dashboard's feed.
+    path("dashboard/feed", AuthMiddlewareStack(DashboardFeedConsumer.as_asgi())),
 ]
 
 websocket_urlpatterns = [

@@ -16,9 +16,11 @@ from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404
 from django.urls import reverse
+from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -163,6 +165,17 @@ class ChatPageView(TemplateView):
             "backends": backend_names(),
             "default_backend": settings.ORCHESTRATOR_DEFAULT_BACKEND,
         }
+
+
+@method_decorator(staff_member_required, name="dispatch")
+class DashboardView(TemplateView):
+    """Live charts of throughput, latency, queue and errors (fed by /dashboard/feed)."""
+
+    template_name = "dashboard.html"
+
+    def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
+        interval = settings.ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS
+        return {**super().get_context_data(**kwargs), "interval": interval}
 
 
 class RequestFilter(filters.FilterSet):

@@ -9,6 +9,7 @@ from inference.metrics_http import metrics_view
 
 urlpatterns = [
     path("", views.ChatPageView.as_view(), name="chat"),
+    path("dashboard/", views.DashboardView.as_view(), name="dashboard"),
     path("api/v1/", include("inference.urls")),
     path("health", views.HealthView.as_view(), name="health"),
     path("health/live", views.LivenessView.as_view(), name="health-live"),

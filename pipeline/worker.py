@@ -85,6 +85,17 @@ def snapshot(request: InferenceRequest) -> RequestSnapshot:
     )
 
 
+def record_timeline(request: InferenceRequest, ctx: PipelineContext) -> None:
+    """Complete the row's timeline: queue wait and generation speed, beside the
+    per-stage seconds and first_token the stages recorded."""
+    if request.started_at:
+        waited = (request.started_at - request.created_at).total_seconds()
+        ctx.timings["queue_wait"] = round(waited, 6)
+    if ctx.usage.completion_tokens and ctx.timings.get("inference"):
+        speed = ctx.usage.completion_tokens / ctx.timings["inference"]
+        ctx.timings["tokens_per_second"] = round(speed, 2)
+
+
 class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
@@ -249,6 +260,7 @@ class Engine:
                 request, "internal_error", f"Internal error: {type(exc).__name__}", ctx
             )
             return
+        record_timeline(request, ctx)
         outcome = Outcome(
             result=ctx.result,
             prompt_tokens=ctx.usage.prompt_tokens,

@@ -68,6 +68,9 @@ def fresh_process_state() -> Iterator[None]:
     reset()
 
 
+STAFF_PASSWORD = "correct horse battery staple"
+
+
 @pytest.fixture(scope="session")
 def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`make run`'s server as a process (embedded mode), echo paced at 50 ms/token."""
@@ -77,10 +80,18 @@ def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
         "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05",
         "ORCHESTRATOR_CHUNK_BATCH_TOKENS": "4",
+        "ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS": "0.5",
         "DATABASE_URL": "",
         "REDIS_URL": "",
     }
     run_manage("migrate", "--noinput", "-v0", env=env)
+    run_manage(
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_superuser('staff', 'staff@example.com', {STAFF_PASSWORD!r})",
+        env=env,
+    )
     port = free_port()
     log = data_dir / "server.log"
     server = manage("runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=log)

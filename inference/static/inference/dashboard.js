@@ -1,0 +1,64 @@
+// The live dashboard: an EventSource feed of snapshots, drawn with uPlot.
+(() => {
+  "use strict";
+  const root = document.getElementById("dashboard");
+  const $ = (id) => document.getElementById(id);
+  const KEEP = 150; // points per chart (5 minutes at 2 s)
+  const series = { time: [], throughput: [], p50: [], p95: [], p99: [], ttft: [],
+                   waiting: [], inFlight: [], errors: [], tokens: [] };
+
+  function chart(id, lines) {
+    const el = $(id);
+    return new uPlot({
+      width: el.clientWidth || 400, height: 160, legend: { show: true },
+      series: [{}, ...lines.map(([label, stroke]) => ({ label, stroke, width: 2 }))],
+      axes: [{}, { size: 50 }],
+    }, [[], ...lines.map(() => [])], el);
+  }
+  const charts = {
+    throughput: [chart("chart-throughput", [["req/s", "#2f6fed"]]), ["throughput"]],
+    latency: [chart("chart-latency", [["p50", "#1e8e3e"], ["p95", "#e0a800"], ["p99", "#c0392b"]]), ["p50", "p95", "p99"]],
+    ttft: [chart("chart-ttft", [["p50", "#7b3fe4"]]), ["ttft"]],
+    queue: [chart("chart-queue", [["waiting", "#e0a800"], ["in flight", "#2f6fed"]]), ["waiting", "inFlight"]],
+    errors: [chart("chart-errors", [["errors", "#c0392b"]]), ["errors"]],
+    tokens: [chart("chart-tokens", [["tokens/s", "#1e8e3e"]]), ["tokens"]],
+  };
+
+  const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
+
+  function push(stats) {
+    const waiting = Object.values(stats.queue).reduce((a, b) => a + b, 0);
+    const values = {
+      time: Date.parse(stats.time) / 1000, throughput: stats.throughput,
+      p50: stats.latency.p50, p95: stats.latency.p95, p99: stats.latency.p99,
+      ttft: stats.first_token_p50, waiting, inFlight: stats.in_flight,
+      errors: stats.error_rate, tokens: stats.tokens_per_second,
+    };
+    for (const [key, value] of Object.entries(values)) {
+      series[key].push(value);
+      if (series[key].length > KEEP) series[key].shift();
+    }
+    for (const [plot, keys] of Object.values(charts)) {
+      plot.setData([series.time, ...keys.map((k) => series[k])]);
+    }
+    $("tile-throughput").textContent = fmt(stats.throughput);
+    $("tile-latency").textContent = `${fmt(stats.latency.p50)} / ${fmt(stats.latency.p95)} / ${fmt(stats.latency.p99)}`;
+    $("tile-ttft").textContent = fmt(stats.first_token_p50, 3);
+    $("tile-queue").textContent = `${stats.in_flight} / ${waiting}`;
+    $("tile-errors").textContent = `${fmt(stats.error_rate * 100, 1)}%`;
+    $("tile-tokens").textContent = fmt(stats.tokens_per_second, 1);
+    $("latest").replaceChildren(...stats.latest.map((r) => {
+      const tr = document.createElement("tr");
+      for (const text of [r.id.slice(0, 8), r.status, r.backend, r.created_at.slice(11, 19)]) {
+        const td = document.createElement("td"); td.textContent = text; tr.append(td);
+      }
+      return tr;
+    }));
+    root.dataset.updates = String(Number(root.dataset.updates) + 1);
+  }
+
+  const feed = new EventSource(root.dataset.feed);
+  feed.onopen = () => { $("feed-state").dataset.state = "open"; $("feed-state").textContent = "live"; };
+  feed.onerror = () => { $("feed-state").dataset.state = "reconnecting"; $("feed-state").textContent = "reconnecting…"; };
+  feed.addEventListener("stats", (event) => push(JSON.parse(event.data)));
+})();

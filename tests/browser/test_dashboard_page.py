@@ -1,0 +1,64 @@
+"""The staff dashboard in Chromium: charts render and move while requests run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from playwright.sync_api import Page, expect, sync_playwright
+
+from tests.browser.test_chat_page import ARTIFACTS, CHROMIUM
+from tests.conftest import STAFF_PASSWORD
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture
+def staff_page(live_server_url: str) -> Iterator[Page]:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(f"{live_server_url}/admin/login/?next=/dashboard/")
+        page.fill("#id_username", "staff")
+        page.fill("#id_password", STAFF_PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url("**/dashboard/")
+        yield page
+        browser.close()
+
+
+def test_the_dashboard_charts_update_while_requests_run(
+    staff_page: Page, live_server_url: str
+) -> None:
+    expect(staff_page.locator("#feed-state")).to_have_attribute("data-state", "open")
+    assert staff_page.locator(".uplot").count() == 6  # six charts drawn
+    staff_page.wait_for_function(
+        "Number(document.getElementById('dashboard').dataset.updates) >= 2"
+    )
+    with httpx.Client(base_url=live_server_url) as client:
+        ids = [
+            client.post("/api/v1/infer", json={"prompt": f"dash {i} a b c"}).json()["request_id"]
+            for i in range(8)
+        ]
+        for request_id in ids:
+            client.get(f"/api/v1/result/{request_id}", params={"wait": 10})
+    # The throughput tile moves off zero and the latest table lists the new requests.
+    staff_page.wait_for_function(
+        "Number(document.getElementById('tile-throughput').textContent) > 0"
+    )
+    expect(staff_page.locator("#latest tr").first).to_contain_text(ids[-1][:8])
+    updates = int(staff_page.locator("#dashboard").get_attribute("data-updates"))
+    staff_page.wait_for_function(
+        f"Number(document.getElementById('dashboard').dataset.updates) > {updates}"
+    )
+    ARTIFACTS.mkdir(exist_ok=True)
+    staff_page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+
+def test_anonymous_visitors_are_sent_to_log_in(live_server_url: str) -> None:
+    response = httpx.get(f"{live_server_url}/dashboard/")
+    assert response.status_code == 302 and "/admin/login/" in response.headers["location"]
+    assert httpx.get(f"{live_server_url}/dashboard/feed").status_code == 403

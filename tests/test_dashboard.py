@@ -1,0 +1,91 @@
+"""The staff dashboard: its numbers, its feed and its page."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from channels.routing import URLRouter
+from channels.testing import ApplicationCommunicator
+from django.contrib.auth.models import AnonymousUser, User
+from django.test import Client
+from django.urls import path
+from django.utils import timezone
+
+from inference.consumers import DashboardFeedConsumer
+from inference.dashboard import snapshot
+from inference.models import InferenceRequest
+from tests.conftest import submit
+from tests.sse import parse
+
+pytestmark = pytest.mark.django_db
+
+
+def finished(status: str, seconds: float, tokens: int = 10, first_token: float = 0.1) -> None:
+    now = timezone.now()
+    InferenceRequest.objects.create(
+        prompt="p",
+        session_id="s",
+        backend="echo",
+        status=status,
+        created_at=now - timedelta(seconds=seconds),
+        started_at=now - timedelta(seconds=seconds),
+        finished_at=now,
+        completion_tokens=tokens,
+        timings={"first_token": first_token},
+    )
+
+
+def test_the_snapshot_summarises_the_last_minute() -> None:
+    for seconds in (1, 2, 3, 4):
+        finished("completed", seconds, tokens=15)
+    finished("failed", 1)
+    submit(priority=9)
+    submit(priority=1)
+    stats = snapshot()
+    assert stats["throughput"] == 4 / 60
+    assert stats["latency"]["p50"] == pytest.approx(3, abs=0.1)
+    assert stats["latency"]["p99"] == pytest.approx(4, abs=0.1)
+    assert stats["first_token_p50"] == 0.1
+    assert stats["error_rate"] == 1 / 5
+    assert stats["tokens_per_second"] == 60 / 60
+    assert stats["queue"] == {"9": 1, "1": 1} and stats["in_flight"] == 0
+    assert len(stats["latest"]) == 7
+
+
+def test_the_page_is_for_staff_only(client: Client, admin_client: Client) -> None:
+    assert client.get("/dashboard/").status_code == 302  # to the login page
+    page = admin_client.get("/dashboard/").content.decode()
+    assert "uPlot.iife.min.js" in page and "/static/inference/vendor/" in page
+    assert "cdn" not in page.lower()
+
+
+async def feed(user) -> tuple[int, str]:  # type: ignore[no-untyped-def]
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/dashboard/feed",
+        "query_string": b"",
+        "headers": [],
+        "user": user,
+    }
+    app = URLRouter([path("dashboard/feed", DashboardFeedConsumer.as_asgi())])
+    communicator = ApplicationCommunicator(app, scope)
+    await communicator.send_input({"type": "http.request", "body": b""})
+    start = await communicator.receive_output(5)
+    body = (await communicator.receive_output(5)).get("body", b"").decode()
+    await communicator.send_input({"type": "http.disconnect"})
+    return start["status"], body
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_feed_streams_stats_to_staff_and_refuses_others() -> None:
+    status, body = await feed(AnonymousUser())
+    assert status == 403 and "forbidden" in body
+    staff = User(username="s", is_staff=True, is_active=True)
+    status, body = await feed(staff)
+    assert status == 200
+    [event] = parse(body)
+    assert event.event == "stats" and {"throughput", "latency", "queue", "latest"} <= set(
+        event.data
+    )
