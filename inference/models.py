@@ -264,6 +264,12 @@ class InferenceRequest(models.Model):
                 name="client_active_idx",
             ),
             models.Index(fields=["finished_at"], name="finished_idx"),
+            # The reaper's deadline sweep, without scanning finished rows.
+            models.Index(
+                fields=["deadline_at"],
+                condition=Q(status__in=["pending", "processing"]),
+                name="active_deadline_idx",
+            ),
         ]
         constraints = [
             models.UniqueConstraint(

@@ -10,7 +10,10 @@ from django.test import Client
 
 from inference.models import InferenceRequest
 
-pytestmark = [pytest.mark.services, pytest.mark.django_db]
+# Transactional: the million rows are committed, then TRUNCATEd by the teardown
+# flush. A rolled-back insert would leave a million dead tuples bloating the table
+# for the service tests that follow.
+pytestmark = [pytest.mark.services, pytest.mark.django_db(transaction=True)]
 
 URL = "/admin/inference/inferencerequest/"
 PAGES = [
