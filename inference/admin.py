@@ -209,5 +209,5 @@ class DocumentAdmin(admin.ModelAdmin):
 
     def save_model(self, request: HttpRequest, obj: Document, form: Any, change: bool) -> None:
         # Re-chunk through the service so the index always matches the text.
-        saved = services.ingest_document(obj.title, obj.source, obj.text)
+        saved = services.ingest_document(obj.title, obj.text, source=obj.source)
         obj.pk = saved.pk

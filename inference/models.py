@@ -56,6 +56,10 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
     def active(self) -> InferenceRequestQuerySet:
         return self.filter(status__in=ACTIVE_STATUSES)
 
+    def in_session(self, session_id: str) -> InferenceRequestQuerySet:
+        """A conversation's requests, oldest first."""
+        return self.filter(session_id=session_id).order_by("created_at")
+
     def claimable(self) -> InferenceRequestQuerySet:
         """Pending rows in claim order: highest priority first, then oldest."""
         now = timezone.now()

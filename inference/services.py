@@ -178,8 +178,10 @@ def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:
     return request
 
 
-def ingest_document(title: str, source: str, text: str) -> Document:
-    """Store a document split into chunks; the same ``source`` again replaces it."""
+def ingest_document(title: str, text: str, source: str = "") -> Document:
+    """Store a document split into chunks; the same ``source`` again replaces it
+    (without one, the document gets a fresh ``api:<uuid>`` source)."""
+    source = source or f"api:{uuid.uuid4()}"
     chunks = chunk_text(text, settings.ORCHESTRATOR_DOCUMENT_CHUNK_CHARS)
     with transaction.atomic():
         Document.objects.filter(source=source).delete()
@@ -197,7 +199,7 @@ def delete_session(session_id: str) -> int:
     Returns how many requests were deleted (0: no such session).
     """
     with transaction.atomic():
-        session = InferenceRequest.objects.filter(session_id=session_id)
+        session = InferenceRequest.objects.in_session(session_id)
         for request_id in session.active().values_list("pk", flat=True):
             cancel_request(request_id)
         deleted = session.delete()[1].get("inference.InferenceRequest", 0)

@@ -296,8 +296,9 @@ class DocumentViewSet(
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         data = serializer.validated_data
-        source = data.get("source") or f"api:{uuid.uuid4()}"
-        serializer.instance = services.ingest_document(data["title"], source, data["text"])
+        serializer.instance = services.ingest_document(
+            data["title"], data["text"], data.get("source", "")
+        )
 
 
 class SessionView(APIView):
@@ -305,12 +306,7 @@ class SessionView(APIView):
 
     @extend_schema(operation_id="session", responses={200: SessionSerializer, 404: ERRORS[404]})
     async def get(self, request: Request, session_id: str) -> Response:
-        turns = [
-            row
-            async for row in InferenceRequest.objects.filter(session_id=session_id).order_by(
-                "created_at"
-            )
-        ]
+        turns = [row async for row in InferenceRequest.objects.in_session(session_id)]
         if not turns:
             raise Http404("No session with that id.")
         return Response(SessionSerializer({"session_id": session_id, "turns": turns}).data)

@@ -10,6 +10,7 @@ In embedded mode the worker lives in the web process, so ``/metrics`` has it all
 
 from __future__ import annotations
 
+from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram, Info
 
 # LLM latencies span milliseconds (echo, first token) to minutes (long answers).
@@ -87,8 +88,6 @@ HTTP_DURATION = Histogram(
 
 def record_finished(request, status: str, timings: dict[str, float], usage=None) -> None:  # type: ignore[no-untyped-def]
     """Count a request that reached ``status`` in this (worker) process."""
-    from django.utils import timezone
-
     backend = request.backend_used or request.backend
     REQUESTS.labels(request.transport, request.backend, status).inc()
     REQUEST_DURATION.labels(backend).observe((timezone.now() - request.created_at).total_seconds())

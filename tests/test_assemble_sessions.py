@@ -89,7 +89,7 @@ async def test_a_long_session_is_trimmed_to_the_budget(engine: Engine, settings)
 
 async def test_retrieved_passages_are_stored_and_shown_to_the_model(engine: Engine) -> None:
     await database_sync_to_async(services.ingest_document)(
-        "Zorblax", "z", "The capital of the Zorblax Archipelago is Quenthar-9."
+        "Zorblax", "The capital of the Zorblax Archipelago is Quenthar-9.", "z"
     )
     done = await finished((await asubmit("What is the capital of Zorblax?")).pk)
     assert [p["title"] for p in done.passages] == ["Zorblax"] and done.passages[0]["score"] > 0

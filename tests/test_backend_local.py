@@ -94,7 +94,7 @@ async def test_an_ingested_fact_reaches_the_local_model_through_the_api(engine: 
     from inference import services
 
     fact = "The capital of the Zorblax Archipelago is Quenthar-9, a floating city."
-    await database_sync_to_async(services.ingest_document)("Zorblax Archipelago", "z", fact)
+    await database_sync_to_async(services.ingest_document)("Zorblax Archipelago", fact, "z")
     client = AsyncClient()
     submitted = await client.post(
         "/api/v1/infer",

@@ -48,7 +48,7 @@ def test_ingesting_a_source_again_replaces_it(tmp_path) -> None:  # type: ignore
 
 
 def test_deleting_a_document_removes_it_from_the_index() -> None:
-    document = services.ingest_document("t", "s", "Quokkas live on Rottnest Island.")
+    document = services.ingest_document("t", "Quokkas live on Rottnest Island.", source="s")
     assert get_retriever().search("quokkas", 3)
     document.delete()
     assert not DocumentChunk.objects.exists()

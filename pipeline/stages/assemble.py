@@ -29,11 +29,8 @@ def earlier_turns(request: RequestSnapshot) -> list[Message]:
     if request.created_at is None:
         return []
     rows = (
-        InferenceRequest.objects.filter(
-            session_id=request.session_id,
-            status=Status.COMPLETED,
-            created_at__lt=request.created_at,
-        )
+        InferenceRequest.objects.in_session(request.session_id)
+        .filter(status=Status.COMPLETED, created_at__lt=request.created_at)
         .exclude(pk=request.id)
         .order_by("-created_at")
         .values_list("prompt", "result")[: settings.ORCHESTRATOR_SESSION_MAX_TURNS]

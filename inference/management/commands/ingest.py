@@ -43,5 +43,7 @@ class Command(BaseCommand):
             if not text.strip():
                 self.stderr.write(f"skipped {path} (empty)")
                 continue
-            document = services.ingest_document(title_of(path, text), str(path.resolve()), text)
+            document = services.ingest_document(
+                title_of(path, text), text, source=str(path.resolve())
+            )
             self.stdout.write(f"{path}: {document.chunks.count()} chunk(s) as {document.title!r}")
