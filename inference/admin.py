@@ -7,9 +7,12 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from inference import services
 from inference.models import (
+    ApiKey,
     Document,
     DocumentChunk,
     InferenceRequest,
@@ -107,6 +110,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "messages_display",
         "prompt_tokens",
         "completion_tokens",
+        "api_key",
         "idempotency_key",
         "client_ip",
     )
@@ -211,3 +215,36 @@ class DocumentAdmin(admin.ModelAdmin):
         # Re-chunk through the service so the index always matches the text.
         saved = services.ingest_document(obj.title, obj.text, source=obj.source)
         obj.pk = saved.pk
+
+
+# The library's own (unused) model: ours adds owner, last use and per-key limits.
+admin.site.unregister(LibraryAPIKey)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(APIKeyModelAdmin):
+    """Create a key (its secret is shown once, in a message) and revoke it."""
+
+    # The library types these as fixed-length tuples; ours are longer.
+    list_display = (  # type: ignore[assignment]
+        "prefix",
+        "name",
+        "owner",
+        "created",
+        "last_used_at",
+        "expiry_date",
+        "_has_expired",
+        "revoked",
+    )
+    list_filter = ("revoked", "created")  # type: ignore[assignment]
+    search_fields = ("=prefix", "name", "owner__username")  # type: ignore[assignment]
+    raw_id_fields = ("owner",)
+    actions = ["revoke_selected"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> tuple[str, ...]:
+        return (*super().get_readonly_fields(request, obj), "last_used_at")
+
+    @admin.action(description="Revoke selected keys (cannot be undone)")
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked = queryset.filter(revoked=False).update(revoked=True)
+        self.message_user(request, f"Revoked {revoked} key(s).", messages.SUCCESS)

@@ -8,7 +8,7 @@ class InferenceConfig(AppConfig):
     verbose_name = "Inference requests"
 
     def ready(self) -> None:
-        from inference import checks  # noqa: F401  (registers system checks)
+        from inference import checks, schema  # noqa: F401  (checks, OpenAPI extensions)
         from orchestrator_site.logs import install_record_factory
 
         install_record_factory()

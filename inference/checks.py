@@ -28,6 +28,22 @@ def check_production_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
                 id="inference.E002",
             )
         )
+    if not settings.ORCHESTRATOR_AUTH_REQUIRED:
+        errors.append(
+            Error(
+                "API keys are not required: anyone who reaches the server can use it.",
+                hint="Unset ORCHESTRATOR_AUTH_REQUIRED (it defaults to on when DEBUG is off).",
+                id="inference.E004",
+            )
+        )
+    if settings.CORS_ALLOW_ALL_ORIGINS:
+        errors.append(
+            Error(
+                "CORS allows every origin.",
+                hint="Set CORS_ALLOWED_ORIGINS to the origins of your web clients.",
+                id="inference.E005",
+            )
+        )
     return errors
 
 

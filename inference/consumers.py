@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
@@ -25,7 +26,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from rest_framework.exceptions import ValidationError
 
-from inference import dashboard, services
+from inference import dashboard, limits, services
+from inference.auth import AuthFailed, Caller, authenticate_scope, verify_stream_token
 from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status
 from inference.serializers import WebSocketSubmitSerializer
@@ -116,13 +118,74 @@ class SSEConsumer(AsyncHttpConsumer):
             ],
         )
 
-    async def json_error(self, status: int, message: str) -> None:
-        code = {403: "forbidden", 404: "not_found"}.get(status, "service_unavailable")
+    async def json_error(
+        self,
+        status: int,
+        message: str,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        code = code or {403: "forbidden", 404: "not_found"}.get(status, "service_unavailable")
         body = json.dumps(error_body(message, status, code)).encode()
-        headers = [(b"content-type", b"application/json"), *cors_headers(self.scope)]
+        extra = dict(headers or {})
         if status == 503:
-            headers.append((b"retry-after", b"5"))
-        await self.send_response(status, body, headers=headers)
+            extra["Retry-After"] = "5"
+        if status == 401:
+            extra["WWW-Authenticate"] = 'Bearer realm="api"'
+        raw = [(name.lower().encode(), value.encode()) for name, value in extra.items()]
+        all_headers = [(b"content-type", b"application/json"), *cors_headers(self.scope), *raw]
+        await self.send_response(status, body, headers=all_headers)
+
+
+class Refusal(Exception):
+    """A stream that may not open: the HTTP status (or WebSocket close code)."""
+
+    def __init__(
+        self, status: int, message: str, code: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
+
+    @classmethod
+    def from_auth(cls, failed: AuthFailed) -> Refusal:
+        return cls(failed.status, failed.message, failed.code)
+
+
+def admit_caller(caller: Caller) -> None:
+    """Refuse a caller without access, or over its per-minute rate."""
+    if caller.refused is not None:
+        raise Refusal.from_auth(caller.refused)
+    quota = limits.check_rate(caller)
+    if quota is not None and not quota.allowed:
+        headers = {"Retry-After": str(quota.reset), **limits.quota_headers([quota])}
+        message = f"Rate limit exceeded; retry in {quota.reset} s."
+        raise Refusal(429, message, "rate_limit_exceeded", headers)
+
+
+class OpenStreams:
+    """Streams (SSE and WebSockets) each caller holds open in this process."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def open(self, caller: Caller) -> None:
+        limit = settings.ORCHESTRATOR_MAX_STREAMS
+        held = self.counts.get(caller.identity, 0)
+        if limit and not caller.staff and held >= limit:
+            message = f"Too many open streams ({held}, the limit); close one first."
+            raise Refusal(429, message, "too_many_streams", {"Retry-After": "1"})
+        self.counts[caller.identity] = held + 1
+
+    def close(self, caller: Caller) -> None:
+        held = self.counts.get(caller.identity, 0) - 1
+        if held > 0:
+            self.counts[caller.identity] = held
+        else:
+            self.counts.pop(caller.identity, None)
+
+
+open_streams = OpenStreams()
 
 
 class StreamConsumer(SSEConsumer):
@@ -137,10 +200,41 @@ class StreamConsumer(SSEConsumer):
 
     async def _stream(self) -> None:
         request_id = parse_uuid(self.scope["url_route"]["kwargs"]["request_id"])
-        headers = dict(self.scope.get("headers", []))
-        after, attempt = parse_last_event_id(headers.get(b"last-event-id", b"").decode())
         if request_id is None:
             return await self.json_error(404, "No request with that id.")
+        try:
+            caller = await database_sync_to_async(self.authorize)(request_id)
+            open_streams.open(caller)
+        except Refusal as refusal:
+            return await self.json_error(
+                refusal.status, refusal.message, refusal.code, refusal.headers
+            )
+        except DatabaseError:
+            return await self.json_error(503, "The database is unavailable; retry later.")
+        try:
+            await self.follow(request_id)
+        finally:
+            open_streams.close(caller)
+
+    def authorize(self, request_id: uuid.UUID) -> Caller:
+        """The caller, if it may stream this request: a stream token in the query
+        (browsers), else a key header or a staff session."""
+        token = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("token")
+        try:
+            if token:
+                caller = verify_stream_token(token[0], request_id)
+            else:
+                caller = authenticate_scope(self.scope)
+        except AuthFailed as failed:
+            raise Refusal.from_auth(failed) from None
+        admit_caller(caller)
+        if not caller.requests().filter(pk=request_id).exists():
+            raise Refusal(404, "No request with that id.", "not_found")
+        return caller
+
+    async def follow(self, request_id: uuid.UUID) -> None:
+        headers = dict(self.scope.get("headers", []))
+        after, attempt = parse_last_event_id(headers.get(b"last-event-id", b"").decode())
         events = follow(request_id, after, attempt)
         try:
             first = await anext(events)
@@ -192,12 +286,35 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
 
     channel_layer_alias = NO_CHANNEL_LAYER
 
+    caller: Caller | None = None
+
     async def connect(self) -> None:
+        """Authenticate before accepting: a refused socket is accepted only to be
+        closed with 4000 + the HTTP status (4401, 4403, 4429) and the reason."""
         self.readers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        try:
+            caller = await database_sync_to_async(self.authorize)()
+            open_streams.open(caller)
+        except Refusal as refusal:
+            await self.accept()
+            return await self.close(code=4000 + refusal.status, reason=refusal.message[:120])
+        self.caller = caller
+        self.messages = TokenBucket(settings.ORCHESTRATOR_WS_MESSAGES_PER_SECOND)
         await self.accept()
         metrics.CONNECTIONS_OPEN.labels("ws").inc()
 
+    def authorize(self) -> Caller:
+        try:
+            caller = authenticate_scope(self.scope)
+        except AuthFailed as failed:
+            raise Refusal.from_auth(failed) from None
+        admit_caller(caller)
+        return caller
+
     async def disconnect(self, code: int) -> None:
+        if self.caller is None:
+            return  # refused at connect
+        open_streams.close(self.caller)
         metrics.CONNECTIONS_OPEN.labels("ws").dec()
         # The requests keep running (they are durable); only our readers stop.
         for task in self.readers.values():
@@ -205,6 +322,10 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         await asyncio.gather(*self.readers.values(), return_exceptions=True)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if not self.messages.take():
+            limit = settings.ORCHESTRATOR_WS_MESSAGES_PER_SECOND
+            message = f"More than {limit} messages per second; this one was dropped."
+            return await self.send_error(message, "rate_limit_exceeded", status=429, retry_after=1)
         if text_data is None:
             return await self.send_error("Send JSON in text frames.", "invalid_frame")
         if len(text_data.encode()) > settings.ORCHESTRATOR_MAX_BODY_BYTES:
@@ -243,19 +364,25 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
                 {"type": "error", "request_id": None, **validation_error_body(exc)}
             )
             return
+        assert self.caller is not None
         submission = serializer.to_submission(
             transport="ws",
             idempotency_key=serializer.validated_data.get("idempotency_key") or None,
-            client_ip=(self.scope.get("client") or [None])[0],
+            caller=self.caller,
         )
         try:
-            request, _ = await database_sync_to_async(services.submit_request)(submission)
+            request, _ = await database_sync_to_async(self.admit_and_submit)(submission)
+        except Refusal as refusal:
+            retry_after = int(refusal.headers.get("Retry-After", 1))
+            await self.send_error(
+                refusal.message, refusal.code, status=refusal.status, retry_after=retry_after
+            )
+            return
         except services.AdmissionRefused as refused:
             status = 503 if isinstance(refused, services.QueueFull) else 429
-            body = error_body(
-                refused.message, status, refused.code, retry_after=refused.retry_after
+            await self.send_error(
+                refused.message, refused.code, status=status, retry_after=refused.retry_after
             )
-            await self.send_json({"type": "error", "request_id": None, **body})
             return
         await self.send_json(
             {
@@ -266,6 +393,11 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             }
         )
         self.follow(request.pk, stream=serializer.validated_data["stream"])
+
+    @staticmethod
+    def admit_and_submit(submission: services.Submission) -> tuple[InferenceRequest, bool]:
+        admit_caller(submission.caller)  # each submit counts against the rate
+        return services.submit_request(submission)
 
     async def cancel(self, content: dict[str, Any]) -> None:
         request_id = await self.known_request(content)
@@ -293,8 +425,9 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         self.follow(request_id, after=last_chunk, attempt=attempt)
 
     async def known_request(self, content: dict[str, Any]) -> uuid.UUID | None:
+        """The message's request id if this caller may see it (else a 404 error)."""
         request_id = parse_uuid(content.get("request_id"))
-        if request_id and await database_sync_to_async(self.exists)(request_id):
+        if request_id and await database_sync_to_async(self.visible)(request_id):
             return request_id
         await self.send_error(
             "No request with that id.",
@@ -305,9 +438,9 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         )
         return None
 
-    @staticmethod
-    def exists(request_id: uuid.UUID) -> bool:
-        return InferenceRequest.objects.filter(pk=request_id).exists()
+    def visible(self, request_id: uuid.UUID) -> bool:
+        assert self.caller is not None
+        return self.caller.requests().filter(pk=request_id).exists()
 
     def follow(
         self,
@@ -377,9 +510,31 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         param: str | None = None,
         request_id: Any = None,
         status: int = 400,
+        retry_after: int | None = None,
     ) -> None:
-        body = error_body(message, status, code, param)
+        extra = {"retry_after": retry_after} if retry_after is not None else {}
+        body = error_body(message, status, code, param, **extra)
         await self.send_json({"type": "error", "request_id": request_id, **body})
+
+
+class TokenBucket:
+    """``rate`` messages per second, in bursts of up to ``rate`` (0: unlimited)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.tokens = float(rate)
+        self.updated = time.monotonic()
+
+    def take(self) -> bool:
+        if not self.rate:
+            return True
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class DashboardFeedConsumer(SSEConsumer):

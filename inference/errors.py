@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
@@ -59,12 +60,23 @@ class ServiceUnavailable(exceptions.APIException):
 
 
 class Refused(exceptions.APIException):
-    """An AdmissionRefused from the services, as an HTTP error with Retry-After."""
+    """A refusal to do the work now (429, 503), with Retry-After."""
 
-    def __init__(self, refusal: AdmissionRefused) -> None:
-        super().__init__(refusal.message, refusal.code)
-        self.status_code = 503 if isinstance(refusal, QueueFull) else 429
-        self.retry_after = refusal.retry_after
+    def __init__(self, message: str, code: str, status_code: int, retry_after: int) -> None:
+        super().__init__(message, code)
+        self.status_code = status_code
+        self.retry_after = retry_after
+
+    @classmethod
+    def from_admission(cls, refusal: AdmissionRefused) -> Refused:
+        status_code = 503 if isinstance(refusal, QueueFull) else 429
+        return cls(refusal.message, refusal.code, status_code, refusal.retry_after)
+
+    @classmethod
+    def from_throttle(cls, throttled: exceptions.Throttled) -> Refused:
+        wait = max(1, math.ceil(getattr(throttled, "wait", None) or 1))
+        message = f"Rate limit exceeded: too many requests this minute; retry in {wait} s."
+        return cls(message, "rate_limit_exceeded", 429, wait)
 
 
 def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
@@ -92,7 +104,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     if isinstance(exc, AdmissionRefused):
-        exc = Refused(exc)
+        if exc.quota is not None:  # its RateLimit headers go out with the 429
+            request = context["request"]
+            quotas = [*getattr(request, "rate_quotas", []), exc.quota]
+            setattr(request, "rate_quotas", quotas)  # noqa: B010
+        exc = Refused.from_admission(exc)
+    if isinstance(exc, exceptions.Throttled):
+        exc = Refused.from_throttle(exc)
     if isinstance(exc, DatabaseError):
         logger.warning("database unavailable: %s", exc)
         exc = ServiceUnavailable("The database is unavailable; retry later.")

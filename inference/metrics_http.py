@@ -6,11 +6,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from django.conf import settings
 from django.db.models import Count
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from inference.errors import error_body
 from inference.models import InferenceRequest, Status
 from pipeline import metrics
 
@@ -82,5 +85,14 @@ queue_registry.register(QueueDepth())
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """Prometheus exposition; behind ``ORCHESTRATOR_METRICS_TOKEN`` when one is set
+    (API keys do not apply: a scraper is not a client)."""
+    token = settings.ORCHESTRATOR_METRICS_TOKEN
+    if token and not constant_time_compare(
+        request.headers.get("Authorization", ""), f"Bearer {token}"
+    ):
+        error = error_body("Send 'Authorization: Bearer <metrics token>'.", 401, "unauthorized")
+        challenge = {"WWW-Authenticate": 'Bearer realm="metrics"'}
+        return JsonResponse(error, status=401, headers=challenge)
     body = generate_latest(REGISTRY) + generate_latest(queue_registry)
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from rest_framework_api_key.models import AbstractAPIKey
 
 
 class Status(models.TextChoices):
@@ -57,8 +59,12 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         return self.filter(status__in=ACTIVE_STATUSES)
 
     def in_session(self, session_id: str) -> InferenceRequestQuerySet:
-        """A conversation's requests, oldest first."""
+        """A conversation's requests, oldest first (scope it to an owner first)."""
         return self.filter(session_id=session_id).order_by("created_at")
+
+    def owned_by(self, api_key_prefix: str | None) -> InferenceRequestQuerySet:
+        """One key's requests (None: those submitted without a key)."""
+        return self.filter(api_key_id=api_key_prefix)
 
     def claimable(self) -> InferenceRequestQuerySet:
         """Pending rows in claim order: highest priority first, then oldest."""
@@ -201,8 +207,54 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         return self.filter(status=Status.PENDING, created_at__lt=cutoff).exists()
 
 
+class ApiKey(AbstractAPIKey):
+    """A client's credential. The secret is shown once, at creation; only its
+    SHA-512 hash is stored, and the 8-character ``prefix`` finds the row."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="api_keys",
+        help_text="Who the key was issued to (for the record; it grants no staff rights).",
+    )
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    requests_per_minute = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Blank: the server default. 0: unlimited."
+    )
+    max_in_flight = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Blank: the server default. 0: unlimited."
+    )
+    can_manage_documents = models.BooleanField(
+        default=False, help_text="May add and delete documents of the shared RAG store."
+    )
+
+    class Meta(AbstractAPIKey.Meta):
+        pass
+
+    # ``last_used_at`` is written at most this often: not a write per request.
+    TOUCH_EVERY = timedelta(seconds=60)
+
+    def touch(self) -> None:
+        now = timezone.now()
+        if self.last_used_at is None or now - self.last_used_at >= self.TOUCH_EVERY:
+            ApiKey.objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
+
+
 class InferenceRequest(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # The key that submitted it (None: anonymous, or a staff session). A key sees
+    # only its own requests; deleting a key deletes them (revoke to keep them).
+    api_key = models.ForeignKey(
+        ApiKey,
+        to_field="prefix",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="requests",
+    )
     session_id = models.CharField(max_length=128, db_index=True)
     prompt = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
@@ -261,12 +313,9 @@ class InferenceRequest(models.Model):
             ),
             # Admin list and API list filtered by status, newest first.
             models.Index(fields=["status", "-created_at"], name="status_created_idx"),
-            # Admission control: a client's requests in flight; recent completions.
-            models.Index(
-                fields=["client_ip"],
-                condition=Q(status__in=["pending", "processing"]),
-                name="client_active_idx",
-            ),
+            # A key's requests, newest first (the API list for a key).
+            models.Index(fields=["api_key", "-created_at"], name="key_created_idx"),
+            # Recent completions (Retry-After estimates, dashboard).
             models.Index(fields=["finished_at"], name="finished_idx"),
             # The reaper's deadline sweep, without scanning finished rows.
             models.Index(
@@ -275,11 +324,18 @@ class InferenceRequest(models.Model):
                 name="active_deadline_idx",
             ),
         ]
+        # An Idempotency-Key is unique per key (two clients may pick the same
+        # one); anonymous callers share one namespace.
         constraints = [
             models.UniqueConstraint(
+                fields=["api_key", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False, api_key__isnull=False),
+                name="unique_idempotency_key_per_api_key",
+            ),
+            models.UniqueConstraint(
                 fields=["idempotency_key"],
-                condition=Q(idempotency_key__isnull=False),
-                name="unique_idempotency_key",
+                condition=Q(idempotency_key__isnull=False, api_key__isnull=True),
+                name="unique_anonymous_idempotency_key",
             ),
         ]
 

@@ -14,13 +14,13 @@ from inference.consumers import (
 
 # SSE is a consumer, not a Django view: at 500 streams a streaming view's first
 # bytes came ~1 s late here, the consumer's in 24 ms (DESIGN §12).
+# The session cookie identifies staff (chat page, dashboard); clients use keys.
 http_urlpatterns = [
-    path("api/v1/stream/<str:request_id>", StreamConsumer.as_asgi()),
-    # The session cookie identifies staff for the dashboard's feed.
+    path("api/v1/stream/<str:request_id>", AuthMiddlewareStack(StreamConsumer.as_asgi())),
     path("dashboard/feed", AuthMiddlewareStack(DashboardFeedConsumer.as_asgi())),
 ]
 
 websocket_urlpatterns = [
-    path("api/v1/ws", InferenceSocketConsumer.as_asgi()),
+    path("api/v1/ws", AuthMiddlewareStack(InferenceSocketConsumer.as_asgi())),
     re_path(r"", NotFoundSocketConsumer.as_asgi()),
 ]

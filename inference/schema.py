@@ -1,8 +1,25 @@
-"""OpenAPI additions for routes served by Channels consumers, not DRF views."""
+"""OpenAPI additions: the API key security schemes, and the routes served by
+Channels consumers rather than DRF views."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+
+
+class ApiKeySchemes(OpenApiAuthenticationExtension):
+    """``inference.auth.ApiKeyAuthentication``: a bearer token or an X-API-Key header."""
+
+    target_class = "inference.auth.ApiKeyAuthentication"
+    name = ["ApiKeyBearer", "ApiKeyHeader"]
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:
+        return [
+            {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+            {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        ]
+
 
 SSE_DESCRIPTION = """\
 Server-Sent Events: the request's tokens as they are generated.
@@ -27,12 +44,23 @@ def add_streaming_routes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
             "summary": "Stream a request's tokens (Server-Sent Events)",
             "description": SSE_DESCRIPTION,
             "tags": ["api"],
+            "security": [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {"cookieAuth": []}, {}],
             "parameters": [
                 {
                     "name": "request_id",
                     "in": "path",
                     "required": True,
                     "schema": {"type": "string", "format": "uuid"},
+                },
+                {
+                    "name": "token",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string"},
+                    "description": (
+                        "The request's `stream_token` (from `POST /infer` or `GET /status`), "
+                        "for clients that cannot send headers (EventSource)."
+                    ),
                 },
                 {
                     "name": "Last-Event-ID",
@@ -47,7 +75,10 @@ def add_streaming_routes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
                     "description": "An event stream.",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
                 },
-                "404": {"description": "Unknown request id.", "content": error},
+                "401": {"description": "No valid key or stream token.", "content": error},
+                "403": {"description": "Authenticated, but not allowed.", "content": error},
+                "404": {"description": "Unknown request id (or not yours).", "content": error},
+                "429": {"description": "Rate limited; see Retry-After.", "content": error},
                 "503": {"description": "Database unavailable.", "content": error},
             },
         }

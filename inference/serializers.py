@@ -9,6 +9,7 @@ from django.conf import settings
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from inference.auth import stream_token
 from inference.models import Document, InferenceRequest
 from inference.services import Submission
 from pipeline.backends import backend_names
@@ -16,6 +17,15 @@ from pipeline.backends import backend_names
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
 # Submit fields stored together in the request's ``params``.
 REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag")
+
+
+def nesting_depth(value: Any) -> int:
+    """Levels of objects/arrays in a JSON value (a scalar is 0)."""
+    if isinstance(value, dict):
+        return 1 + max(map(nesting_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(nesting_depth, value), default=0)
+    return 0
 
 
 @extend_schema_field(
@@ -157,6 +167,11 @@ class InferRequestSerializer(serializers.Serializer):
             raise serializers.ValidationError(
                 f"Metadata is larger than {limit} bytes of JSON.", code="max_length"
             )
+        depth = settings.ORCHESTRATOR_MAX_METADATA_DEPTH
+        if nesting_depth(value) > depth:
+            raise serializers.ValidationError(
+                f"Metadata is nested deeper than {depth} levels.", code="max_depth"
+            )
         return value
 
     def validate_max_tokens(self, value: int) -> int:
@@ -228,6 +243,20 @@ class InferenceRequestSerializer(serializers.ModelSerializer):
             "messages",
         ]
         read_only_fields = fields
+
+
+class StreamableRequestSerializer(InferenceRequestSerializer):
+    """A request plus the token that opens its SSE stream without a header
+    (``GET /api/v1/stream/<id>?token=...``, for browsers' EventSource)."""
+
+    stream_token = serializers.SerializerMethodField()
+
+    class Meta(InferenceRequestSerializer.Meta):
+        fields = [*InferenceRequestSerializer.Meta.fields, "stream_token"]
+        read_only_fields = fields
+
+    def get_stream_token(self, request: InferenceRequest) -> str:
+        return stream_token(request)
 
 
 class ErrorDetailSerializer(serializers.Serializer):

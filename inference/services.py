@@ -7,10 +7,11 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -18,7 +19,15 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference.models import Document, DocumentChunk, InferenceRequest, Status
+from inference import limits
+from inference.auth import Caller
+from inference.models import (
+    Document,
+    DocumentChunk,
+    InferenceRequest,
+    InferenceRequestQuerySet,
+    Status,
+)
 from orchestrator_site import logs
 from pipeline import events, metrics
 from pipeline.retrieval import chunk_text
@@ -39,7 +48,7 @@ class Submission:
     deadline_seconds: float | None = None
     transport: str = "rest"
     idempotency_key: str | None = None
-    client_ip: str | None = None
+    caller: Caller = field(default_factory=Caller)
 
 
 class AdmissionRefused(Exception):
@@ -47,10 +56,11 @@ class AdmissionRefused(Exception):
 
     code = "refused"
 
-    def __init__(self, message: str, retry_after: int) -> None:
+    def __init__(self, message: str, retry_after: int, quota: limits.Quota | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.retry_after = retry_after
+        self.quota = quota
 
 
 class QueueFull(AdmissionRefused):
@@ -68,23 +78,23 @@ def backlog_retry_after(waiting: int) -> int:
     return int(min(max(waiting / per_second if per_second else 60, 1), 120))
 
 
-def admit(submission: Submission) -> None:
-    """Refuse work the system cannot take: a full queue (503) or a client with too
-    many requests in flight (429). Counts, then inserts: a soft cap that a burst
-    of concurrent submits can overshoot by a few."""
+def admit(submission: Submission, request_id: uuid.UUID, deadline: datetime) -> None:
+    """Refuse work the system cannot take: a full queue (503; a soft cap, counted
+    before the insert) or a caller with all its in-flight slots taken (429; an
+    atomic reservation, held until the request finishes or its deadline)."""
     cap = settings.ORCHESTRATOR_MAX_PENDING
     if cap:
         pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
         if pending >= cap:
             raise QueueFull(f"The queue is full ({pending} waiting).", backlog_retry_after(pending))
-    per_client = settings.ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT
-    if per_client and submission.client_ip:
-        mine = InferenceRequest.objects.active().filter(client_ip=submission.client_ip).count()
-        if mine >= per_client:
-            raise ClientBusy(
-                f"You have {mine} requests in flight (limit {per_client}).",
-                backlog_retry_after(mine),
-            )
+    quota = limits.take_in_flight(submission.caller, request_id, deadline.timestamp())
+    if quota is not None and not quota.allowed:
+        retry_after = backlog_retry_after(quota.limit)
+        raise ClientBusy(
+            f"You have {quota.limit} requests in flight, the limit; wait for one to finish.",
+            retry_after,
+            dataclasses.replace(quota, reset=retry_after),
+        )
 
 
 def _after_commit(publish: Any, *args: Any) -> None:
@@ -94,30 +104,30 @@ def _after_commit(publish: Any, *args: Any) -> None:
 def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
     """Store a new pending request and ring the workers' doorbell.
 
-    Returns ``(request, created)``: a repeated ``idempotency_key`` returns the
-    request first stored under it, and ``created`` is False. Raises
+    Returns ``(request, created)``: a repeated ``idempotency_key`` (per API key)
+    returns the request first stored under it, and ``created`` is False. Raises
     ``AdmissionRefused`` (``QueueFull``, ``ClientBusy``) under overload.
     """
-    if submission.idempotency_key:
-        existing = InferenceRequest.objects.filter(
-            idempotency_key=submission.idempotency_key
-        ).first()
-        if existing is not None:
-            return existing, False
+    mine = InferenceRequest.objects.owned_by(submission.caller.key_prefix)
+    key = submission.idempotency_key
+    if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
+        return existing, False
+    fields = _row_fields(submission)
     try:
-        admit(submission)
+        admit(submission, fields["id"], fields["deadline_at"])
     except AdmissionRefused as refused:
         metrics.REFUSED.labels(refused.code).inc()
         raise
     try:
         with transaction.atomic():
-            request = InferenceRequest.objects.create(**_row_fields(submission))
+            request = InferenceRequest.objects.create(**fields)
             _after_commit(events.ring_doorbell, request.pk)
-    except IntegrityError:
-        if not submission.idempotency_key:
+    except Exception as exc:
+        limits.release_in_flight(submission.caller, fields["id"])
+        if not (key and isinstance(exc, IntegrityError)):
             raise
         # Lost a race with the same key: the winner's row is the answer.
-        return InferenceRequest.objects.get(idempotency_key=submission.idempotency_key), False
+        return mine.get(idempotency_key=key), False
     metrics.SUBMITTED.labels(submission.transport).inc()
     logs.REQUEST_ID.set(str(request.pk))
     logger.info("accepted %s request", submission.transport)
@@ -128,6 +138,8 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
     now = timezone.now()
     deadline = submission.deadline_seconds or settings.ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS
     return {
+        "id": uuid.uuid4(),
+        "api_key_id": submission.caller.key_prefix,
         "prompt": submission.prompt,
         "session_id": submission.session_id or str(uuid.uuid4()),
         "metadata": submission.metadata,
@@ -136,7 +148,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "params": submission.params,
         "transport": submission.transport,
         "idempotency_key": submission.idempotency_key or None,
-        "client_ip": submission.client_ip,
+        "client_ip": submission.caller.ip,
         "max_attempts": settings.ORCHESTRATOR_MAX_ATTEMPTS,
         "created_at": now,
         "deadline_at": now + timedelta(seconds=deadline),
@@ -193,13 +205,10 @@ def ingest_document(title: str, text: str, source: str = "") -> Document:
     return document
 
 
-def delete_session(session_id: str) -> int:
-    """Forget a conversation: cancel its running requests, then delete them all.
-
-    Returns how many requests were deleted (0: no such session).
-    """
+def delete_session(session: InferenceRequestQuerySet) -> int:
+    """Forget a conversation (a caller's ``in_session`` rows): cancel its running
+    requests, then delete them all. Returns how many were deleted (0: none)."""
     with transaction.atomic():
-        session = InferenceRequest.objects.in_session(session_id)
         for request_id in session.active().values_list("pk", flat=True):
             cancel_request(request_id)
         deleted = session.delete()[1].get("inference.InferenceRequest", 0)

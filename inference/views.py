@@ -12,24 +12,26 @@ import asyncio
 import uuid
 from typing import Any
 
-from adrf.views import APIView
+from adrf.views import APIView as AsyncAPIView
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import reverse
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import mixins, pagination, serializers, viewsets
+from rest_framework import mixins, pagination, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import services
+from inference.auth import Caller, CanManageDocuments, IsPermittedCaller, caller_of
+from inference.limits import RateLimitHeadersMixin
 from inference.models import Document, InferenceRequest, Status
 from inference.serializers import (
     DocumentDetailSerializer,
@@ -39,16 +41,34 @@ from inference.serializers import (
     InferenceRequestSerializer,
     InferRequestSerializer,
     SessionSerializer,
+    StreamableRequestSerializer,
 )
 from inference.streaming import wait_until_finished
 from pipeline.backends import backend_names
 
 ERRORS = {
     400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
-    404: OpenApiResponse(ErrorSerializer, description="Unknown request id."),
+    401: OpenApiResponse(ErrorSerializer, description="Missing, invalid, revoked or expired key."),
+    403: OpenApiResponse(ErrorSerializer, description="Authenticated, but not allowed."),
+    404: OpenApiResponse(ErrorSerializer, description="Unknown request id (or not yours)."),
     413: OpenApiResponse(ErrorSerializer, description="Body too large."),
+    429: OpenApiResponse(ErrorSerializer, description="Rate limited; see Retry-After."),
     503: OpenApiResponse(ErrorSerializer, description="Database unavailable; see Retry-After."),
 }
+# What every authenticated, rate-limited read can answer besides its 200.
+READ_ERRORS = {code: ERRORS[code] for code in (401, 403, 404, 429, 503)}
+
+
+class APIView(RateLimitHeadersMixin, AsyncAPIView):
+    """An async API view whose responses carry the caller's RateLimit headers."""
+
+
+class PublicAPIView(AsyncAPIView):
+    """Health probes: no key, no rate limit (a bad key sent here is ignored)."""
+
+    authentication_classes = ()
+    permission_classes = (permissions.AllowAny,)
+    throttle_classes = ()
 
 
 def parse_request_id(value: str) -> uuid.UUID:
@@ -58,15 +78,12 @@ def parse_request_id(value: str) -> uuid.UUID:
         raise Http404("No request with that id.") from None
 
 
-async def get_request_or_404(value: str) -> InferenceRequest:
+async def get_request_or_404(caller: Caller, value: str) -> InferenceRequest:
+    """The caller's request; anyone else's is as unknown as a missing one."""
     try:
-        return await InferenceRequest.objects.aget(pk=parse_request_id(value))
+        return await caller.requests().aget(pk=parse_request_id(value))
     except InferenceRequest.DoesNotExist:
         raise Http404("No request with that id.") from None
-
-
-def client_ip(request: Request) -> str | None:
-    return request.META.get("REMOTE_ADDR") or None
 
 
 class InferView(APIView):
@@ -83,9 +100,9 @@ class InferView(APIView):
             )
         ],
         responses={
-            202: OpenApiResponse(InferenceRequestSerializer, description="Accepted (committed)."),
-            200: OpenApiResponse(InferenceRequestSerializer, description="Idempotent replay."),
-            **ERRORS,
+            202: OpenApiResponse(StreamableRequestSerializer, description="Accepted (committed)."),
+            200: OpenApiResponse(StreamableRequestSerializer, description="Idempotent replay."),
+            **{code: e for code, e in ERRORS.items() if code != 404},
         },
     )
     async def post(self, request: Request) -> Response:
@@ -94,12 +111,12 @@ class InferView(APIView):
         submission = serializer.to_submission(
             transport="rest",
             idempotency_key=request.headers.get("Idempotency-Key") or None,
-            client_ip=client_ip(request),
+            caller=caller_of(request),
         )
         row, created = await sync_to_async(services.submit_request)(submission)
         status_url = reverse("inference:status", args=[row.pk])
         return Response(
-            InferenceRequestSerializer(row).data,
+            StreamableRequestSerializer(row).data,
             status=202 if created else 200,
             headers={"Location": status_url},
         )
@@ -109,11 +126,11 @@ class StatusView(APIView):
     @extend_schema(
         operation_id="status",
         summary="A request's status",
-        responses={200: InferenceRequestSerializer, 404: ERRORS[404], 503: ERRORS[503]},
+        responses={200: StreamableRequestSerializer, **READ_ERRORS},
     )
     async def get(self, request: Request, request_id: str) -> Response:
-        row = await get_request_or_404(request_id)
-        return Response(InferenceRequestSerializer(row).data)
+        row = await get_request_or_404(caller_of(request), request_id)
+        return Response(StreamableRequestSerializer(row).data)
 
 
 class ResultView(APIView):
@@ -133,12 +150,11 @@ class ResultView(APIView):
         responses={
             200: OpenApiResponse(InferenceRequestSerializer, description="Finished."),
             202: OpenApiResponse(InferenceRequestSerializer, description="Still running."),
-            404: ERRORS[404],
-            503: ERRORS[503],
+            **READ_ERRORS,
         },
     )
     async def get(self, request: Request, request_id: str) -> Response:
-        row = await get_request_or_404(request_id)
+        row = await get_request_or_404(caller_of(request), request_id)
         wait = _wait_seconds(request.query_params.get("wait"))
         if wait > 0 and not row.is_terminal:
             row = await wait_until_finished(row.pk, wait)
@@ -155,9 +171,15 @@ def _wait_seconds(raw: str | None) -> float:
 
 
 class ChatPageView(TemplateView):
-    """The WebSocket chat page."""
+    """The WebSocket chat page: open in development, staff only once keys are
+    required (its socket then authenticates with the staff session)."""
 
     template_name = "chat.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if settings.ORCHESTRATOR_AUTH_REQUIRED:
+            return staff_member_required(super().dispatch)(request, *args, **kwargs)
+        return super().dispatch(request, *args, **kwargs)
 
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
         return {
@@ -195,9 +217,15 @@ class NewestFirst(pagination.CursorPagination):
     max_page_size = 500
 
 
-@extend_schema(responses={200: InferenceRequestSerializer, 404: ERRORS[404]})
-class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """Inference requests: list (filter by status, session_id, backend), retrieve, cancel."""
+@extend_schema(responses={200: InferenceRequestSerializer, **READ_ERRORS})
+class RequestViewSet(
+    RateLimitHeadersMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Inference requests: list (filter by status, session_id, backend), retrieve, cancel.
+    A key sees its own requests only; staff see all."""
 
     queryset = InferenceRequest.objects.all()
     serializer_class = InferenceRequestSerializer
@@ -206,7 +234,10 @@ class RequestViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     lookup_field = "pk"
     lookup_url_kwarg = "request_id"
 
-    @extend_schema(request=None, responses={200: InferenceRequestSerializer, 404: ERRORS[404]})
+    def get_queryset(self) -> Any:
+        return caller_of(self.request).requests()
+
+    @extend_schema(request=None, responses={200: InferenceRequestSerializer, **READ_ERRORS})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, request_id: str) -> Response:
         """Cancel a pending or running request (a finished one is returned unchanged)."""
@@ -228,7 +259,7 @@ async def _check_channel_layer() -> str:
     return "ok"
 
 
-class HealthView(APIView):
+class HealthView(PublicAPIView):
     """Readiness: the database and the channel layer answer."""
 
     @extend_schema(
@@ -251,7 +282,7 @@ class HealthView(APIView):
         return Response(body, status=200 if healthy else 503)
 
 
-class LivenessView(APIView):
+class LivenessView(PublicAPIView):
     """Liveness: the process answers; no dependency is checked."""
 
     @extend_schema(
@@ -275,8 +306,9 @@ async def _probe(check) -> str:  # type: ignore[no-untyped-def]
         return f"error: {type(exc).__name__}"
 
 
-@extend_schema(responses={404: ERRORS[404]})
+@extend_schema(responses=READ_ERRORS)
 class DocumentViewSet(
+    RateLimitHeadersMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -285,10 +317,13 @@ class DocumentViewSet(
 ):
     """The document store RAG retrieves from: add, list, show, delete.
 
-    Adding a document with the ``source`` of an existing one replaces it.
+    Adding a document with the ``source`` of an existing one replaces it. The
+    store is shared: any caller may read it, changing it takes staff or a key
+    with ``can_manage_documents``.
     """
 
     queryset = Document.objects.prefetch_related("chunks")
+    permission_classes = (IsPermittedCaller, CanManageDocuments)
     pagination_class = NewestFirst
 
     def get_serializer_class(self) -> type[serializers.BaseSerializer]:
@@ -304,15 +339,16 @@ class DocumentViewSet(
 class SessionView(APIView):
     """A conversation: the requests sharing a ``session_id``, oldest first."""
 
-    @extend_schema(operation_id="session", responses={200: SessionSerializer, 404: ERRORS[404]})
+    @extend_schema(operation_id="session", responses={200: SessionSerializer, **READ_ERRORS})
     async def get(self, request: Request, session_id: str) -> Response:
-        turns = [row async for row in InferenceRequest.objects.in_session(session_id)]
+        turns = [row async for row in caller_of(request).requests().in_session(session_id)]
         if not turns:
             raise Http404("No session with that id.")
         return Response(SessionSerializer({"session_id": session_id, "turns": turns}).data)
 
-    @extend_schema(operation_id="session_delete", responses={204: None, 404: ERRORS[404]})
+    @extend_schema(operation_id="session_delete", responses={204: None, **READ_ERRORS})
     async def delete(self, request: Request, session_id: str) -> Response:
-        if not await sync_to_async(services.delete_session)(session_id):
+        session = caller_of(request).requests().in_session(session_id)
+        if not await sync_to_async(services.delete_session)(session):
             raise Http404("No session with that id.")
         return Response(status=204)

@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "corsheaders",
     "channels",
     "rest_framework",
+    "rest_framework_api_key",  # AbstractAPIKey, subclassed by inference.ApiKey
     "adrf",
     "django_filters",
     "drf_spectacular",
@@ -160,10 +161,13 @@ USE_TZ = True
 
 # --- REST API -------------------------------------------------------------------------
 REST_FRAMEWORK = {
-    # API keys arrive with the security work; until then the API is open (dev).
-    "DEFAULT_AUTHENTICATION_CLASSES": [],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
-    "UNAUTHENTICATED_USER": None,
+    # API keys for clients; sessions for staff (browsing the API from the admin).
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "inference.auth.ApiKeyAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["inference.auth.IsPermittedCaller"],
+    "DEFAULT_THROTTLE_CLASSES": ["inference.limits.CallerRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["inference.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "inference.errors.api_exception_handler",
@@ -179,6 +183,9 @@ SPECTACULAR_SETTINGS = {
     ),
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs are public: a bad key sent to them is not an error.
+    "SERVE_AUTHENTICATION": [],
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     "COMPONENT_SPLIT_REQUEST": True,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
@@ -196,7 +203,33 @@ SPECTACULAR_SETTINGS = {
 # --- CORS: permissive in development, an allow-list otherwise ------------------------
 CORS_ALLOWED_ORIGINS = env_list("CORS_ALLOWED_ORIGINS")
 CORS_ALLOW_ALL_ORIGINS = DEBUG and not CORS_ALLOWED_ORIGINS
-CORS_EXPOSE_HEADERS = ["Location", "Retry-After"]
+RATE_LIMIT_HEADERS = [
+    "RateLimit",
+    "RateLimit-Policy",
+    "x-ratelimit-limit-requests",
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-reset-requests",
+]
+CORS_EXPOSE_HEADERS = ["Location", "Retry-After", *RATE_LIMIT_HEADERS]
+CORS_ALLOW_HEADERS = [
+    *("accept", "authorization", "content-type", "user-agent", "x-csrftoken"),
+    *("x-requested-with", "x-api-key", "idempotency-key", "last-event-id"),
+]
+
+# --- Behind a TLS-terminating proxy (all off by default: `make run` is plain HTTP) ---
+# The proxy must set X-Forwarded-Proto; only then may Django trust it.
+if env_bool("SECURE_PROXY_SSL_HEADER", False):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
+# Load balancers probe health over plain HTTP.
+SECURE_REDIRECT_EXEMPT = [r"^health"]
+SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", False)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
+# Where the admin lives: an unguessable path keeps scanners off the login page.
+ADMIN_URL = env_str("ADMIN_URL", "admin/")
 
 # --- The orchestrator -----------------------------------------------------------------
 _config_file = env_str("ORCHESTRATOR_CONFIG")
@@ -230,10 +263,24 @@ ORCHESTRATOR_STREAM_POLL_SECONDS = env_float("ORCHESTRATOR_STREAM_POLL_SECONDS",
 ORCHESTRATOR_SSE_KEEPALIVE_SECONDS = env_float("ORCHESTRATOR_SSE_KEEPALIVE_SECONDS", 15.0)
 ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = env_float("ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS", 30.0)
 
-# Admission control (0 = no limit): pending requests in all (503 beyond) and
-# requests in flight per client (429 beyond), both with Retry-After.
+# API keys: required unless DEBUG (so `make run` needs none). Streams opened
+# with a stream token (browsers' EventSource) may start within this many seconds.
+ORCHESTRATOR_AUTH_REQUIRED = env_bool("ORCHESTRATOR_AUTH_REQUIRED", not DEBUG)
+ORCHESTRATOR_STREAM_TOKEN_SECONDS = env_int("ORCHESTRATOR_STREAM_TOKEN_SECONDS", 900)
+# A bearer token for /metrics ("" = open: restrict it at the network instead).
+ORCHESTRATOR_METRICS_TOKEN = env_str("ORCHESTRATOR_METRICS_TOKEN")
+
+# Admission control (0 = no limit): pending requests in all (503 beyond). Per
+# caller (a key, or an IP when anonymous; a key may override both): API calls
+# per minute and requests in flight (429 beyond, with Retry-After and RateLimit
+# headers), shared by all processes through Redis in the scaled mode.
 ORCHESTRATOR_MAX_PENDING = env_int("ORCHESTRATOR_MAX_PENDING", 10_000)
-ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT = env_int("ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT", 0)
+ORCHESTRATOR_REQUESTS_PER_MINUTE = env_int("ORCHESTRATOR_REQUESTS_PER_MINUTE", 600)
+ORCHESTRATOR_MAX_IN_FLIGHT = env_int("ORCHESTRATOR_MAX_IN_FLIGHT", 32)
+# Per caller and web process: open SSE streams + WebSockets. Per WebSocket:
+# messages per second (a burst of as many is allowed).
+ORCHESTRATOR_MAX_STREAMS = env_int("ORCHESTRATOR_MAX_STREAMS", 100)
+ORCHESTRATOR_WS_MESSAGES_PER_SECOND = env_int("ORCHESTRATOR_WS_MESSAGES_PER_SECOND", 20)
 
 ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS = env_float("ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS", 2.0)
 # Where `run_pipeline --metrics-port` listens (0.0.0.0 for a Prometheus elsewhere).
@@ -243,6 +290,7 @@ ORCHESTRATOR_METRICS_ADDR = env_str("ORCHESTRATOR_METRICS_ADDR", "127.0.0.1")
 ORCHESTRATOR_MAX_BODY_BYTES = env_int("ORCHESTRATOR_MAX_BODY_BYTES", 1024 * 1024)
 ORCHESTRATOR_MAX_PROMPT_CHARS = env_int("ORCHESTRATOR_MAX_PROMPT_CHARS", 100_000)
 ORCHESTRATOR_MAX_METADATA_BYTES = env_int("ORCHESTRATOR_MAX_METADATA_BYTES", 16 * 1024)
+ORCHESTRATOR_MAX_METADATA_DEPTH = env_int("ORCHESTRATOR_MAX_METADATA_DEPTH", 8)
 # Daphne closes a WebSocket with 1009 itself past this (the consumer checks too,
 # for servers without a cap).
 DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = ORCHESTRATOR_MAX_BODY_BYTES

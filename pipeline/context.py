@@ -31,6 +31,7 @@ class RequestSnapshot:
     params: GenerationParams
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
+    api_key_id: str | None = None  # the owner: session history is per key
     rag: dict[str, Any] = field(default_factory=dict)
 
 

@@ -75,6 +75,7 @@ def snapshot(request: InferenceRequest) -> RequestSnapshot:
         backend=request.backend,
         metadata=request.metadata,
         created_at=request.created_at,
+        api_key_id=request.api_key_id,
         rag=params.get("rag") or {},
         params=GenerationParams(
             max_tokens=params.get("max_tokens", settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS),

@@ -11,7 +11,8 @@ from channels.db import database_sync_to_async
 from channels.layers import channel_layers
 from django.core.cache import cache
 
-from inference import services
+from inference import limits, services
+from inference.consumers import open_streams
 from inference.models import InferenceRequest
 from inference.serializers import REQUEST_PARAMS
 from inference.streaming import wait_until_finished
@@ -50,6 +51,12 @@ def fast_profile(settings) -> None:  # type: ignore[no-untyped-def]
     settings.ORCHESTRATOR_BACKENDS = TEST_BACKENDS
     settings.ORCHESTRATOR_DEFAULT_BACKEND = "echo"
     settings.ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS = 0.01
+    # Tests of other things submit in bursts from one address: no rate limits
+    # unless a test sets them (tests/test_rate_limits.py).
+    settings.ORCHESTRATOR_REQUESTS_PER_MINUTE = 0
+    settings.ORCHESTRATOR_MAX_IN_FLIGHT = 0
+    settings.ORCHESTRATOR_MAX_STREAMS = 0
+    settings.ORCHESTRATOR_WS_MESSAGES_PER_SECOND = 0
 
 
 @pytest.fixture(autouse=True)
@@ -62,6 +69,8 @@ def fresh_process_state() -> Iterator[None]:
         reset_breakers()
         configured_stages.cache_clear()
         cache.clear()
+        limits.reset()
+        open_streams.counts.clear()
 
     reset()
     yield

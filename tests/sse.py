@@ -29,11 +29,12 @@ class SSEClient:
     finished: bool = False
 
     async def open(self, timeout: float = 5) -> SSEClient:
+        path, _, query = self.path.partition("?")
         scope = {
             "type": "http",
             "method": "GET",
-            "path": self.path,
-            "query_string": b"",
+            "path": path,
+            "query_string": query.encode(),
             "headers": self.headers,
             "client": ("127.0.0.1", 5000),
             "server": ("testserver", 80),

@@ -53,11 +53,14 @@ def test_retry_after_follows_the_backlog_and_the_recent_completion_rate(
 
 
 def test_a_client_with_too_many_in_flight_gets_a_429(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    settings.ORCHESTRATOR_MAX_INFLIGHT_PER_CLIENT = 2
+    settings.ORCHESTRATOR_MAX_IN_FLIGHT = 2
     assert [post(client).status_code for _ in range(2)] == [202, 202]
     refused = post(client)
     assert refused.status_code == 429 and refused["Retry-After"]
     assert refused.json()["error"]["type"] == "rate_limit_error"
+    assert refused.json()["error"]["code"] == "too_many_in_flight"
+    assert refused["RateLimit-Policy"] == '"in_flight";q=2'
+    assert refused["RateLimit"] == f'"in_flight";r=0;t={refused["Retry-After"]}'
     other = client.post(
         "/api/v1/infer", {"prompt": "x"}, content_type="application/json", REMOTE_ADDR="10.9.9.9"
     )

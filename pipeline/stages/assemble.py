@@ -29,7 +29,9 @@ def earlier_turns(request: RequestSnapshot) -> list[Message]:
     if request.created_at is None:
         return []
     rows = (
-        InferenceRequest.objects.in_session(request.session_id)
+        # Only the same key's turns: two clients may pick the same session id.
+        InferenceRequest.objects.owned_by(request.api_key_id)
+        .in_session(request.session_id)
         .filter(status=Status.COMPLETED, created_at__lt=request.created_at)
         .exclude(pk=request.id)
         .order_by("-created_at")
