@@ -29,7 +29,14 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, manage, run_manage, stop, wait_until_serving  # noqa: E402
+from tests.processes import (  # noqa: E402
+    OPEN_ACCESS,
+    free_port,
+    manage,
+    run_manage,
+    stop,
+    wait_until_serving,
+)
 
 SERVER = "postgres://postgres@127.0.0.1:5432"
 DATABASE = "orchestrator_overload"
@@ -156,6 +163,7 @@ def main() -> int:
         "ALLOWED_HOSTS": "127.0.0.1",
         "ORCHESTRATOR_WORKER_MODE": "external",
         "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        **OPEN_ACCESS,
         # A slow "model" and few slots: capacity far below what the web process and
         # this load generator can offer on two cores, so 5x is really offered.
         "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05",

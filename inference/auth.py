@@ -184,9 +184,10 @@ class IsPermittedCaller(permissions.BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         refused = caller_of(request).refused
+        if isinstance(refused, Forbidden):
+            raise exceptions.PermissionDenied(refused.message, refused.code)
         if refused is not None:
-            self.message, self.code = refused.message, refused.code
-            return False
+            raise exceptions.NotAuthenticated(refused.message, refused.code)
         return True
 
 

@@ -332,7 +332,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             return await self.close(code=1009)  # message too big
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):
             return await self.send_error("The message is not valid JSON.", "invalid_json")
         if not isinstance(content, dict):
             return await self.send_error("The message must be a JSON object.", "invalid_message")

@@ -27,4 +27,7 @@ class LimitedJSONParser(JSONParser):
         body = stream.read(limit + 1) if stream is not None else b""
         if len(body) > limit:
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
-        return super().parse(io.BytesIO(body), media_type, parser_context)
+        try:
+            return super().parse(io.BytesIO(body), media_type, parser_context)
+        except RecursionError:  # "[[[[..." a million deep: a bad body, not a crash
+            raise exceptions.ParseError("JSON parse error - nested too deeply.") from None

@@ -37,7 +37,14 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, manage, run_manage, stop, wait_until_serving  # noqa: E402
+from tests.processes import (  # noqa: E402
+    OPEN_ACCESS,
+    free_port,
+    manage,
+    run_manage,
+    stop,
+    wait_until_serving,
+)
 from tests.services.clients import Received, sse_read, ws_run  # noqa: E402
 from tests.services.outages import restart_redis, start_postgres, stop_postgres  # noqa: E402
 
@@ -408,6 +415,7 @@ def main() -> int:
         "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "0.5",
         "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
         "ORCHESTRATOR_MAX_ATTEMPTS": "10",  # kills every few seconds: keep retrying
+        **OPEN_ACCESS,
         "LOG_LEVEL": "WARNING",
     }
     import psycopg

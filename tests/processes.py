@@ -16,6 +16,17 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# For load generators that are one anonymous client at thousands of requests a
+# minute (service suite, chaos, benchmarks): keys and per-caller limits off.
+# The auth and rate-limit tests turn them on.
+OPEN_ACCESS = {
+    "ORCHESTRATOR_AUTH_REQUIRED": "false",
+    "ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
+    "ORCHESTRATOR_MAX_IN_FLIGHT": "0",
+    "ORCHESTRATOR_MAX_STREAMS": "0",
+    "ORCHESTRATOR_WS_MESSAGES_PER_SECOND": "0",
+}
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -19,7 +19,7 @@ import pytest
 import redis
 from django.db import connection
 
-from tests.processes import free_port, manage, stop, wait_until_serving
+from tests.processes import OPEN_ACCESS, free_port, manage, stop, wait_until_serving
 
 
 def _require_env(name: str) -> str:
@@ -62,11 +62,25 @@ def _test_database_url(base_url: str) -> str:
     return base_url.rsplit("/", 1)[0] + "/" + connection.settings_dict["NAME"]
 
 
+def _ensure_test_database(django_db_blocker: Any) -> str | None:
+    """pytest-django creates the test database only if a collected test is marked
+    ``django_db``; a run of one services module may have none, and the processes
+    must never be pointed at the real database. Returns the original name when
+    the database was created here (to destroy it afterwards)."""
+    original = connection.settings_dict["NAME"]
+    if original.startswith("test_"):
+        return None
+    with django_db_blocker.unblock():
+        connection.creation.create_test_db(verbosity=0, autoclobber=True, serialize=False)
+    return str(original)
+
+
 @pytest.fixture(scope="session")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, django_db_setup: None, django_db_blocker: Any
 ) -> Iterator[Stack]:
     _require_env("DATABASE_URL")
+    created_here = _ensure_test_database(django_db_blocker)
     database_url = _test_database_url(os.environ["DATABASE_URL"])
     redis_url = _require_env("REDIS_URL")
     redis.Redis.from_url(redis_url).flushdb()
@@ -83,6 +97,7 @@ def stack(
         "ORCHESTRATOR_REAP_INTERVAL_SECONDS": "0.5",
         "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "1",
         "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
+        **OPEN_ACCESS,
     }
     port = free_port()
     web = manage("serve", "--host", "127.0.0.1", "--port", str(port), env=env, log=logs / "web.log")
@@ -93,6 +108,9 @@ def stack(
     finally:
         the_stack.stop_workers()
         stop(web)
+        if created_here:
+            with django_db_blocker.unblock():
+                connection.creation.destroy_test_db(created_here, verbosity=0)
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""Rate limits with two web processes sharing Redis: a key's budget is one
+budget, whichever process answers (no 2x leak), and the headers say so."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.processes import ROOT, free_port, manage, running, wait_until_serving
+from tests.services.conftest import Stack
+
+pytestmark = pytest.mark.services
+
+RATE = 20
+IN_FLIGHT = 5
+
+
+def create_key(env: dict[str, str], *args: str) -> dict[str, str]:
+    created = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "limits-test", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert created.returncode == 0, created.stderr
+    return {"Authorization": f"Bearer {created.stdout.strip()}"}
+
+
+@pytest.fixture(scope="module")
+def two_web_processes(stack: Stack) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """Two more web processes on the stack's database and Redis, keys required,
+    no worker (so accepted requests stay in flight); and their environment."""
+    stack.stop_workers()
+    env = {
+        **stack.env,
+        "ORCHESTRATOR_AUTH_REQUIRED": "true",
+        "ORCHESTRATOR_REQUESTS_PER_MINUTE": str(RATE),
+        "ORCHESTRATOR_MAX_IN_FLIGHT": str(IN_FLIGHT),
+    }
+    ports = [free_port(), free_port()]
+    webs = [
+        manage("serve", "--port", str(port), env=env, log=stack.logs / f"limits-web-{port}.log")
+        for port in ports
+    ]
+    with running(webs[0]), running(webs[1]):
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        for url, web in zip(urls, webs, strict=True):
+            wait_until_serving(url, web)
+        yield urls, env
+
+
+def start_of_a_fresh_window(margin: float = 15) -> None:
+    """The per-minute window must not roll over mid-test."""
+    if time.time() % 60 > 60 - margin:
+        time.sleep(60 - time.time() % 60 + 0.1)
+
+
+def test_the_per_minute_budget_is_shared_by_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
+    urls, env = two_web_processes
+    headers = create_key(env)
+    start_of_a_fresh_window()
+    statuses, remaining = [], []
+    with httpx.Client(timeout=10) as client:
+        for i in range(2 * RATE):
+            response = client.get(f"{urls[i % 2]}/api/v1/requests/", headers=headers)
+            statuses.append(response.status_code)
+            remaining.append(int(response.headers["x-ratelimit-remaining-requests"]))
+    assert statuses == [200] * RATE + [429] * RATE  # not 2 x RATE
+    assert remaining[:RATE] == list(range(RATE - 1, -1, -1))
+    refused = response
+    assert refused.headers["RateLimit-Policy"] == f'"requests";q={RATE};w=60'
+    reset = int(refused.headers["Retry-After"])
+    assert refused.headers["RateLimit"] == f'"requests";r=0;t={reset}'
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+
+
+def test_in_flight_slots_are_shared_by_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
+    urls, env = two_web_processes
+    headers = create_key(env, "--requests-per-minute", "0")
+    with httpx.Client(timeout=10) as client:
+        statuses = [
+            client.post(f"{urls[i % 2]}/api/v1/infer", json={"prompt": "x"}, headers=headers)
+            for i in range(2 * IN_FLIGHT)
+        ]
+    assert [r.status_code for r in statuses] == [202] * IN_FLIGHT + [429] * IN_FLIGHT
+    busy = statuses[-1]
+    assert busy.json()["error"]["code"] == "too_many_in_flight"
+    assert busy.headers["RateLimit"].startswith('"in_flight";r=0;')
+    assert int(busy.headers["Retry-After"]) >= 1
