@@ -95,8 +95,13 @@ class SSEConsumer(AsyncHttpConsumer):
     streaming: asyncio.Task[None] | None = None
 
     async def http_request(self, message: dict[str, Any]) -> None:
-        if not message.get("more_body"):
-            self.streaming = asyncio.create_task(self.stream())
+        if message.get("more_body"):
+            return
+        if self.scope["method"] != "GET":
+            body = json.dumps(error_body("Use GET.", 405, "method_not_allowed")).encode()
+            headers = [(b"content-type", b"application/json"), (b"allow", b"GET")]
+            return await self.send_response(405, body, headers=headers)
+        self.streaming = asyncio.create_task(self.stream())
 
     async def http_disconnect(self, message: dict[str, Any]) -> None:
         if self.streaming is not None:

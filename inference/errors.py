@@ -9,6 +9,7 @@ from typing import Any
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -133,6 +134,7 @@ def not_found_response(message: str = "No such resource.") -> JsonResponse:
     return JsonResponse(error_body(message, 404, "not_found"), status=404)
 
 
+@csrf_exempt  # the catch-all under /api/v1/: a POST to no route is a 404, not a CSRF page
 def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
     """handler404 for paths no route matches."""
     return not_found_response(f"No route for {request.path}.")
@@ -140,6 +142,12 @@ def json_404(request: HttpRequest, exception: Exception | None = None) -> JsonRe
 
 def json_500(request: HttpRequest) -> JsonResponse:
     return JsonResponse(error_body("Internal server error.", 500, "internal_error"), status=500)
+
+
+def csrf_failure(request: HttpRequest, reason: str = "") -> JsonResponse:
+    """CSRF_FAILURE_VIEW: the error shape, not Django's HTML page."""
+    body = error_body(f"CSRF verification failed: {reason}", 403, "csrf_failed")
+    return JsonResponse(body, status=403)
 
 
 def json_400(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:

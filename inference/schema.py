@@ -5,7 +5,53 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.extensions import (
+    OpenApiAuthenticationExtension,
+    OpenApiSerializerFieldExtension,
+)
+from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiResponse
+
+# What any API operation can answer besides its own results.
+COMMON_ERRORS = {
+    "400": "Invalid input (body, query or headers).",
+    "401": "Missing, malformed, invalid, revoked or expired API key.",
+    "403": "Authenticated, but not allowed.",
+    "429": "Rate limited; see Retry-After and the RateLimit headers.",
+    "503": "Database unavailable; see Retry-After.",
+}
+
+
+class OrchestratorAutoSchema(AutoSchema):
+    """Documents the errors every ``/api/v1`` operation shares (plus 404 where
+    the path names a resource), so that views declare only their own answers."""
+
+    def _get_response_bodies(self, direction: Any = "response") -> dict[str, Any]:
+        from inference.serializers import ErrorSerializer
+
+        responses: dict[str, Any] = super()._get_response_bodies(direction)
+        if direction != "response" or not self.path.startswith("/api/v1/"):
+            return responses
+        errors = dict(COMMON_ERRORS)
+        if "{" in self.path:
+            errors["404"] = "No such resource (or not yours)."
+        for code, description in errors.items():
+            if code not in responses:
+                error = OpenApiResponse(ErrorSerializer, description=description)
+                responses[code] = self._get_response_for_code(error, code)
+        return responses
+
+
+class BackendChoices(OpenApiSerializerFieldExtension):
+    """A backend name is one of the configured backends, read when the schema is
+    generated (the configuration decides the enum)."""
+
+    target_class = "inference.serializers.BackendChoiceField"
+
+    def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        from pipeline.backends import backend_names
+
+        return {"type": "string", "enum": backend_names(), "description": "A model backend."}
 
 
 class ApiKeySchemes(OpenApiAuthenticationExtension):
@@ -33,6 +79,19 @@ exactly once, in order.
 
 The WebSocket protocol at `/api/v1/ws` is described in the README.
 """
+
+
+# One Server-Sent Event as parsed off the wire (``data`` is a JSON document).
+SSE_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["start", "token", "reset", "complete", "error"]},
+        "data": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["event", "data"],
+}
 
 
 def add_streaming_routes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -73,7 +132,7 @@ def add_streaming_routes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any
             "responses": {
                 "200": {
                     "description": "An event stream.",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    "content": {"text/event-stream": {"schema": SSE_EVENT}},
                 },
                 "401": {"description": "No valid key or stream token.", "content": error},
                 "403": {"description": "Authenticated, but not allowed.", "content": error},

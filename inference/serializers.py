@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 from django.conf import settings
+from django.utils.functional import Promise
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -64,6 +65,40 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+StrOrPromise = str | Promise
+
+
+class StrictJSONTypes:
+    """Numbers and booleans as JSON types only: DRF would read "1" or false as
+    numbers and "yes" as true, which the schema does not promise."""
+
+    json_types: tuple[type, ...] = ()
+    default_error_messages: ClassVar[dict[str, StrOrPromise]] = {
+        "wrong_type": "Must be a JSON {kind}."
+    }
+    kind = ""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, bool) != (bool in self.json_types) or not isinstance(
+            data, self.json_types
+        ):
+            self.fail("wrong_type", kind=self.kind)  # type: ignore[attr-defined]
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+# (The DRF stubs type each field's messages differently; the merge is DRF's own.)
+class StrictIntegerField(StrictJSONTypes, serializers.IntegerField):  # type: ignore[misc]
+    json_types, kind = (int,), "integer"
+
+
+class StrictFloatField(StrictJSONTypes, serializers.FloatField):  # type: ignore[misc]
+    json_types, kind = (int, float), "number"
+
+
+class StrictBooleanField(StrictJSONTypes, serializers.BooleanField):  # type: ignore[misc]
+    json_types, kind = (bool,), "boolean"
+
+
 class BackendChoiceField(StrictCharField):
     """A configured backend's name; the error lists the valid ones."""
 
@@ -88,6 +123,7 @@ class BackendChoiceField(StrictCharField):
                     "top_k": {"type": "integer", "minimum": 0, "maximum": 20},
                     "documents": {"type": "array", "items": {"type": "integer"}},
                 },
+                "additionalProperties": False,
             },
         ],
         "description": "Retrieval: false turns it off; an object sets top_k / document ids.",
@@ -127,18 +163,22 @@ class InferRequestSerializer(serializers.Serializer):
     prompt = StrictCharField(trim_whitespace=False)
     session_id = StrictCharField(required=False, max_length=128, allow_blank=False)
     metadata = serializers.DictField(required=False, default=dict)
-    stream = serializers.BooleanField(required=False, default=False)
+    stream = StrictBooleanField(required=False, default=False)
     priority = PriorityField(required=False, default=5)
     backend = BackendChoiceField(required=False, max_length=64)
-    max_tokens = serializers.IntegerField(required=False, min_value=1)
-    temperature = serializers.FloatField(required=False, min_value=0.0, max_value=2.0)
-    top_p = serializers.FloatField(required=False, min_value=0.0, max_value=1.0)
+    max_tokens = StrictIntegerField(
+        required=False, min_value=1, max_value=settings.ORCHESTRATOR_MAX_TOKENS_CEILING
+    )
+    temperature = StrictFloatField(required=False, min_value=0.0, max_value=2.0)
+    top_p = StrictFloatField(required=False, min_value=0.0, max_value=1.0)
     stop = serializers.ListField(
         child=StrictCharField(max_length=64, trim_whitespace=False),
         required=False,
         max_length=4,
     )
-    deadline_seconds = serializers.FloatField(required=False, min_value=1.0)
+    deadline_seconds = StrictFloatField(
+        required=False, min_value=1.0, max_value=settings.ORCHESTRATOR_MAX_DEADLINE_SECONDS
+    )
     rag = RagOptionsField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
@@ -174,14 +214,6 @@ class InferRequestSerializer(serializers.Serializer):
             )
         return value
 
-    def validate_max_tokens(self, value: int) -> int:
-        ceiling = settings.ORCHESTRATOR_MAX_TOKENS_CEILING
-        if value > ceiling:
-            raise serializers.ValidationError(
-                f"max_tokens may be at most {ceiling}.", code="max_value"
-            )
-        return value
-
     def to_submission(self, **context: Any) -> Submission:
         data = self.validated_data
         params = {key: data[key] for key in REQUEST_PARAMS if key in data}
@@ -201,7 +233,7 @@ class WebSocketSubmitSerializer(InferRequestSerializer):
     """A WebSocket ``infer`` message: the REST body, streaming by default."""
 
     type = serializers.ChoiceField(choices=["infer"], required=False)
-    stream = serializers.BooleanField(required=False, default=True)
+    stream = StrictBooleanField(required=False, default=True)
     idempotency_key = StrictCharField(required=False, max_length=255)
 
 
@@ -282,8 +314,9 @@ class HealthSerializer(serializers.Serializer):
 class DocumentSerializer(serializers.ModelSerializer):
     """A document in the store; ``chunks`` is how many pieces it was split into."""
 
-    text = serializers.CharField(write_only=True, trim_whitespace=False)
-    source = serializers.CharField(max_length=500, required=False)  # type: ignore[assignment]
+    title = StrictCharField(max_length=300)
+    text = StrictCharField(write_only=True, trim_whitespace=False)
+    source = StrictCharField(max_length=500, required=False)  # type: ignore[assignment]
     chunks = serializers.IntegerField(source="chunks.count", read_only=True)
 
     class Meta:
@@ -295,7 +328,7 @@ class DocumentSerializer(serializers.ModelSerializer):
 
 
 class DocumentDetailSerializer(DocumentSerializer):
-    text = serializers.CharField(read_only=True)
+    text = StrictCharField(read_only=True)
 
 
 class SessionTurnSerializer(serializers.ModelSerializer):

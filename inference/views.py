@@ -9,6 +9,7 @@ already manage the connection of the thread they run on.
 from __future__ import annotations
 
 import asyncio
+import math
 import uuid
 from typing import Any
 
@@ -26,6 +27,7 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, pagination, permissions, serializers, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -46,17 +48,9 @@ from inference.serializers import (
 from inference.streaming import wait_until_finished
 from pipeline.backends import backend_names
 
-ERRORS = {
-    400: OpenApiResponse(ErrorSerializer, description="Invalid input."),
-    401: OpenApiResponse(ErrorSerializer, description="Missing, invalid, revoked or expired key."),
-    403: OpenApiResponse(ErrorSerializer, description="Authenticated, but not allowed."),
-    404: OpenApiResponse(ErrorSerializer, description="Unknown request id (or not yours)."),
-    413: OpenApiResponse(ErrorSerializer, description="Body too large."),
-    429: OpenApiResponse(ErrorSerializer, description="Rate limited; see Retry-After."),
-    503: OpenApiResponse(ErrorSerializer, description="Database unavailable; see Retry-After."),
-}
-# What every authenticated, rate-limited read can answer besides its 200.
-READ_ERRORS = {code: ERRORS[code] for code in (401, 403, 404, 429, 503)}
+# Errors every API operation shares (401, 403, 429, 503, 400, 404) are added by
+# inference.schema.OrchestratorAutoSchema; views declare only their own.
+TOO_LARGE = OpenApiResponse(ErrorSerializer, description="Body too large.")
 
 
 class APIView(RateLimitHeadersMixin, AsyncAPIView):
@@ -102,7 +96,7 @@ class InferView(APIView):
         responses={
             202: OpenApiResponse(StreamableRequestSerializer, description="Accepted (committed)."),
             200: OpenApiResponse(StreamableRequestSerializer, description="Idempotent replay."),
-            **{code: e for code, e in ERRORS.items() if code != 404},
+            413: TOO_LARGE,
         },
     )
     async def post(self, request: Request) -> Response:
@@ -126,7 +120,7 @@ class StatusView(APIView):
     @extend_schema(
         operation_id="status",
         summary="A request's status",
-        responses={200: StreamableRequestSerializer, **READ_ERRORS},
+        responses={200: StreamableRequestSerializer},
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
@@ -140,7 +134,7 @@ class ResultView(APIView):
         parameters=[
             OpenApiParameter(
                 "wait",
-                float,
+                {"type": "number", "minimum": 0},
                 description=(
                     "Long-poll: wait up to this many seconds for the request to "
                     "finish (capped by the server)."
@@ -150,7 +144,6 @@ class ResultView(APIView):
         responses={
             200: OpenApiResponse(InferenceRequestSerializer, description="Finished."),
             202: OpenApiResponse(InferenceRequestSerializer, description="Still running."),
-            **READ_ERRORS,
         },
     )
     async def get(self, request: Request, request_id: str) -> Response:
@@ -163,11 +156,14 @@ class ResultView(APIView):
 
 
 def _wait_seconds(raw: str | None) -> float:
+    """``?wait=`` as seconds, capped by the server; not a number >= 0 is a 400."""
     try:
-        wait = float(raw) if raw else 0.0
+        wait = float(raw) if raw is not None else 0.0
     except ValueError:
-        return 0.0
-    return max(0.0, min(wait, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS))
+        wait = -1.0
+    if not (math.isfinite(wait) and wait >= 0):
+        raise ValidationError({"wait": ["wait must be a number of seconds, 0 or more."]})
+    return min(wait, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
 
 
 class ChatPageView(TemplateView):
@@ -211,13 +207,36 @@ class RequestFilter(filters.FilterSet):
 
 
 class NewestFirst(pagination.CursorPagination):
+    """Newest first; ``page_size`` 1-500 (anything else is a 400, not ignored)."""
+
     ordering = "-created_at"
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
 
+    def get_page_size(self, request: Request) -> int:
+        raw = request.query_params.get(self.page_size_query_param)
+        if raw is None:
+            return self.page_size
+        if not raw.isdigit() or not 1 <= int(raw) <= self.max_page_size:
+            message = f"page_size must be an integer from 1 to {self.max_page_size}."
+            raise ValidationError({"page_size": [message]}, code="invalid")
+        return int(raw)
 
-@extend_schema(responses={200: InferenceRequestSerializer, **READ_ERRORS})
+    def decode_cursor(self, request: Request) -> Any:
+        try:
+            return super().decode_cursor(request)
+        except NotFound:  # DRF answers a mangled cursor with 404; it is bad input
+            raise ValidationError({"cursor": ["Invalid cursor."]}) from None
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            if parameter["name"] == self.page_size_query_param:
+                parameter["schema"].update(minimum=1, maximum=self.max_page_size)
+        return parameters
+
+
 class RequestViewSet(
     RateLimitHeadersMixin,
     mixins.ListModelMixin,
@@ -237,7 +256,7 @@ class RequestViewSet(
     def get_queryset(self) -> Any:
         return caller_of(self.request).requests()
 
-    @extend_schema(request=None, responses={200: InferenceRequestSerializer, **READ_ERRORS})
+    @extend_schema(request=None, responses={200: InferenceRequestSerializer})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, request_id: str) -> Response:
         """Cancel a pending or running request (a finished one is returned unchanged)."""
@@ -306,7 +325,6 @@ async def _probe(check) -> str:  # type: ignore[no-untyped-def]
         return f"error: {type(exc).__name__}"
 
 
-@extend_schema(responses=READ_ERRORS)
 class DocumentViewSet(
     RateLimitHeadersMixin,
     mixins.CreateModelMixin,
@@ -339,14 +357,14 @@ class DocumentViewSet(
 class SessionView(APIView):
     """A conversation: the requests sharing a ``session_id``, oldest first."""
 
-    @extend_schema(operation_id="session", responses={200: SessionSerializer, **READ_ERRORS})
+    @extend_schema(operation_id="session", responses={200: SessionSerializer})
     async def get(self, request: Request, session_id: str) -> Response:
         turns = [row async for row in caller_of(request).requests().in_session(session_id)]
         if not turns:
             raise Http404("No session with that id.")
         return Response(SessionSerializer({"session_id": session_id, "turns": turns}).data)
 
-    @extend_schema(operation_id="session_delete", responses={204: None, **READ_ERRORS})
+    @extend_schema(operation_id="session_delete", responses={204: None})
     async def delete(self, request: Request, session_id: str) -> Response:
         session = caller_of(request).requests().in_session(session_id)
         if not await sync_to_async(services.delete_session)(session):

@@ -29,6 +29,7 @@ SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
 DEBUG = env_bool("DEBUG", True)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+CSRF_FAILURE_VIEW = "inference.errors.csrf_failure"
 
 INSTALLED_APPS = [
     # inference first: its runserver (daphne's, plus the embedded worker) wins.
@@ -171,7 +172,7 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["inference.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "inference.errors.api_exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "inference.schema.OrchestratorAutoSchema",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
 }
 
@@ -253,6 +254,7 @@ ORCHESTRATOR_REAP_INTERVAL_SECONDS = env_float("ORCHESTRATOR_REAP_INTERVAL_SECON
 ORCHESTRATOR_POLL_INTERVAL_SECONDS = env_float("ORCHESTRATOR_POLL_INTERVAL_SECONDS", 2.0)
 ORCHESTRATOR_MAX_ATTEMPTS = env_int("ORCHESTRATOR_MAX_ATTEMPTS", 3)
 ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS = env_float("ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS", 600.0)
+ORCHESTRATOR_MAX_DEADLINE_SECONDS = env_float("ORCHESTRATOR_MAX_DEADLINE_SECONDS", 86_400.0)
 ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS = env_float("ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS", 30.0)
 # Tokens are persisted in batches: whichever comes first, N tokens or T seconds.
 ORCHESTRATOR_CHUNK_BATCH_TOKENS = env_int("ORCHESTRATOR_CHUNK_BATCH_TOKENS", 32)

@@ -115,19 +115,23 @@ class PostgresRetriever(Retriever):
             return [(row[0], float(row[1])) for row in cursor.fetchall()]
 
 
+SQLITE_SEARCH = """
+    SELECT f.rowid, -bm25(inference_documentchunk_fts) AS score
+    FROM inference_documentchunk_fts f
+    JOIN inference_documentchunk c ON c.id = f.rowid
+    WHERE inference_documentchunk_fts MATCH %s {only}
+    ORDER BY score DESC, f.rowid LIMIT %s
+"""
+
+
 class SqliteRetriever(Retriever):
     def scored_chunk_ids(
         self, terms: list[str], top_k: int, documents: list[int]
     ) -> list[tuple[int, float]]:
         match = " OR ".join(f'"{term}"' for term in terms)
         only = f"AND c.document_id IN ({','.join('%s' for _ in documents)})" if documents else ""
-        sql = f"""
-            SELECT f.rowid, -bm25(inference_documentchunk_fts) AS score
-            FROM inference_documentchunk_fts f
-            JOIN inference_documentchunk c ON c.id = f.rowid
-            WHERE inference_documentchunk_fts MATCH %s {only}
-            ORDER BY score DESC, f.rowid LIMIT %s
-        """
+        # Only "%s" placeholders are interpolated; every value is a bound parameter.
+        sql = SQLITE_SEARCH.format(only=only)  # nosec B608
         with connection.cursor() as cursor:
             cursor.execute(sql, [match, *documents, top_k])
             return [(row[0], float(row[1])) for row in cursor.fetchall()]

@@ -135,6 +135,7 @@ async def _origin_and_frame_cap(port: int) -> None:
         assert closed.value.rcvd.code == 1009
 
 
+@pytest.mark.timeout(200)
 def test_make_run_answers_the_seed_curl_example_with_the_local_model(data_dir: Path) -> None:
     env = {**env_for(data_dir), "ORCHESTRATOR_DEFAULT_BACKEND": "local"}  # make run's default
     server, port = runserver(data_dir, env)
@@ -143,7 +144,12 @@ def test_make_run_answers_the_seed_curl_example_with_the_local_model(data_dir: P
         wait_until_serving(base, server)
         submitted = httpx.post(f"{base}/api/v1/infer", json={"prompt": "What is Rust?"})
         request_id = submitted.json()["request_id"]
-        result = httpx.get(f"{base}/api/v1/result/{request_id}", params={"wait": 30}, timeout=40)
+        # Up to two minutes: the model is slow when the machine is busy.
+        for _ in range(4):
+            url = f"{base}/api/v1/result/{request_id}"
+            result = httpx.get(url, params={"wait": 30}, timeout=40)
+            if result.status_code != 202:
+                break
         body = result.json()
         assert (result.status_code, body["status"], body["backend_used"]) == (
             200,

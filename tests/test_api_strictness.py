@@ -1,0 +1,81 @@
+"""What the fuzzer (scripts/fuzz_api.py) found, pinned: inputs the schema does
+not allow are a 400 in the error shape, never coerced, ignored or a 500."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from inference.models import Document
+
+pytestmark = pytest.mark.django_db
+
+
+def post_infer(client: Client, **fields):  # type: ignore[no-untyped-def]
+    return client.post("/api/v1/infer", {"prompt": "x", **fields}, "application/json")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("top_p", False),
+        ("temperature", "0.5"),
+        ("max_tokens", 2.5),
+        ("max_tokens", True),
+        ("stream", "yes"),
+        ("max_tokens", 10**9),
+        ("deadline_seconds", 5.2e13),  # overflowed a timedelta: was a 500
+        ("rag", {"enabled": True, "unknown": 1}),
+        ("backend", "no-such-backend"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_range_is_a_400(client: Client, field: str, value) -> None:  # type: ignore[no-untyped-def]
+    response = post_infer(client, **{field: value})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == field
+
+
+def test_document_fields_must_be_strings(client: Client) -> None:
+    body = {"title": "t", "text": 0}
+    response = client.post("/api/v1/documents/", body, "application/json")
+    assert response.status_code == 400 and Document.objects.count() == 0
+
+
+@pytest.mark.parametrize("query", ["page_size=0", "page_size=abc", "page_size=501", "cursor=junk"])
+def test_bad_paging_is_a_400_not_a_silent_default(client: Client, query: str) -> None:
+    response = client.get(f"/api/v1/requests/?{query}")
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == query.split("=")[0]
+
+
+def test_a_post_to_no_route_is_a_json_404_even_with_a_session_cookie(client: Client) -> None:
+    client.cookies["sessionid"] = "anything"
+    response = client.post("/api/v1/requests/0.5/cancel/")
+    assert response.status_code == 404 and response["Content-Type"] == "application/json"
+
+
+def test_a_csrf_failure_speaks_json(settings) -> None:  # type: ignore[no-untyped-def]
+    client = Client(enforce_csrf_checks=True)
+    response = client.post(f"/{settings.ADMIN_URL}login/", {"username": "x"})
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "csrf_failed"
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_stream_answers_only_get() -> None:
+    from channels.routing import URLRouter
+    from channels.testing import ApplicationCommunicator
+
+    from inference.routing import http_urlpatterns
+
+    scope = {
+        "type": "http",
+        "method": "TRACE",
+        "path": "/api/v1/stream/8d9f3b1e-0000-4000-8000-000000000000",
+        "query_string": b"",
+        "headers": [],
+    }
+    app = ApplicationCommunicator(URLRouter(http_urlpatterns), scope)
+    await app.send_input({"type": "http.request", "body": b""})
+    start = await app.receive_output(5)
+    assert start["status"] == 405 and (b"allow", b"GET") in start["headers"]
