@@ -6,6 +6,7 @@ python examples/rest_api.py "What is Rust?" [--url http://127.0.0.1:8000]
 from __future__ import annotations
 
 import argparse
+import os
 
 import httpx
 
@@ -16,7 +17,10 @@ def main() -> None:
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     args = parser.parse_args()
 
-    with httpx.Client(base_url=args.url, timeout=60) as client:
+    # Servers with DEBUG off want a key: manage.py create_api_key NAME.
+    key = os.environ.get("ORCHESTRATOR_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=args.url, timeout=60, headers=headers) as client:
         submitted = client.post("/api/v1/infer", json={"prompt": args.prompt})
         submitted.raise_for_status()
         request_id = submitted.json()["request_id"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import httpx
 
@@ -43,7 +44,10 @@ def main() -> None:
     parser.add_argument("prompt")
     parser.add_argument("--url", default="http://127.0.0.1:8000")
     args = parser.parse_args()
-    with httpx.Client(base_url=args.url, timeout=None) as client:
+    # Servers with DEBUG off want a key: manage.py create_api_key NAME.
+    key = os.environ.get("ORCHESTRATOR_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    with httpx.Client(base_url=args.url, timeout=None, headers=headers) as client:
         submitted = client.post("/api/v1/infer", json={"prompt": args.prompt})
         submitted.raise_for_status()
         stream(client, submitted.json()["request_id"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 from urllib.parse import urlsplit
 
 import websockets
@@ -18,7 +19,11 @@ import websockets
 
 async def chat(url: str, prompt: str) -> None:
     origin = "http://" + urlsplit(url).netloc
-    async with websockets.connect(f"{url}/api/v1/ws", origin=origin) as socket:
+    # Servers with DEBUG off want a key (manage.py create_api_key NAME), on the handshake.
+    key = os.environ.get("ORCHESTRATOR_API_KEY")
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    connect = websockets.connect(f"{url}/api/v1/ws", origin=origin, additional_headers=headers)
+    async with connect as socket:
         await socket.send(json.dumps({"prompt": prompt, "stream": True}))
         async for raw in socket:
             message = json.loads(raw)

@@ -14,7 +14,6 @@ Exits non-zero if either run finds a failure.
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import subprocess
 import sys
@@ -24,7 +23,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import free_port, manage, running, wait_until_serving  # noqa: E402
+from tests.processes import (  # noqa: E402
+    create_api_key,
+    free_port,
+    manage,
+    run_manage,
+    running,
+    wait_until_serving,
+)
 
 
 def server_env(data_dir: str) -> dict[str, str]:
@@ -41,18 +47,6 @@ def server_env(data_dir: str) -> dict[str, str]:
         "ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
         "ORCHESTRATOR_MAX_IN_FLIGHT": "0",
     }
-
-
-def manage_output(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return result.stdout.strip()
 
 
 def schemathesis(url: str, args: argparse.Namespace, *extra: str) -> int:
@@ -89,8 +83,8 @@ def main() -> int:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz-") as data_dir:
         env = server_env(data_dir)
-        manage_output(env, "migrate", "--noinput", "-v0")
-        key = manage_output(env, "create_api_key", "fuzzer", "--manage-documents")
+        run_manage("migrate", "--noinput", "-v0", env=env)
+        key = create_api_key(env, "--manage-documents")
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         server = manage("serve", "--port", str(port), env=env, log=Path(data_dir) / "web.log")

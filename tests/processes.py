@@ -46,6 +46,19 @@ def manage(*args: str, env: dict[str, str], log: Path | None = None) -> subproce
     return spawn([sys.executable, "manage.py", *args], env, log)
 
 
+def create_api_key(env: dict[str, str], *args: str) -> str:
+    """``manage.py create_api_key`` in ``env``'s database; the key it printed."""
+    created = subprocess.run(
+        [sys.executable, "manage.py", "create_api_key", "test-client", *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+    )
+    assert created.returncode == 0, created.stderr
+    return created.stdout.strip()
+
+
 def run_manage(*args: str, env: dict[str, str]) -> None:
     subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env={**os.environ, **env}, check=True

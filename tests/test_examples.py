@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from collections.abc import Iterator
 
-from tests.processes import ROOT
+import pytest
+
+from tests.processes import (
+    ROOT,
+    create_api_key,
+    free_port,
+    manage,
+    run_manage,
+    running,
+    wait_until_serving,
+)
 
 # reference/phase3-web-api.md, "Integration Examples / Python", as written but
 # for the address (the original served :8080; `make run` serves :8000).
@@ -61,3 +73,37 @@ def test_examples_websocket_api(live_server_url: str) -> None:
 def test_examples_sse_stream(live_server_url: str) -> None:
     out = run("examples/sse_stream.py", "Hi there", "--url", live_server_url)
     assert out.strip() == "Hi there\n[done]"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A server with keys required (as in production), and a key for it."""
+    data_dir = tmp_path_factory.mktemp("keyed-server")
+    env = {
+        "ORCHESTRATOR_DATA_DIR": str(data_dir),
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        "ORCHESTRATOR_AUTH_REQUIRED": "true",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+    }
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    key = create_api_key(env)
+    port = free_port()
+    server = manage("serve", "--port", str(port), env=env, log=data_dir / "server.log")
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        yield f"http://127.0.0.1:{port}", key
+
+
+@pytest.mark.parametrize("example", ["rest_api.py", "sse_stream.py", "websocket_api.py"])
+def test_the_examples_send_the_key_from_the_environment(keyed_server, example: str) -> None:  # type: ignore[no-untyped-def]
+    url, key = keyed_server
+    if example == "websocket_api.py":
+        url = url.replace("http://", "ws://")
+    args = [sys.executable, f"examples/{example}", "Hello keyed world", "--url", url]
+    without = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert without.returncode != 0  # refused: 401, or the socket closed with 4401
+    env = {**os.environ, "ORCHESTRATOR_API_KEY": key}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "Hello keyed world" in done.stdout

@@ -3,16 +3,13 @@ budget, whichever process answers (no 2x leak), and the headers say so."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.processes import ROOT, free_port, manage, running, wait_until_serving
+from tests.processes import create_api_key, free_port, manage, running, wait_until_serving
 from tests.services.conftest import Stack
 
 pytestmark = pytest.mark.services
@@ -21,16 +18,8 @@ RATE = 20
 IN_FLIGHT = 5
 
 
-def create_key(env: dict[str, str], *args: str) -> dict[str, str]:
-    created = subprocess.run(
-        [sys.executable, "manage.py", "create_api_key", "limits-test", *args],
-        cwd=ROOT,
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-    )
-    assert created.returncode == 0, created.stderr
-    return {"Authorization": f"Bearer {created.stdout.strip()}"}
+def bearer_key(env: dict[str, str], *args: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {create_api_key(env, *args)}"}
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +53,7 @@ def start_of_a_fresh_window(margin: float = 15) -> None:
 
 def test_the_per_minute_budget_is_shared_by_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
     urls, env = two_web_processes
-    headers = create_key(env)
+    headers = bearer_key(env)
     start_of_a_fresh_window()
     statuses, remaining = [], []
     with httpx.Client(timeout=10) as client:
@@ -83,7 +72,7 @@ def test_the_per_minute_budget_is_shared_by_both_processes(two_web_processes) ->
 
 def test_in_flight_slots_are_shared_by_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
     urls, env = two_web_processes
-    headers = create_key(env, "--requests-per-minute", "0")
+    headers = bearer_key(env, "--requests-per-minute", "0")
     with httpx.Client(timeout=10) as client:
         statuses = [
             client.post(f"{urls[i % 2]}/api/v1/infer", json={"prompt": "x"}, headers=headers)
