@@ -85,3 +85,31 @@ def test_the_retry_action_resubmits_finished_requests(admin_client: Client) -> N
         "pending",
         done.session_id,
     )
+
+
+KEYS_URL = "/admin/inference/apikey/"
+
+
+def test_the_admin_creates_a_key_and_shows_its_secret_once(admin_client: Client) -> None:
+    from inference.models import ApiKey
+
+    response = admin_client.post(
+        f"{KEYS_URL}add/", {"name": "partner", "requests_per_minute": "100"}, follow=True
+    )
+    key = ApiKey.objects.get(name="partner")
+    shown = [str(m) for m in response.context["messages"]]
+    secret = next(word.rstrip(".") for m in shown for word in m.split() if "." in word[:9])
+    assert secret.startswith(key.prefix + ".") and key.is_valid(secret)
+    assert secret not in key.hashed_key and key.requests_per_minute == 100
+    listing = admin_client.get(KEYS_URL).content.decode()
+    assert key.prefix in listing and secret not in listing
+
+
+def test_the_admin_revokes_keys_in_bulk(admin_client: Client) -> None:
+    from inference.models import ApiKey
+
+    keys = [ApiKey.objects.create_key(name=f"k{i}")[0] for i in range(2)]
+    admin_client.post(
+        KEYS_URL, {"action": "revoke_selected", "_selected_action": [k.pk for k in keys]}
+    )
+    assert ApiKey.objects.filter(revoked=True).count() == 2
