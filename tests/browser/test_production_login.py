@@ -1,0 +1,61 @@
+"""Keys required (production): the chat page is for staff, and its WebSocket
+authenticates with the staff session cookie — no key in the page or the URL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import expect, sync_playwright
+
+from tests.browser.test_chat_page import CHROMIUM
+from tests.processes import free_port, manage, run_manage, running, wait_until_serving
+
+pytestmark = pytest.mark.browser
+PASSWORD = "a long staff password for the browser"
+
+
+@pytest.fixture(scope="module")
+def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("keyed-browser")
+    env = {
+        "ORCHESTRATOR_DATA_DIR": str(data_dir),
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.02",
+        "ORCHESTRATOR_AUTH_REQUIRED": "true",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+    }
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    code = (
+        "from django.contrib.auth.models import User; "
+        f"User.objects.create_user('ops', password={PASSWORD!r}, is_staff=True)"
+    )
+    run_manage("shell", "-v", "0", "-c", code, env=env)
+    port = free_port()
+    server = manage("serve", "--port", str(port), env=env, log=data_dir / "server.log")
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        yield f"http://127.0.0.1:{port}"
+
+
+def test_staff_log_in_and_chat_over_the_session_authenticated_socket(keyed_server: str) -> None:
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"]
+        )
+        page = browser.new_page()
+        page.goto(keyed_server)
+        page.wait_for_url("**/admin/login/?next=/")  # anonymous: sent to log in
+        page.fill("#id_username", "ops")
+        page.fill("#id_password", PASSWORD)
+        page.click("input[type=submit]")
+        page.wait_for_url(f"{keyed_server}/")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "open")
+        page.fill("#prompt", "staff only chat works")
+        page.press("#prompt", "Enter")
+        answer = page.locator("li.msg.assistant").last
+        expect(answer).to_have_attribute("data-status", "completed", timeout=20_000)
+        expect(answer.locator(".body")).to_have_text("staff only chat works")
+        assert "api_key" not in page.content().lower()
+        browser.close()
