@@ -23,30 +23,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.processes import (  # noqa: E402
-    create_api_key,
-    free_port,
-    manage,
-    run_manage,
-    running,
-    wait_until_serving,
-)
+from tests.processes import create_api_key, embedded_env, serving  # noqa: E402
 
 
-def server_env(data_dir: str) -> dict[str, str]:
-    return {
-        "DEBUG": "false",
-        "SECRET_KEY": secrets.token_urlsafe(40),
-        "ALLOWED_HOSTS": "127.0.0.1",
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-        "ORCHESTRATOR_DATA_DIR": data_dir,
-        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+def server_env(data_dir: Path) -> dict[str, str]:
+    return embedded_env(
+        data_dir,
+        DEBUG="false",
+        SECRET_KEY=secrets.token_urlsafe(40),
+        ALLOWED_HOSTS="127.0.0.1",
         # The fuzzer is one client sending thousands of requests: rate limits would
         # turn most of them into (correct, documented) 429s and hide the rest.
-        "ORCHESTRATOR_REQUESTS_PER_MINUTE": "0",
-        "ORCHESTRATOR_MAX_IN_FLIGHT": "0",
-    }
+        ORCHESTRATOR_REQUESTS_PER_MINUTE="0",
+        ORCHESTRATOR_MAX_IN_FLIGHT="0",
+    )
 
 
 def schemathesis(url: str, args: argparse.Namespace, *extra: str) -> int:
@@ -82,18 +72,14 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=20261127)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fuzz-") as data_dir:
-        env = server_env(data_dir)
-        run_manage("migrate", "--noinput", "-v0", env=env)
-        key = create_api_key(env, "--manage-documents")
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = manage("serve", "--port", str(port), env=env, log=Path(data_dir) / "web.log")
-        with running(server):
-            wait_until_serving(url, server)
+        env = server_env(Path(data_dir))
+        log = Path(data_dir) / "web.log"
+        with serving(env, log) as url:
+            key = create_api_key(env, "--manage-documents")
             with_key = schemathesis(url, args, "--header", f"Authorization: Bearer {key}")
             without_key = schemathesis(url, args)
-            if with_key or without_key:
-                print((Path(data_dir) / "web.log").read_text()[-5000:])
+        if with_key or without_key:
+            print(log.read_text()[-5000:])
     print(f"schemathesis with a key: exit {with_key}; without: exit {without_key}")
     return 1 if with_key or without_key else 0
 

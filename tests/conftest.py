@@ -21,7 +21,7 @@ from pipeline.host import PipelineHost
 from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
 from pipeline.worker import Engine, EngineConfig
-from tests.processes import free_port, manage, run_manage, running, wait_until_serving
+from tests.processes import embedded_env, run_manage, serving
 
 TEST_BACKENDS = {
     "echo": {"class": "pipeline.backends.echo.EchoBackend", "options": {}},
@@ -84,15 +84,12 @@ STAFF_PASSWORD = "correct horse battery staple"
 def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`make run`'s server as a process (embedded mode), echo paced at 50 ms/token."""
     data_dir = tmp_path_factory.mktemp("live-server")
-    env = {
-        "ORCHESTRATOR_DATA_DIR": str(data_dir),
-        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
-        "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05",
-        "ORCHESTRATOR_CHUNK_BATCH_TOKENS": "4",
-        "ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS": "0.5",
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-    }
+    env = embedded_env(
+        data_dir,
+        ORCHESTRATOR_ECHO_TOKEN_DELAY="0.05",
+        ORCHESTRATOR_CHUNK_BATCH_TOKENS="4",
+        ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS="0.5",
+    )
     run_manage("migrate", "--noinput", "-v0", env=env)
     run_manage(
         "shell",
@@ -101,12 +98,9 @@ def live_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         f"User.objects.create_superuser('staff', 'staff@example.com', {STAFF_PASSWORD!r})",
         env=env,
     )
-    port = free_port()
     log = data_dir / "server.log"
-    server = manage("runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=log)
-    with running(server):
-        wait_until_serving(f"http://127.0.0.1:{port}", server)
-        yield f"http://127.0.0.1:{port}"
+    with serving(env, log, "runserver", "--noreload") as url:
+        yield url
 
 
 @pytest.fixture

@@ -99,3 +99,27 @@ def running(*processes: subprocess.Popen[bytes]) -> Iterator[None]:
     finally:
         for process in processes:
             stop(process)
+
+
+def embedded_env(data_dir: Path, **overrides: str) -> dict[str, str]:
+    """The zero-config (embedded) mode in its own data directory, echo backend."""
+    return {
+        "ORCHESTRATOR_DATA_DIR": str(data_dir),
+        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        **overrides,
+    }
+
+
+@contextmanager
+def serving(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
+    """A migrated database and a server process on a free port (``manage.py serve``
+    unless ``command`` names another); yields its base URL, stops it after."""
+    run_manage("migrate", "--noinput", "-v0", env=env)
+    port = free_port()
+    args = command or ("serve", "--port")
+    server = manage(*args, f"127.0.0.1:{port}" if command else str(port), env=env, log=log)
+    with running(server):
+        wait_until_serving(f"http://127.0.0.1:{port}", server)
+        yield f"http://127.0.0.1:{port}"

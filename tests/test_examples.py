@@ -9,15 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.processes import (
-    ROOT,
-    create_api_key,
-    free_port,
-    manage,
-    run_manage,
-    running,
-    wait_until_serving,
-)
+from tests.processes import ROOT, create_api_key, embedded_env, serving
 
 # reference/phase3-web-api.md, "Integration Examples / Python", as written but
 # for the address (the original served :8080; `make run` serves :8000).
@@ -79,20 +71,9 @@ def test_examples_sse_stream(live_server_url: str) -> None:
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """A server with keys required (as in production), and a key for it."""
     data_dir = tmp_path_factory.mktemp("keyed-server")
-    env = {
-        "ORCHESTRATOR_DATA_DIR": str(data_dir),
-        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
-        "ORCHESTRATOR_AUTH_REQUIRED": "true",
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-    }
-    run_manage("migrate", "--noinput", "-v0", env=env)
-    key = create_api_key(env)
-    port = free_port()
-    server = manage("serve", "--port", str(port), env=env, log=data_dir / "server.log")
-    with running(server):
-        wait_until_serving(f"http://127.0.0.1:{port}", server)
-        yield f"http://127.0.0.1:{port}", key
+    env = embedded_env(data_dir, ORCHESTRATOR_AUTH_REQUIRED="true")
+    with serving(env, data_dir / "server.log") as url:
+        yield url, create_api_key(env)
 
 
 @pytest.mark.parametrize("example", ["rest_api.py", "sse_stream.py", "websocket_api.py"])

@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.browser.test_chat_page import CHROMIUM
-from tests.processes import free_port, manage, run_manage, running, wait_until_serving
+from tests.processes import embedded_env, run_manage, serving
 
 pytestmark = pytest.mark.browser
 PASSWORD = "a long staff password for the browser"
@@ -18,25 +18,16 @@ PASSWORD = "a long staff password for the browser"
 @pytest.fixture(scope="module")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     data_dir = tmp_path_factory.mktemp("keyed-browser")
-    env = {
-        "ORCHESTRATOR_DATA_DIR": str(data_dir),
-        "ORCHESTRATOR_DEFAULT_BACKEND": "echo",
-        "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.02",
-        "ORCHESTRATOR_AUTH_REQUIRED": "true",
-        "DATABASE_URL": "",
-        "REDIS_URL": "",
-    }
-    run_manage("migrate", "--noinput", "-v0", env=env)
+    env = embedded_env(
+        data_dir, ORCHESTRATOR_ECHO_TOKEN_DELAY="0.02", ORCHESTRATOR_AUTH_REQUIRED="true"
+    )
     code = (
         "from django.contrib.auth.models import User; "
         f"User.objects.create_user('ops', password={PASSWORD!r}, is_staff=True)"
     )
-    run_manage("shell", "-v", "0", "-c", code, env=env)
-    port = free_port()
-    server = manage("serve", "--port", str(port), env=env, log=data_dir / "server.log")
-    with running(server):
-        wait_until_serving(f"http://127.0.0.1:{port}", server)
-        yield f"http://127.0.0.1:{port}"
+    with serving(env, data_dir / "server.log") as url:
+        run_manage("shell", "-v", "0", "-c", code, env=env)
+        yield url
 
 
 def test_staff_log_in_and_chat_over_the_session_authenticated_socket(keyed_server: str) -> None:
