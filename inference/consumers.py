@@ -32,7 +32,7 @@ from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status
 from inference.serializers import WebSocketSubmitSerializer
 from inference.streaming import Finished, Idle, Reset, StreamEvent, Token, follow
-from pipeline import metrics
+from pipeline import events, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +376,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             caller=self.caller,
         )
         try:
-            request, _ = await database_sync_to_async(self.admit_and_submit)(submission)
+            request, _ = await self.admit_and_submit(submission)
         except Refusal as refusal:
             retry_after = int(refusal.headers.get("Retry-After", 1))
             await self.send_error(
@@ -400,9 +400,15 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         self.follow(request.pk, stream=serializer.validated_data["stream"])
 
     @staticmethod
-    def admit_and_submit(submission: services.Submission) -> tuple[InferenceRequest, bool]:
-        admit_caller(submission.caller)  # each submit counts against the rate
-        return services.submit_request(submission)
+    async def admit_and_submit(submission: services.Submission) -> tuple[InferenceRequest, bool]:
+        """Count the submit against the rate, store it, then ring the doorbell from
+        the event loop (as ``services.asubmit_request`` does for views)."""
+        store = database_sync_to_async(services.submit_request)
+        await database_sync_to_async(admit_caller)(submission.caller)
+        request, created = await store(submission, ring=False)
+        if created:
+            await events.ring_doorbell(request.pk)
+        return request, created
 
     async def cancel(self, content: dict[str, Any]) -> None:
         request_id = await self.known_request(content)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -78,13 +79,29 @@ def backlog_retry_after(waiting: int) -> int:
     return int(min(max(waiting / per_second if per_second else 60, 1), 120))
 
 
+_pending_seen: tuple[float, int] = (-1e9, 0)  # (when, how many) in this process
+
+
+def pending_count() -> int:
+    """Pending requests, counted at most every ``ORCHESTRATOR_PENDING_COUNT_SECONDS``
+    per process: the queue cap is soft, and a COUNT per submit was a tenth of its
+    cost. (Overshoot: about submits/s x that many seconds.)"""
+    global _pending_seen
+    seen_at, pending = _pending_seen
+    now = time.monotonic()
+    if now - seen_at >= settings.ORCHESTRATOR_PENDING_COUNT_SECONDS:
+        pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
+        _pending_seen = (now, pending)
+    return pending
+
+
 def admit(submission: Submission, request_id: uuid.UUID, deadline: datetime) -> None:
     """Refuse work the system cannot take: a full queue (503; a soft cap, counted
     before the insert) or a caller with all its in-flight slots taken (429; an
     atomic reservation, held until the request finishes or its deadline)."""
     cap = settings.ORCHESTRATOR_MAX_PENDING
     if cap:
-        pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
+        pending = pending_count()
         if pending >= cap:
             raise QueueFull(f"The queue is full ({pending} waiting).", backlog_retry_after(pending))
     quota = limits.take_in_flight(submission.caller, request_id, deadline.timestamp())
@@ -101,8 +118,10 @@ def _after_commit(publish: Any, *args: Any) -> None:
     transaction.on_commit(lambda: async_to_sync(publish)(*args))
 
 
-def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
-    """Store a new pending request and ring the workers' doorbell.
+def submit_request(submission: Submission, ring: bool = True) -> tuple[InferenceRequest, bool]:
+    """Store a new pending request and ring the workers' doorbell (``ring=False``:
+    the caller rings it after this returns, from its event loop — see
+    ``asubmit_request``).
 
     Returns ``(request, created)``: a repeated ``idempotency_key`` (per API key)
     returns the request first stored under it, and ``created`` is False. Raises
@@ -121,7 +140,8 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
     try:
         with transaction.atomic():
             request = InferenceRequest.objects.create(**fields)
-            _after_commit(events.ring_doorbell, request.pk)
+            if ring:
+                _after_commit(events.ring_doorbell, request.pk)
     except Exception as exc:
         limits.release_in_flight(submission.caller, fields["id"])
         if not (key and isinstance(exc, IntegrityError)):
@@ -132,6 +152,17 @@ def submit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
     logs.REQUEST_ID.set(str(request.pk))
     logger.info("accepted %s request", submission.transport)
     return request, True
+
+
+async def asubmit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
+    """``submit_request`` for async views: the row is committed in the request's
+    thread, then the doorbell rings from the event loop, so no thread waits on the
+    channel layer. (Consumers, which have no request signals to manage their
+    connection, use ``database_sync_to_async`` the same way.)"""
+    request, created = await sync_to_async(submit_request)(submission, ring=False)
+    if created:
+        await events.ring_doorbell(request.pk)
+    return request, created
 
 
 def _row_fields(submission: Submission) -> dict[str, Any]:

@@ -107,7 +107,7 @@ class InferView(APIView):
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             caller=caller_of(request),
         )
-        row, created = await sync_to_async(services.submit_request)(submission)
+        row, created = await services.asubmit_request(submission)
         status_url = reverse("inference:status", args=[row.pk])
         return Response(
             StreamableRequestSerializer(row).data,

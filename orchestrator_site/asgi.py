@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
-django_asgi_app = get_asgi_application()
+django.setup(set_prefix=False)
+
+# Django's handler with hop-free middleware (what get_asgi_application() builds, but).
+from orchestrator_site.middleware import ASGIHandler  # noqa: E402
+
+django_asgi_app = ASGIHandler()
 
 # Imports that touch models come after Django is set up.
 from channels.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter  # noqa: E402

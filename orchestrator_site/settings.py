@@ -277,6 +277,7 @@ ORCHESTRATOR_METRICS_TOKEN = env_str("ORCHESTRATOR_METRICS_TOKEN")
 # per minute and requests in flight (429 beyond, with Retry-After and RateLimit
 # headers), shared by all processes through Redis in the scaled mode.
 ORCHESTRATOR_MAX_PENDING = env_int("ORCHESTRATOR_MAX_PENDING", 10_000)
+ORCHESTRATOR_PENDING_COUNT_SECONDS = env_float("ORCHESTRATOR_PENDING_COUNT_SECONDS", 0.25)
 ORCHESTRATOR_REQUESTS_PER_MINUTE = env_int("ORCHESTRATOR_REQUESTS_PER_MINUTE", 600)
 ORCHESTRATOR_MAX_IN_FLIGHT = env_int("ORCHESTRATOR_MAX_IN_FLIGHT", 32)
 # Per caller and web process: open SSE streams + WebSockets. Per WebSocket:

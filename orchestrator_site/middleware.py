@@ -1,0 +1,103 @@
+"""Django's stock middleware, without the thread hops.
+
+Under ASGI, Django runs each hook of a classic middleware through
+``sync_to_async(thread_sensitive=True)``: up to three thread hops per middleware
+per request (a quarter of a submit's CPU here, bench/). The hooks of the seven
+below do no blocking I/O, so their subclasses run them inline on the event loop;
+the two that can touch the database — saving a modified session, storing flash
+messages (the admin) — still go to the thread when they might.
+
+``settings.MIDDLEWARE`` keeps the stock names (Django's deploy checks look for
+them by name); ``ASGIHandler`` loads each as its subclass here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.contrib.auth import middleware as auth
+from django.contrib.messages import middleware as messages
+from django.contrib.sessions import middleware as sessions
+from django.core.handlers import asgi
+from django.http import HttpRequest, HttpResponseBase
+from django.middleware import clickjacking, common, csrf, security
+from django.test.utils import override_settings
+
+
+class InlineHooks:
+    """``process_request`` and ``process_response`` inline; the response hook
+    goes to the thread only when ``response_may_block`` says so."""
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
+        response = None
+        if hasattr(self, "process_request"):
+            response = self.process_request(request)
+        response = response or await self.get_response(request)  # type: ignore[attr-defined]
+        if hasattr(self, "process_response"):
+            if self.response_may_block(request):
+                hook = sync_to_async(self.process_response, thread_sensitive=True)
+                return await hook(request, response)
+            response = self.process_response(request, response)
+        return response
+
+    def response_may_block(self, request: HttpRequest) -> bool:
+        return False
+
+
+class SecurityMiddleware(InlineHooks, security.SecurityMiddleware):
+    pass
+
+
+class SessionMiddleware(InlineHooks, sessions.SessionMiddleware):
+    """Loading is lazy (the first access, from a view, in its thread); saving a
+    modified session writes to the database."""
+
+    def response_may_block(self, request: HttpRequest) -> bool:
+        session = getattr(request, "session", None)
+        return session is not None and (session.modified or settings.SESSION_SAVE_EVERY_REQUEST)
+
+
+class CommonMiddleware(InlineHooks, common.CommonMiddleware):
+    pass
+
+
+class CsrfViewMiddleware(InlineHooks, csrf.CsrfViewMiddleware):
+    """Its view hook reads cookies, headers and the (already read) body only."""
+
+    async def process_view(self, *args: Any) -> HttpResponseBase | None:  # type: ignore[override]
+        return super().process_view(*args)
+
+
+class AuthenticationMiddleware(InlineHooks, auth.AuthenticationMiddleware):
+    """Only attaches a lazy ``request.user``; the lookup happens on first use."""
+
+
+class MessageMiddleware(InlineHooks, messages.MessageMiddleware):
+    """Messages live in a cookie, falling back to the session: storing them may
+    read the session from the database."""
+
+    def response_may_block(self, request: HttpRequest) -> bool:
+        storage = getattr(request, "_messages", None)
+        return storage is not None and (storage.used or storage.added_new)
+
+
+class XFrameOptionsMiddleware(InlineHooks, clickjacking.XFrameOptionsMiddleware):
+    pass
+
+
+INLINE = {
+    f"{base.__module__}.{base.__name__}": f"{__name__}.{inline.__name__}"
+    for inline in InlineHooks.__subclasses__()
+    for base in inline.__bases__[1:]
+}
+
+
+class ASGIHandler(asgi.ASGIHandler):
+    """Django's ASGI handler, loading each stock middleware as its subclass above."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        inline = [INLINE.get(path, path) for path in settings.MIDDLEWARE]
+        with override_settings(MIDDLEWARE=inline):  # once, at startup
+            super().load_middleware(is_async)
