@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser bench-local bench-overload chaos lint schema check clean
+.PHONY: run test test-services test-browser bench bench-smoke bench-local bench-overload chaos lint schema check fuzz security clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +41,14 @@ test-services: $(VENV)/.installed-dev
 test-browser: $(VENV)/.installed-dev
 	$(PY) -m pytest -m browser $(PYTEST_ARGS)
 
+## bench: every benchmark of DESIGN §12 (embedded + scaled on PostgreSQL/Redis), one table each
+bench: $(VENV)/.installed-dev
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+## bench-smoke: the same with tiny counts, a few seconds per scenario (CI: fails on errors)
+bench-smoke: $(VENV)/.installed-dev
+	$(PY) bench/run.py --smoke $(BENCH_ARGS)
+
 ## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
 bench-local: $(VENV)/.installed
 	$(PY) bench/local_model.py
@@ -52,6 +60,15 @@ bench-overload: $(VENV)/.installed-dev
 ## chaos: kill workers, restart Redis and PostgreSQL under load; fail on any lost/duplicated request
 chaos: $(VENV)/.installed-dev
 	$(PY) scripts/chaos.py --requests 300 --duration 60 --kill-every 5
+
+## fuzz: schemathesis against the live OpenAPI schema, with and without a key (fixed seed)
+FUZZ_EXAMPLES ?= 25
+fuzz: $(VENV)/.installed-dev
+	$(PY) scripts/fuzz_api.py --max-examples $(FUZZ_EXAMPLES)
+
+## security: bandit over the code: no medium or high findings (each exception justified inline)
+security: $(VENV)/.installed-dev
+	$(PY) -m bandit -q -r inference pipeline orchestrator_site scripts bench -ll
 
 ## lint: ruff lint + format check, mypy (django-stubs)
 lint: $(VENV)/.installed-dev

@@ -1,0 +1,572 @@
+"""The six measurements of issue 9 / DESIGN §12, each returning one Table.
+
+Each scenario starts the stacks it needs itself (fresh databases), warms them
+up, measures, and records as a *problem* anything that must not happen at any
+load: a non-2xx answer, a request lost or answered wrongly, a process exiting.
+Missed targets are results, not problems.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import re
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.loads import (
+    Operation,
+    Samples,
+    SocketSwarm,
+    closed_loop,
+    first_token_direct,
+    first_token_sse,
+    first_token_ws,
+    percentile,
+    submit_and_stream,
+)
+from bench.report import Table
+from bench.spy import hotspots, recording
+from bench.stack import ROOT, Stack, Workspace, die_with_parent, rss_mb
+from bench.upstream import FIRST_TOKEN_DELAY, MODEL
+from bench.wrk import REFUSED, SubmitRun, describe, run_submit
+
+CONFIGS = ("embedded", "scaled")
+SUBMIT_BODY = {"prompt": "Summarise the benchmark results in one sentence."}
+# Eight echo tokens: short enough that the pipeline, not the model, is measured.
+STREAM_BODY = {"prompt": "one two three four five six seven eight"}
+TTFT_BODY = {"prompt": "ping pong", "max_tokens": 1}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of everything: ``FULL`` for ``make bench``, ``SMOKE`` for CI."""
+
+    warmup_seconds: float
+    submit_seconds: float
+    submit_connections: tuple[int, ...]
+    latency_seconds: float
+    throughput_seconds: float
+    throughput_connections: int
+    first_tokens: int
+    idle_sockets: int
+    streaming_sockets: int
+    memory_warmup: int
+    memory_requests: int
+    memory_warmup_seconds: float  # caps: growth is scaled to 10k from what ran
+    memory_seconds: float
+    local_runs: int
+    local_tokens: int
+
+
+FULL = Plan(
+    warmup_seconds=2,
+    submit_seconds=10,
+    submit_connections=(1, 16, 64),
+    latency_seconds=8,
+    throughput_seconds=10,
+    throughput_connections=64,
+    first_tokens=40,
+    idle_sockets=10_000,
+    streaming_sockets=1_000,
+    memory_warmup=1_000,
+    memory_requests=10_000,
+    memory_warmup_seconds=15,
+    memory_seconds=45,
+    local_runs=3,
+    local_tokens=128,
+)
+SMOKE = Plan(
+    warmup_seconds=1,
+    submit_seconds=1,
+    submit_connections=(4,),
+    latency_seconds=1,
+    throughput_seconds=1,
+    throughput_connections=16,
+    first_tokens=5,
+    idle_sockets=200,
+    streaming_sockets=50,
+    memory_warmup=20,
+    memory_requests=60,
+    memory_warmup_seconds=5,
+    memory_seconds=10,
+    local_runs=1,
+    local_tokens=8,
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    generator: str  # "wrk" or "python" (scenario a's submit load)
+    profile_dir: Path | None = None  # --profile: py-spy the web process during a
+
+
+def ws_endpoint(base_url: str) -> tuple[str, str]:
+    """(WebSocket URL, Origin header) for a web process."""
+    return base_url.replace("http://", "ws://") + "/api/v1/ws", base_url
+
+
+def check_alive(stack: Stack, table: Table) -> None:
+    for name, process in stack.processes().items():
+        if process.poll() is not None:
+            table.problems.append(f"{stack.config} {name} exited with {process.returncode}")
+
+
+# --- a. durable submit ------------------------------------------------------------------
+
+
+def durable_submit(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "a",
+        "Durable submit: POST /api/v1/infer -> 202 once the row is committed",
+        ["config", "connections", "accepted/s", "p50 ms", "p99 ms", "refused 429/503", "other"]
+        + [f"CPU ms/req {role}" for role in ("web", "worker", "postgres")],
+        notes=[
+            f"Load generator: {describe(options.generator)}; closed loop, "
+            f"{plan.submit_seconds:g} s per row after {plan.warmup_seconds:g} s warm-up; the "
+            "worker(s) run the accepted requests meanwhile, and the queue is drained "
+            "before the next row. CPU ms/req: CPU time of all web / worker / PostgreSQL "
+            "processes during the row, per accepted request (embedded: all in web).",
+        ],
+    )
+    for config in CONFIGS:
+        with workspace.stack(config) as stack:
+            for connections in plan.submit_connections:
+                _submit_row(stack, connections, plan, options, table)
+    return table
+
+
+def _submit_row(stack: Stack, connections: int, plan: Plan, options: Options, table: Table) -> None:
+    label = f"{stack.config} c={connections}"
+    top = connections == max(plan.submit_connections)
+    stack.wait_drained(120)
+    rows_before = sum(stack.status_counts().values())
+    warm = _submit(stack, connections, plan.warmup_seconds, options)
+    cpu_before = stack.cpu_seconds()
+    with _profiled(stack, options.profile_dir if top else None, plan.submit_seconds, table):
+        run = _submit(stack, connections, plan.submit_seconds, options)
+    cpu = {role: used - cpu_before[role] for role, used in stack.cpu_seconds().items()}
+    check_alive(stack, table)
+    stored = sum(stack.status_counts().values()) - rows_before
+    target, met = _submit_target(stack.config, top, run.rate, run.p99_ms)
+    table.add(
+        target,
+        met,
+        config=stack.config,
+        connections=connections,
+        **{"accepted/s": run.rate, "p50 ms": run.p50_ms, "p99 ms": run.p99_ms},
+        **{"refused 429/503": run.refused, "other": run.other},
+        **{f"CPU ms/req {role}": _per_request(cpu, role, run.accepted) for role in cpu},
+    )
+    table.problems += _submit_problems(label, warm, run, stored)
+
+
+def _per_request(cpu: dict[str, float], role: str, requests: int) -> float | str:
+    if role == "worker" and not cpu[role]:
+        return "in web"
+    return cpu[role] * 1000 / requests if requests else 0.0
+
+
+def _submit(stack: Stack, connections: int, seconds: float, options: Options) -> SubmitRun:
+    return run_submit(options.generator, stack.web_urls, connections, seconds, SUBMIT_BODY)
+
+
+@contextlib.contextmanager
+def _profiled(stack: Stack, directory: Path | None, seconds: float, table: Table) -> Iterator[None]:
+    """py-spy the first web process meanwhile (``--profile``); hotspots go to the table."""
+    if directory is None:
+        yield
+        return
+    output = directory / f"profile-a-{stack.config}-web0.txt"
+    with recording(stack.webs[0].pid, output, seconds):
+        yield
+    table.details += [f"{stack.config} web0 ({output.name}):", *hotspots(output)]
+
+
+def _submit_problems(label: str, warm: SubmitRun, run: SubmitRun, stored: int) -> list[str]:
+    problems = []
+    for status, count in sorted((Counter(warm.statuses) + Counter(run.statuses)).items()):
+        if status != 202:
+            kind = "refused" if status in REFUSED else "unexpected"
+            problems.append(f"{label}: {count} x {status} {kind}")
+    if run.errors:
+        problems.append(f"{label}: socket errors {run.errors}")
+    # More rows than 202s is fine: wrk stops without reading the last answers.
+    if stored < warm.accepted + run.accepted:
+        accepted = warm.accepted + run.accepted
+        problems.append(f"{label}: {accepted} accepted but only {stored} rows stored")
+    return problems
+
+
+def _submit_target(config: str, top: bool, rate: float, p99: float) -> tuple[str, bool | None]:
+    if not top:
+        return "", None
+    if config == "scaled":
+        return "≥3000/s, p99 ≤25 ms", rate >= 3000 and p99 <= 25
+    return "≥1500/s", rate >= 1500
+
+
+# --- b. orchestration overhead ----------------------------------------------------------
+
+
+def orchestration_overhead(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "b",
+        "Orchestration overhead: submit, then SSE until `complete` (echo backend, 0 ms/token)",
+        ["config", "load", "completed/s", "p50 ms", "p99 ms", "failed"],
+        notes=[
+            "Client: the bench's raw-asyncio HTTP/1.1 client (Python, same box); each "
+            "connection POSTs, then reads GET /api/v1/stream/<id> on the same keep-alive "
+            "connection; 8 echo tokens per request; prompt checked against tokens and result.",
+        ],
+    )
+    operation = submit_and_stream(STREAM_BODY)
+    for config in CONFIGS:
+        with workspace.stack(config) as stack:
+            urls = stack.web_urls
+            asyncio.run(closed_loop(urls, 1, operation, seconds=plan.warmup_seconds))
+            low = asyncio.run(closed_loop(urls, 1, operation, seconds=plan.latency_seconds))
+            high = asyncio.run(
+                closed_loop(
+                    urls, plan.throughput_connections, operation, seconds=plan.throughput_seconds
+                )
+            )
+            check_alive(stack, table)
+        p50 = low.percentile_ms(50)
+        table.add(
+            "p50 ≤10 ms",
+            p50 <= 10,
+            config=config,
+            load="1 connection, one at a time",
+            **_latency_cells(low),
+        )
+        scaled = config == "scaled"
+        table.add(
+            "≥1000 completed/s" if scaled else "",
+            high.rate >= 1000 if scaled else None,
+            config=config,
+            load=f"{plan.throughput_connections} connections",
+            **_latency_cells(high),
+        )
+        for name, samples in (("1 connection", low), ("many connections", high)):
+            table.problems += [f"{config} {name}: {p}" for p in samples.problems()]
+    return table
+
+
+def _latency_cells(samples: Samples) -> dict[str, float | int]:
+    failed = sum(samples.errors.values()) + sum(
+        n for status, n in samples.statuses.items() if status != 202
+    )
+    return {
+        "completed/s": samples.rate,
+        "p50 ms": samples.percentile_ms(50),
+        "p99 ms": samples.percentile_ms(99),
+        "failed": failed,
+    }
+
+
+# --- c. time to first token -------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def upstream() -> Iterator[str]:
+    """The loopback OpenAI-compatible upstream, in its own process."""
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "upstream.py")],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def first_token(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    delay_ms = FIRST_TOKEN_DELAY * 1000
+    table = Table(
+        "c",
+        "Time to first token added over the backend's own",
+        [
+            "config",
+            "path",
+            "requests",
+            "TTFT p50 ms",
+            "TTFT p99 ms",
+            "added p50 ms",
+            "added p99 ms",
+        ],
+        notes=[
+            f"Upstream: tests/fake_llm_server.py (OpenAI streaming format) in its own process, "
+            f"model `{MODEL}`: first token {delay_ms:.0f} ms after the request. `openai` backend, "
+            "one request at a time, max_tokens 1. TTFT: client sends the prompt -> first token "
+            "arrives; added = TTFT - the direct path's p50 (same client, straight to the "
+            "upstream).",
+        ],
+    )
+    direct_body = {
+        "model": MODEL,
+        "stream": True,
+        "max_tokens": 1,
+        "messages": [{"role": "user", "content": TTFT_BODY["prompt"]}],
+    }
+    with upstream() as upstream_url:
+        direct = asyncio.run(first_token_direct(upstream_url, direct_body, plan.first_tokens))
+        baseline = direct.percentile_ms(50)
+        table.add(
+            config="—",
+            path="direct to upstream",
+            requests=direct.ok,
+            **{"TTFT p50 ms": baseline, "TTFT p99 ms": direct.percentile_ms(99)},
+        )
+        env = {
+            "OPENAI_BASE_URL": f"{upstream_url}/v1",
+            "OPENAI_MODEL": MODEL,
+            "OPENAI_FALLBACK": "",
+            "ORCHESTRATOR_DEFAULT_BACKEND": "openai",
+        }
+        for config in CONFIGS:
+            with workspace.stack(config, env) as stack:
+                measured = asyncio.run(_first_tokens(stack, plan.first_tokens))
+                check_alive(stack, table)
+            for path, samples in measured.items():
+                _first_token_row(table, config, path, samples, baseline, plan.first_tokens)
+    return table
+
+
+async def _first_tokens(stack: Stack, count: int) -> dict[str, Samples]:
+    url = stack.web_urls[0]
+    ws_url, origin = ws_endpoint(url)
+    await first_token_sse(url, TTFT_BODY, 3)  # warm-up
+    return {
+        "SSE": await first_token_sse(url, TTFT_BODY, count),
+        "WebSocket": await first_token_ws(ws_url, origin, TTFT_BODY, count),
+    }
+
+
+def _first_token_row(
+    table: Table, config: str, path: str, samples: Samples, baseline: float, expected: int
+) -> None:
+    added = [latency * 1000 - baseline for latency in samples.latencies]
+    table.add(
+        "added p50 ≤5 ms",
+        percentile(added, 50) <= 5,
+        config=config,
+        path=path,
+        requests=samples.ok,
+        **{"TTFT p50 ms": samples.percentile_ms(50), "TTFT p99 ms": samples.percentile_ms(99)},
+        **{"added p50 ms": percentile(added, 50), "added p99 ms": percentile(added, 99)},
+    )
+    table.problems += [f"{config} {path}: {p}" for p in samples.problems()]
+    if samples.ok != expected:
+        table.problems.append(f"{config} {path}: first tokens of {samples.ok}/{expected} requests")
+
+
+# --- d. WebSocket capacity --------------------------------------------------------------
+
+
+def websocket_capacity(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "d",
+        "WebSocket capacity of ONE web process (scaled: daphne on PostgreSQL + Redis)",
+        ["config", "measure", "sockets", "result", "p50 ms", "p99 ms"],
+        notes=[
+            "Client: `websockets` asyncio client in the bench process, 50 handshakes at a "
+            "time. RSS of the web process after warm-up vs with every socket open and idle; "
+            "then the first sockets each submit one prompt (8 echo tokens) at once and read "
+            "it to the result (2 workers x 32 slots).",
+        ],
+    )
+    with workspace.stack("scaled", webs=1) as stack:
+        swarm = asyncio.run(_swarm(stack, plan))
+        check_alive(stack, table)
+    opened, before, after, streams = swarm.opened, swarm.rss_before, swarm.rss_after, swarm.streams
+    per_socket = (after - before) * 1024 / opened if opened else math.nan
+    table.add(
+        "",
+        None,
+        config="scaled",
+        measure="idle sockets opened",
+        sockets=plan.idle_sockets,
+        result=f"{opened:,} in {swarm.open_seconds:.1f} s",
+    )
+    table.add(
+        "≤30 KB/socket",
+        per_socket <= 30,
+        config="scaled",
+        measure="web RSS before -> after",
+        sockets=opened,
+        result=f"{before:.0f} -> {after:.0f} MB = {per_socket:.1f} KB/socket",
+    )
+    table.add(
+        "all complete",
+        streams.ok == plan.streaming_sockets,
+        config="scaled",
+        measure="stream at once",
+        sockets=plan.streaming_sockets,
+        result=f"{streams.ok:,} completed in {streams.elapsed:.1f} s",
+        **{"p50 ms": streams.percentile_ms(50), "p99 ms": streams.percentile_ms(99)},
+    )
+    if opened != plan.idle_sockets:
+        failed = plan.idle_sockets - opened
+        table.problems.append(f"{failed} sockets failed to open: {swarm.errors}")
+    table.problems += [f"streams: {p}" for p in streams.problems()]
+    return table
+
+
+@dataclass
+class SwarmResult:
+    opened: int
+    open_seconds: float
+    rss_before: float
+    rss_after: float
+    streams: Samples
+    errors: dict[str, int]
+
+
+async def _swarm(stack: Stack, plan: Plan) -> SwarmResult:
+    ws_url, origin = ws_endpoint(stack.web_urls[0])
+    pid = stack.webs[0].pid
+    warm = SocketSwarm(ws_url, origin)  # first connections load lazy code paths
+    await warm.open(20)
+    await warm.stream(20, STREAM_BODY, timeout=30)
+    await warm.close()
+    await asyncio.sleep(1)
+    before = rss_mb(pid)
+    swarm = SocketSwarm(ws_url, origin)
+    try:
+        seconds = await swarm.open(plan.idle_sockets)
+        opened = len(swarm.sockets)
+        await asyncio.sleep(2)  # let the server settle before reading its RSS
+        after = rss_mb(pid)
+        streams = await swarm.stream(plan.streaming_sockets, STREAM_BODY, timeout=120)
+    finally:
+        await swarm.close()
+    return SwarmResult(opened, seconds, before, after, streams, dict(swarm.errors))
+
+
+# --- e. memory growth ---------------------------------------------------------------------
+
+
+def memory_growth(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "e",
+        "Memory growth per 10,000 requests (RSS)",
+        ["config", "process", "after warm-up MB", "after MB", "requests", "growth MB/10k"],
+        notes=[
+            f"Load: submit + SSE to `complete` (as in b) on 16 connections; warm-up "
+            f"{plan.memory_warmup:,} requests (at most {plan.memory_warmup_seconds:g} s), then "
+            f"{plan.memory_requests:,} more (at most {plan.memory_seconds:g} s; growth is "
+            "scaled to 10k from the requests that ran); RSS read once the queue is drained.",
+        ],
+    )
+    operation = submit_and_stream(STREAM_BODY)
+    for config in CONFIGS:
+        with workspace.stack(config) as stack:
+            warm = _requests(stack, operation, plan.memory_warmup, plan.memory_warmup_seconds)
+            before = stack.rss_mb()
+            run = _requests(stack, operation, plan.memory_requests, plan.memory_seconds)
+            after = stack.rss_mb()
+            check_alive(stack, table)
+        for name in before:
+            growth = (after[name] - before[name]) * 10_000 / run.ok if run.ok else math.nan
+            table.add(
+                "≤5 MB/10k",
+                growth <= 5,
+                config=config,
+                process=name,
+                **{"after warm-up MB": before[name], "after MB": after[name]},
+                requests=run.ok,
+                **{"growth MB/10k": growth},
+            )
+        for label, samples in (("warm-up", warm), ("run", run)):
+            table.problems += [f"{config} {label}: {p}" for p in samples.problems()]
+    return table
+
+
+def _requests(stack: Stack, operation: Operation, count: int, seconds: float) -> Samples:
+    """``count`` requests (or as many as fit in ``seconds``), then a drained queue."""
+    samples = asyncio.run(closed_loop(stack.web_urls, 16, operation, seconds=seconds, total=count))
+    stack.wait_drained(60)
+    return samples
+
+
+# --- f. local model -----------------------------------------------------------------------
+
+
+def local_model(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "f",
+        "Local model: tokens/s through the pipeline vs llama-cpp-python direct",
+        ["config", "path", "tokens/run", "tokens/s median", "min", "max", "vs direct"],
+        notes=[
+            f"bench/local_model.py --runs {plan.local_runs} --max-tokens {plan.local_tokens} "
+            "(SmolLM2-135M Q4_1, temperature 0, alternating runs in one process; the "
+            "pipeline figure runs from submit to the completed row).",
+        ],
+    )
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "local_model.py"),
+        *("--runs", str(plan.local_runs), "--max-tokens", str(plan.local_tokens)),
+    ]
+    env = {
+        **os.environ,
+        "DATABASE_URL": "",
+        "REDIS_URL": "",
+        "ORCHESTRATOR_DATA_DIR": str(workspace.tmp / "local-model"),
+        "LOG_LEVEL": "WARNING",
+    }
+    output = subprocess.run(
+        command,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        preexec_fn=die_with_parent,
+    ).stdout
+    rows = {
+        m[0]: m
+        for m in re.findall(
+            r"^\| (direct|pipeline) \| ([^|]+) \| ([^|]+) \| "
+            r"([^|]+) \| ([^|]+) \| (\d+)% \|$",
+            output,
+            re.M,
+        )
+    }
+    if set(rows) != {"direct", "pipeline"}:
+        raise RuntimeError(f"unexpected output from local_model.py:\n{output}")
+    for path, (_, tokens, median, low, high, share) in rows.items():
+        pipeline = path == "pipeline"
+        table.add(
+            "≥90% of direct" if pipeline else "",
+            int(share) >= 90 if pipeline else None,
+            config="embedded (in-process engine)",
+            path=path,
+            **{"tokens/run": int(tokens), "tokens/s median": float(median)},
+            min=float(low),
+            max=float(high),
+            **{"vs direct": f"{share}%"},
+        )
+    return table
+
+
+SCENARIOS = {
+    "a": durable_submit,
+    "b": orchestration_overhead,
+    "c": first_token,
+    "d": websocket_capacity,
+    "e": memory_growth,
+    "f": local_model,
+}
