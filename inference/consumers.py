@@ -407,7 +407,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         await database_sync_to_async(admit_caller)(submission.caller)
         request, created = await store(submission, ring=False)
         if created:
-            await events.ring_doorbell(request.pk)
+            await events.submitted.ring()
         return request, created
 
     async def cancel(self, content: dict[str, Any]) -> None:

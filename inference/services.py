@@ -161,7 +161,7 @@ async def asubmit_request(submission: Submission) -> tuple[InferenceRequest, boo
     connection, use ``database_sync_to_async`` the same way.)"""
     request, created = await sync_to_async(submit_request)(submission, ring=False)
     if created:
-        await events.ring_doorbell(request.pk)
+        await events.submitted.ring()
     return request, created
 
 

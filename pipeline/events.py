@@ -7,7 +7,9 @@ publish swallows layer errors after logging them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 import uuid
 from typing import Any
 
@@ -48,6 +50,36 @@ async def ring_doorbell(request_id: uuid.UUID | None = None) -> None:
         settings.PIPELINE_CHANNEL,
         {"type": REQUEST_SUBMITTED, "request_id": str(request_id or "")},
     )
+
+
+class CoalescingDoorbell:
+    """At most one ring per ``window`` seconds from this process, and always one
+    after the last request: a burst of submits rings once at its start and once
+    at its end. A woken worker claims until the queue is empty, so one ring per
+    burst is enough; a ring per submit cost the web process a sixth of its CPU
+    under load (bench a)."""
+
+    def __init__(self, window: float = 0.005) -> None:
+        self.window = window
+        self.last_rung = -1e9
+        self.trailing: asyncio.Task[None] | None = None
+
+    async def ring(self) -> None:
+        now = time.monotonic()
+        if now - self.last_rung >= self.window:
+            self.last_rung = now
+            await ring_doorbell()
+        elif self.trailing is None:
+            self.trailing = asyncio.create_task(self._ring_later(self.last_rung + self.window))
+
+    async def _ring_later(self, when: float) -> None:
+        await asyncio.sleep(max(when - time.monotonic(), 0))
+        self.trailing = None
+        self.last_rung = time.monotonic()
+        await ring_doorbell()
+
+
+submitted = CoalescingDoorbell()
 
 
 async def notify_chunks(request_id: uuid.UUID, attempt: int, last_seq: int) -> None:

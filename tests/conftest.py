@@ -16,6 +16,7 @@ from inference.consumers import open_streams
 from inference.models import InferenceRequest
 from inference.serializers import REQUEST_PARAMS
 from inference.streaming import wait_until_finished
+from pipeline import events
 from pipeline.backends import reset_backends
 from pipeline.host import PipelineHost
 from pipeline.resilience import reset_breakers
@@ -71,6 +72,7 @@ def fresh_process_state() -> Iterator[None]:
         configured_stages.cache_clear()
         cache.clear()
         limits.reset()
+        events.submitted = events.CoalescingDoorbell()  # its timer belongs to one loop
         open_streams.counts.clear()
 
     reset()

@@ -31,12 +31,21 @@ async def test_a_full_batch_is_written_at_once(monkeypatch) -> None:  # type: ig
 
     monkeypatch.setattr("pipeline.events.notify_chunks", record)
     writer = ChunkWriter(await claimed(), max_tokens=3, max_delay=60)
-    for token in "abcdefg":
+    for token in "abcdefgh":
         await writer.write(token)
-    assert await stored() == [(i, t) for i, t in enumerate("abcdef")]
-    await writer.close()
     assert await stored() == [(i, t) for i, t in enumerate("abcdefg")]
-    assert events == [2, 5, 6]  # one event per batch, never per token
+    await writer.close()
+    assert await stored() == [(i, t) for i, t in enumerate("abcdefgh")]
+    assert events == [0, 3, 6, 7]  # the first token alone, then one per batch
+
+
+async def test_the_first_token_is_written_at_once() -> None:
+    """Time to first token is not held for the batch window."""
+    writer = ChunkWriter(await claimed(), max_tokens=100, max_delay=60)
+    await writer.write("first")
+    await writer.write("second")
+    assert await stored() == [(0, "first")]
+    await writer.close()
 
 
 async def test_a_slow_trickle_is_flushed_within_the_delay() -> None:
@@ -57,3 +66,24 @@ async def test_writing_after_the_lease_is_lost_raises() -> None:
     with pytest.raises(LeaseLost):
         await writer.write("x")
     assert await stored() == []
+
+
+async def test_a_burst_of_submits_rings_the_doorbell_twice(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Once at its start and once after its end: no submit is left unannounced."""
+    from pipeline import events
+
+    rings = []
+
+    async def ring(request_id=None) -> None:  # type: ignore[no-untyped-def]
+        rings.append(asyncio.get_running_loop().time())
+
+    monkeypatch.setattr(events, "ring_doorbell", ring)
+    doorbell = events.CoalescingDoorbell(window=0.05)
+    for _ in range(10):
+        await doorbell.ring()
+    assert len(rings) == 1
+    await asyncio.sleep(0.1)
+    assert len(rings) == 2
+    await asyncio.sleep(0.06)
+    await doorbell.ring()  # a quiet spell: rings at once again
+    assert len(rings) == 3
