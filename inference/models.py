@@ -76,28 +76,37 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         )
 
     def claim_next(self, owner: str, lease_seconds: float) -> InferenceRequest | None:
-        """Atomically move the best pending row to processing for ``owner``.
+        """Atomically move the best pending row to processing for ``owner``."""
+        claimed = self.claim_batch(owner, lease_seconds, 1)
+        return claimed[0] if claimed else None
+
+    def claim_batch(self, owner: str, lease_seconds: float, limit: int) -> list[InferenceRequest]:
+        """Atomically move up to ``limit`` of the best pending rows to processing
+        for ``owner``, in claim order: one transaction however many (a worker with
+        free slots takes a burst at once instead of queueing a claim per row).
 
         On PostgreSQL ``SKIP LOCKED`` lets concurrent workers pick different rows;
-        elsewhere it is a no-op and the status CAS alone decides who wins.
+        on SQLite the transaction holds the write lock from its start. The status
+        CAS decides in any case.
         """
         for _ in range(5):
             with transaction.atomic():
-                candidate = (
+                candidates = list(
                     self.claimable()
                     .select_for_update(skip_locked=True)
-                    .values_list("pk", flat=True)
-                    .first()
+                    .values_list("pk", flat=True)[:limit]
                 )
-                if candidate is None:
-                    return None
-                if self._take(candidate, owner, lease_seconds):
-                    return self.get(pk=candidate)
-        return None
+                if not candidates:
+                    return []
+                if taken := self._take(candidates, owner, lease_seconds):
+                    return taken
+        return []
 
-    def _take(self, pk: uuid.UUID, owner: str, lease_seconds: float) -> bool:
+    def _take(
+        self, candidates: list[uuid.UUID], owner: str, lease_seconds: float
+    ) -> list[InferenceRequest]:
         now = timezone.now()
-        taken = self.filter(pk=pk, status=Status.PENDING).update(
+        self.filter(pk__in=candidates, status=Status.PENDING).update(
             status=Status.PROCESSING,
             attempt=F("attempt") + 1,
             lease_owner=owner,
@@ -105,10 +114,11 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             started_at=now,
             last_seq=-1,
         )
-        if taken:
-            # A new attempt streams from seq 0; the previous attempt's chunks go.
-            StreamChunk.objects.filter(request_id=pk).delete()
-        return bool(taken)
+        held = InferenceRequest.objects.filter(pk__in=candidates, lease_owner=owner, started_at=now)
+        taken = list(held.order_by("-priority", "created_at"))
+        # A new attempt streams from seq 0; the previous attempt's chunks go.
+        StreamChunk.objects.filter(request_id__in=[row.pk for row in taken]).delete()
+        return taken
 
     def held_by(self, pk: uuid.UUID, attempt: int) -> InferenceRequestQuerySet:
         """The row, only while this attempt still holds it."""

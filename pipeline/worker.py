@@ -35,6 +35,9 @@ from pipeline.stages import configured_stages, run_stages
 
 logger = logging.getLogger(__name__)
 
+# Most rows one claim query takes (bounded: each is a task started at once).
+CLAIM_BATCH = 32
+
 _current: Engine | None = None
 
 # Pause before listening again after a channel-layer error (e.g. Redis restarting).
@@ -154,28 +157,42 @@ class Engine:
 
     # --- claiming --------------------------------------------------------------
     async def _claim_loop(self) -> None:
-        claim = database_sync_to_async(InferenceRequest.objects.claim_next)
+        claim = database_sync_to_async(InferenceRequest.objects.claim_batch)
         while not self._stopping.is_set():
-            await self._slots.acquire()
+            slots = await self._free_slots()
             # Clear before claiming: a doorbell that rings during the claim
             # leaves the event set, so the wait below returns at once.
             self._wakeup.clear()
             try:
-                request = await claim(self.control_channel, self.config.lease_seconds)
+                requests = await claim(self.control_channel, self.config.lease_seconds, slots)
             except Exception:  # the database may be restarting: poll again later
                 logger.warning("claim failed; retrying", exc_info=True)
-                request = None
-            if request is None or self._stopping.is_set():
+                requests = []
+            for _ in range(slots - len(requests)):
                 self._slots.release()
-                if request is not None:  # claimed while stopping: hand it back
+            if self._stopping.is_set():  # claimed while stopping: hand them back
+                for request in requests:
+                    self._slots.release()
                     await database_sync_to_async(InferenceRequest.objects.release)(
                         request.pk, request.attempt
                     )
+                return
+            for request in requests:
+                task = asyncio.create_task(self._execute(request))
+                self._running[request.pk] = task
+                task.add_done_callback(functools.partial(self._finished, request.pk))
+            if not requests:
                 await self._wait_for_work()
-                continue
-            task = asyncio.create_task(self._execute(request))
-            self._running[request.pk] = task
-            task.add_done_callback(functools.partial(self._finished, request.pk))
+
+    async def _free_slots(self) -> int:
+        """Wait for one free slot, then take every other free one (at most
+        ``CLAIM_BATCH``): one claim query fills them all."""
+        await self._slots.acquire()
+        taken = 1
+        while taken < CLAIM_BATCH and not self._slots.locked():
+            await self._slots.acquire()
+            taken += 1
+        return taken
 
     async def _wait_for_work(self) -> None:
         with contextlib.suppress(TimeoutError):
