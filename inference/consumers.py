@@ -179,7 +179,9 @@ class OpenStreams:
         held = self.counts.get(caller.identity, 0)
         if limit and not caller.staff and held >= limit:
             message = f"Too many open streams ({held}, the limit); close one first."
-            raise Refusal(429, message, "too_many_streams", {"Retry-After": "1"})
+            quota = limits.Quota("streams", limit, 0, 1, allowed=False)
+            headers = {"Retry-After": "1", **limits.quota_headers([quota])}
+            raise Refusal(429, message, "too_many_streams", headers)
         self.counts[caller.identity] = held + 1
 
     def close(self, caller: Caller) -> None:

@@ -169,6 +169,8 @@ async def test_open_streams_per_caller_are_capped_on_both_transports(settings) -
     headers = [(b"x-api-key", secret.encode())]
     stream = await SSEClient(f"/api/v1/stream/{request.pk}", headers).open()
     assert stream.status == 429
+    assert stream.response_headers[b"ratelimit-policy"] == b'"streams";q=1'
+    assert stream.response_headers[b"ratelimit"] == b'"streams";r=0;t=1'
     assert json.loads(await stream.read_chunk())["error"]["code"] == "too_many_streams"
     await first.disconnect()
     third = socket(secret)
