@@ -71,9 +71,6 @@ class Caller:
             return InferenceRequest.objects.all()
         return InferenceRequest.objects.owned_by(self.key_prefix)
 
-    def can_see(self, request: InferenceRequest) -> bool:
-        return self.staff or request.api_key_id == self.key_prefix
-
     @property
     def may_manage_documents(self) -> bool:
         if self.key is not None:
