@@ -32,7 +32,7 @@ from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status
 from inference.serializers import WebSocketSubmitSerializer
 from inference.streaming import Finished, Idle, Reset, StreamEvent, Token, follow
-from pipeline import events, metrics
+from pipeline import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -403,14 +403,9 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
 
     @staticmethod
     async def admit_and_submit(submission: services.Submission) -> tuple[InferenceRequest, bool]:
-        """Count the submit against the rate, store it, then ring the doorbell from
-        the event loop (as ``services.asubmit_request`` does for views)."""
-        store = database_sync_to_async(services.submit_request)
+        """Count the submit against the caller's rate, then store it."""
         await database_sync_to_async(admit_caller)(submission.caller)
-        request, created = await store(submission, ring=False)
-        if created:
-            await events.submitted.ring()
-        return request, created
+        return await services.asubmit_request(submission, database_sync_to_async)
 
     async def cancel(self, content: dict[str, Any]) -> None:
         request_id = await self.known_request(content)

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,12 +155,14 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     return request, True
 
 
-async def asubmit_request(submission: Submission) -> tuple[InferenceRequest, bool]:
-    """``submit_request`` for async views: the row is committed in the request's
-    thread, then the doorbell rings from the event loop, so no thread waits on the
-    channel layer. (Consumers, which have no request signals to manage their
-    connection, use ``database_sync_to_async`` the same way.)"""
-    request, created = await sync_to_async(submit_request)(submission, ring=False)
+async def asubmit_request(
+    submission: Submission, to_thread: Callable[..., Any] = sync_to_async
+) -> tuple[InferenceRequest, bool]:
+    """``submit_request`` from async code: the row is committed in a thread, then
+    the doorbell rings from the event loop, so no thread waits on the channel
+    layer. Views keep ``sync_to_async`` (request signals manage the connection);
+    consumers pass Channels' ``database_sync_to_async``, which manages it itself."""
+    request, created = await to_thread(submit_request)(submission, ring=False)
     if created:
         await events.submitted.ring()
     return request, created
