@@ -157,6 +157,14 @@ async def follow_sse(client: httpx.AsyncClient, outcome: Outcome) -> None:
             stop_after = None if dropped else random.randint(1, 4)
             await sse_read(client, outcome.request_id, received, stop_after=stop_after)
             dropped = True  # the deliberate drop; then resume with Last-Event-ID
+        except httpx.HTTPStatusError as refused:
+            # The database was restarting: the documented 503, with Retry-After.
+            if refused.response.status_code != 503:
+                raise
+            outcome.rejections += 1
+            if "retry-after" not in refused.response.headers:
+                outcome.rejections_without_retry_after += 1
+            await asyncio.sleep(0.5)
         except httpx.HTTPError:
             await asyncio.sleep(0.5)  # an outage cut the stream: resume
     outcome.stream = received

@@ -30,7 +30,10 @@ async def sse_read(
     """Read the stream (from ``into.last_id``); stop early after ``stop_after`` tokens."""
     headers = {"Last-Event-ID": into.last_id} if into.last_id else {}
     async with client.stream("GET", f"/api/v1/stream/{request_id}", headers=headers) as response:
-        assert response.status_code == 200
+        if response.status_code != 200:  # e.g. a 503 while the database restarts
+            await response.aread()
+            message = f"stream answered {response.status_code}: {response.text}"
+            raise httpx.HTTPStatusError(message, request=response.request, response=response)
         event, event_id = "", None
         async for line in response.aiter_lines():
             if line.startswith("event: "):
