@@ -171,11 +171,14 @@ async def asubmit_request(
 def _row_fields(submission: Submission) -> dict[str, Any]:
     now = timezone.now()
     deadline = submission.deadline_seconds or settings.ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS
+    request_id = uuid.uuid4()
     return {
-        "id": uuid.uuid4(),
+        "id": request_id,
         "api_key_id": submission.caller.key_prefix,
         "prompt": submission.prompt,
-        "session_id": submission.session_id or str(uuid.uuid4()),
+        # A new conversation is named after its first request, so the worker
+        # knows it has no history without asking the database (earlier_turns).
+        "session_id": submission.session_id or str(request_id),
         "metadata": submission.metadata,
         "priority": submission.priority,
         "backend": submission.backend or settings.ORCHESTRATOR_DEFAULT_BACKEND,

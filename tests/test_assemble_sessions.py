@@ -10,8 +10,8 @@ from django.utils import timezone
 
 from inference import services
 from inference.models import InferenceRequest
-from pipeline.stages.assemble import fit_to_budget, system_message
-from pipeline.worker import Engine
+from pipeline.stages.assemble import earlier_turns, fit_to_budget, system_message
+from pipeline.worker import Engine, snapshot
 from tests.conftest import asubmit, finished
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,6 +66,30 @@ async def test_a_third_turn_sees_the_first_two(engine: Engine) -> None:
         "assistant",
         "user",
     ]
+
+
+async def test_a_conversation_begun_without_a_session_id_is_named_after_its_first_request(
+    engine: Engine,
+) -> None:
+    first = await finished((await asubmit("first question")).pk)
+    assert first.session_id == str(first.pk)
+    second = await finished((await asubmit("follow-up", session_id=first.session_id)).pk)
+    assert [m["content"] for m in second.messages[1:]] == [
+        "first question",
+        first.result,
+        "follow-up",
+    ]
+
+
+def test_the_first_turn_of_a_server_named_session_looks_up_no_history(
+    django_assert_num_queries,  # type: ignore[no-untyped-def]
+) -> None:
+    request = services.submit_request(services.Submission(prompt="hello"), ring=False)[0]
+    with django_assert_num_queries(0):
+        assert earlier_turns(snapshot(request)) == []
+    request.session_id = "chosen-by-the-client"
+    with django_assert_num_queries(1):
+        assert earlier_turns(snapshot(request)) == []
 
 
 async def test_a_long_session_is_trimmed_to_the_budget(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]

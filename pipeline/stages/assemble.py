@@ -24,9 +24,15 @@ def system_message(passages: list[dict[str, Any]]) -> Message:
     return {"role": "system", "content": content}
 
 
+def starts_session(request: RequestSnapshot) -> bool:
+    """A session the server named after this request (no ``session_id`` was
+    given) begins with it: there is nothing earlier to look up."""
+    return request.session_id == str(request.id)
+
+
 def earlier_turns(request: RequestSnapshot) -> list[Message]:
     """The session's completed turns before this request, oldest first."""
-    if request.created_at is None:
+    if request.created_at is None or starts_session(request):
         return []
     rows = (
         # Only the same key's turns: two clients may pick the same session id.
