@@ -378,7 +378,7 @@ def _first_token_row(
 def websocket_capacity(workspace: Workspace, plan: Plan, options: Options) -> Table:
     table = Table(
         "d",
-        "WebSocket capacity of ONE web process (scaled: daphne on PostgreSQL + Redis)",
+        "WebSocket capacity of ONE web process (scaled: uvicorn + wsproto, PostgreSQL + Redis)",
         ["config", "measure", "sockets", "result", "p50 ms", "p99 ms"],
         notes=[
             "Client: `websockets` asyncio client in the bench process, 50 handshakes at a "

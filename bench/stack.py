@@ -1,6 +1,6 @@
 """The two configurations under test, started as real processes.
 
-* **embedded**: one ``manage.py serve`` (daphne) hosting the pipeline worker,
+* **embedded**: one ``manage.py serve`` (uvicorn) hosting the pipeline worker,
   SQLite (WAL) and the in-memory channel layer: what ``make run`` gives.
 * **scaled**: ``manage.py serve`` x2 and ``manage.py run_pipeline`` x2 on
   PostgreSQL + Redis: what the README's "Running scaled" section describes.

@@ -3,11 +3,12 @@
 - At boot (not on the first request) the embedded pipeline engine starts, so
   requests queued before a restart resume at once.
 - Oversized WebSocket messages get a 1009 close frame, not a dropped socket.
-- On SIGTERM/SIGINT every WebSocket gets a 1001 "going away" close frame while
-  the reactor still runs (plain daphne drops the sockets: clients see 1006), and
-  the embedded engine hands in-flight requests back to the queue.
+- On SIGTERM/SIGINT every WebSocket gets a 1012 "service restart" close frame
+  while the reactor still runs (plain daphne drops the sockets: clients see
+  1006) — the code uvicorn sends, so clients see one code whichever server runs
+  — and the embedded engine hands in-flight requests back to the queue.
 
-Used by ``manage.py runserver`` (development) and ``manage.py serve`` (production).
+Used by ``manage.py runserver`` (development); ``manage.py serve`` is uvicorn.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ logger = logging.getLogger(__name__)
 # How long the reactor stays up after the close frames go out, for clients to
 # answer them (a closing handshake on loopback takes about a millisecond).
 CLOSE_HANDSHAKE_SECONDS = 0.5
+# "The server is restarting; reconnect" (RFC 6455 registry): requests are
+# durable, so a client reconnects and resumes them.
+SERVICE_RESTART = 1012
 
 
 class OrchestratorServer(Server):
@@ -48,10 +52,10 @@ class OrchestratorServer(Server):
     def _shut_down(self) -> defer.Deferred[Any]:
         sockets = [p for p in self.connections if isinstance(p, WebSocketProtocol)]
         for protocol in sockets:
-            # autobahn's sendClose() refuses 1001 from an application; the
+            # autobahn's sendClose() refuses 1012 from an application; the
             # frame-level call sends it as a server is entitled to.
-            protocol.sendCloseFrame(code=1001, reasonUtf8=b"server shutting down")
-        logger.info("shutting down: closed %d WebSocket(s) with 1001", len(sockets))
+            protocol.sendCloseFrame(code=SERVICE_RESTART, reasonUtf8=b"server restarting")
+        logger.info("shutting down: closed %d WebSocket(s) with 1012", len(sockets))
         delay = CLOSE_HANDSHAKE_SECONDS if sockets else 0
         waits = [task.deferLater(reactor, delay, lambda: None)]  # type: ignore[arg-type]
         embedded = find_embedded_pipeline(self.application)

@@ -78,9 +78,9 @@ def find_embedded_pipeline(app: object) -> EmbeddedPipeline | None:
 class EmbeddedPipeline:
     """ASGI wrapper that hosts the engine inside the server process.
 
-    It starts the engine on the ASGI ``lifespan`` startup (uvicorn and others)
+    It starts the engine on the ASGI ``lifespan`` startup (``serve``: uvicorn)
     or, for servers without lifespan (daphne), on the first connection;
-    ``manage.py runserver`` starts it as soon as the server listens.
+    ``manage.py runserver`` (daphne) starts it as soon as the server listens.
     """
 
     def __init__(self, app, enabled: bool) -> None:  # type: ignore[no-untyped-def]
@@ -107,6 +107,8 @@ class EmbeddedPipeline:
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self.host is not None:
-                    await self.host.stop()
+                    # As under runserver: hand in-flight requests back at once, so
+                    # the next start resumes them instead of the restart waiting.
+                    await self.host.stop(grace=0)
                 await send({"type": "lifespan.shutdown.complete"})
                 return

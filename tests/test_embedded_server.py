@@ -1,4 +1,5 @@
-"""`make run`'s server for real: daphne runserver + embedded worker, over a socket."""
+"""The servers for real, over a socket, with the embedded worker: `make run`'s
+daphne runserver and, where behaviour must match, the production `serve` (uvicorn)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,17 @@ def data_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def runserver(data_dir: Path, env: dict[str, str]):  # type: ignore[no-untyped-def]
-    """Start `manage.py runserver` (what `make run` does) on a free port."""
+def runserver(data_dir: Path, env: dict[str, str], command: str = "runserver"):  # type: ignore[no-untyped-def]
+    """Start `manage.py runserver` (what `make run` does), or `serve`, on a free port."""
     run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
     log = data_dir / "server.log"
+    if command == "serve":
+        return manage("serve", "--port", str(port), env=env, log=log), port
     return manage("runserver", f"127.0.0.1:{port}", "--noreload", env=env, log=log), port
+
+
+both_servers = pytest.mark.parametrize("command", ["runserver", "serve"])
 
 
 def env_for(data_dir: Path) -> dict[str, str]:
@@ -61,7 +67,10 @@ def test_the_seed_curl_flow_works_against_runserver(data_dir: Path) -> None:
         assert httpx.get(f"{base}/health").json()["status"] == "healthy"
 
 
-def test_runserver_starts_the_worker_at_boot_and_resumes_queued_work(data_dir: Path) -> None:
+@both_servers
+def test_the_server_starts_the_worker_at_boot_and_resumes_queued_work(
+    data_dir: Path, command: str
+) -> None:
     env = env_for(data_dir)
     run_manage("migrate", "--noinput", "-v0", env=env)
     # Queue a request while no server runs (the doorbell rings into the void).
@@ -72,7 +81,7 @@ def test_runserver_starts_the_worker_at_boot_and_resumes_queued_work(data_dir: P
         "submit_request(Submission(prompt='queued while down'))",
         env=env,
     )
-    server, _ = runserver(data_dir, env)
+    server, _ = runserver(data_dir, env, command)
     with running(server):
         # No HTTP request at all: only the boot-time worker can run it.
         db = sqlite3.connect(data_dir / "db.sqlite3")
@@ -87,13 +96,16 @@ def test_runserver_starts_the_worker_at_boot_and_resumes_queued_work(data_dir: P
         assert (status, result) == ("completed", "queued while down")
 
 
-def test_server_shutdown_closes_websockets_with_1001_and_keeps_the_request(data_dir: Path) -> None:
+@both_servers
+def test_server_shutdown_closes_websockets_with_1012_and_keeps_the_request(
+    data_dir: Path, command: str
+) -> None:
     env = {**env_for(data_dir), "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.2"}
-    server, port = runserver(data_dir, env)
+    server, port = runserver(data_dir, env, command)
     with running(server):
         wait_until_serving(f"http://127.0.0.1:{port}", server)
         close_code, request_id = asyncio.run(_submit_then_stop_server(port, server))
-    assert close_code == 1001
+    assert close_code == 1012
     db = sqlite3.connect(data_dir / "db.sqlite3")
     status = db.execute(
         "SELECT status FROM inference_inferencerequest WHERE id = ?", [request_id.replace("-", "")]
@@ -114,9 +126,12 @@ async def _submit_then_stop_server(port: int, server) -> tuple[int, str]:  # typ
         return closed.value.rcvd.code, request_id
 
 
-def test_websockets_need_an_allowed_origin_and_oversized_frames_close_1009(data_dir: Path) -> None:
+@both_servers
+def test_websockets_need_an_allowed_origin_and_oversized_frames_close_1009(
+    data_dir: Path, command: str
+) -> None:
     env = {**env_for(data_dir), "ORCHESTRATOR_MAX_BODY_BYTES": "10000"}
-    server, port = runserver(data_dir, env)
+    server, port = runserver(data_dir, env, command)
     with running(server):
         wait_until_serving(f"http://127.0.0.1:{port}", server)
         asyncio.run(_origin_and_frame_cap(port))
@@ -158,3 +173,23 @@ def test_make_run_answers_the_seed_curl_example_with_the_local_model(data_dir: P
         )
         assert body["result"].strip() and body["result"] != "What is Rust?"
         assert body["usage"]["completion_tokens"] > 1
+
+
+@both_servers
+def test_an_open_sse_stream_does_not_hold_up_shutdown(data_dir: Path, command: str) -> None:
+    env = {**env_for(data_dir), "ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.2"}
+    server, port = runserver(data_dir, env, command)
+    base = f"http://127.0.0.1:{port}"
+    with running(server):
+        wait_until_serving(base, server)
+        request_id = httpx.post(f"{base}/api/v1/infer", json={"prompt": "slow " * 100}).json()[
+            "request_id"
+        ]
+        with httpx.stream("GET", f"{base}/api/v1/stream/{request_id}", timeout=30) as stream:
+            lines = stream.iter_lines()
+            assert any(line.startswith("event: token") for line in lines)
+            began = time.monotonic()
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=15)
+            stopped_after = time.monotonic() - began
+    assert stopped_after < 5, f"stream held shutdown for {stopped_after:.1f} s (20 s of tokens)"

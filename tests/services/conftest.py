@@ -31,7 +31,7 @@ def _require_env(name: str) -> str:
 
 @dataclass
 class Stack:
-    """daphne (web) on PostgreSQL + Redis, plus any number of worker processes."""
+    """`serve` (web) on PostgreSQL + Redis, plus any number of worker processes."""
 
     base_url: str
     env: dict[str, str]

@@ -1,4 +1,4 @@
-"""Scaled mode end to end: daphne + separate run_pipeline processes on PG + Redis."""
+"""Scaled mode end to end: `serve` (uvicorn) + separate run_pipeline processes on PG + Redis."""
 
 from __future__ import annotations
 
