@@ -2,7 +2,7 @@
 wsproto), no autoreload, no static handler beyond the app's own.
 
 ``runserver`` stays daphne (Channels' development server). uvicorn serves the
-same ASGI application with 10–20% less CPU per request and ~15% less memory per
+same ASGI application with 10-20% less CPU per request and ~15% less memory per
 idle WebSocket (``make bench``, scenarios a and d). Both close WebSockets with
 1012 on shutdown and 1009 on an oversized message; the embedded engine starts
 and stops with the ASGI lifespan (``pipeline.host.EmbeddedPipeline``).
