@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser bench bench-smoke bench-local bench-overload chaos lint schema check fuzz security clean
+.PHONY: run test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-smoke: $(VENV)/.installed-dev
 ## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
 bench-local: $(VENV)/.installed
 	$(PY) bench/local_model.py
+
+## bench-memory: what the embedded server keeps allocated over 3,000 requests (tracemalloc, RSS curve)
+bench-memory: $(VENV)/.installed-dev
+	$(PY) bench/memory_profile.py --requests 3000 $(BENCH_ARGS)
 
 ## bench-overload: goodput at 0.5x/1x/2x/5x capacity (PostgreSQL + Redis)
 bench-overload: $(VENV)/.installed-dev
