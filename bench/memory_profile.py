@@ -121,12 +121,14 @@ def print_report(args: argparse.Namespace, report: dict[str, object]) -> None:
     stats = after.compare_to(before, "traceback")
     traced = sum(s.size_diff for s in stats) / 2**20
     per_10k = 10_000 / ran
+    curve = " ".join(f"{mb:.1f}" for mb in report["curve"])  # type: ignore[attr-defined]
     print(
         f"{args.config}: {ran:,} requests after {args.warmup:,} of warm-up (16 connections)\n"
         f"RSS {rss_before:.1f} -> {rss_after:.1f} MB = {(rss_after - rss_before) * per_10k:.1f}"
         f" MB per 10k; traced by tracemalloc {traced * per_10k:+.1f} MB per 10k\n"
-        f"RSS after the warm-up and each fifth: {' '.join(f'{mb:.1f}' for mb in report['curve'])}\n"
-        f"\nallocation sites that grew most (per 10k requests; the innermost frames outside site-packages):"
+        f"RSS after the warm-up and each fifth: {curve}\n"
+        "\nallocation sites that grew most, per 10k requests"
+        " (the innermost frames outside site-packages):"
     )
     for stat in stats[: args.top]:
         print(
