@@ -1,17 +1,16 @@
 """``make bench-memory``: what a server keeps allocated as requests go by (tracemalloc).
 
 Scenario e measures the RSS of real processes, which cannot say *what* grew.
-This runs a web server in this process under ``tracemalloc`` — ``manage.py
-serve``'s uvicorn, embedded (engine inside, SQLite) or scaled (PostgreSQL +
-Redis, the engine in this process too) — drives it from a thread with the
-bench's raw HTTP client (submit, then SSE to ``complete``), and compares two
-snapshots: after a warm-up, and after the measured requests, each after a full
-garbage collection. It prints the RSS and traced growth per 10,000 requests and
-the allocation sites that grew most. tracemalloc slows Python several times, so
-the counts are smaller than scenario e's.
+This runs the embedded server (uvicorn, the engine inside, SQLite: what scenario
+e's largest growth came from) in this process under ``tracemalloc``, drives it
+from a thread with the bench's raw HTTP client (submit, then SSE to
+``complete``), and compares two snapshots: after a warm-up, and after the
+measured requests, each after a full garbage collection. It prints the RSS and
+traced growth per 10,000 requests and the allocation sites that grew most.
+tracemalloc slows Python several times, so the counts are smaller than scenario
+e's.
 
-    .venv/bin/python bench/memory_profile.py [--config embedded|scaled]
-                                             [--warmup 300] [--requests 2000]
+    .venv/bin/python bench/memory_profile.py [--warmup 300] [--requests 2000] [--top 15]
 """
 
 from __future__ import annotations
@@ -30,28 +29,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.loads import closed_loop, submit_and_stream
-from bench.stack import BASE_ENV, PG_SERVER, REDIS_URL, rss_mb
-from tests.processes import free_port
-
-BODY = {"prompt": "one two three four five six seven eight"}
-DATABASE = "orchestrator_bench_memory"
+from bench.scenarios import STREAM_BODY
+from bench.stack import BASE_ENV, rss_mb
+from tests.processes import embedded_env, free_port
 
 
-def configure(config: str, data_dir: Path) -> None:
-    """The environment ``manage.py serve`` would get, set before Django loads."""
-    os.environ.update(BASE_ENV)
+def configure(data_dir: Path) -> None:
+    """The bench's embedded environment, set before Django loads."""
+    os.environ |= {**BASE_ENV, **embedded_env(data_dir), "ORCHESTRATOR_WORKER_MODE": "embedded"}
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
-    os.environ["ORCHESTRATOR_DATA_DIR"] = str(data_dir)
-    os.environ["ORCHESTRATOR_WORKER_MODE"] = "embedded"
-    if config == "scaled":
-        import psycopg
-
-        with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{DATABASE}"')
-        os.environ |= {"DATABASE_URL": f"{PG_SERVER}/{DATABASE}", "REDIS_URL": REDIS_URL}
-    else:
-        os.environ |= {"DATABASE_URL": "", "REDIS_URL": ""}
 
 
 def drive(url: str, counts: tuple[int, int], report: dict[str, object]) -> None:
@@ -63,7 +49,7 @@ def drive(url: str, counts: tuple[int, int], report: dict[str, object]) -> None:
     report["curve"] = curve
     ran = 0
     for phase, count in steps:
-        samples = asyncio.run(closed_loop([url], 16, submit_and_stream(BODY), total=count))
+        samples = asyncio.run(closed_loop([url], 16, submit_and_stream(STREAM_BODY), total=count))
         if samples.errors or samples.ok != count:
             report["problems"] = f"{phase}: {samples.ok}/{count} ok, {dict(samples.errors)}"
         ran += samples.ok if phase == "run" else 0
@@ -76,13 +62,16 @@ def drive(url: str, counts: tuple[int, int], report: dict[str, object]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", choices=("embedded", "scaled"), default="embedded")
     parser.add_argument("--warmup", type=int, default=300)
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--top", type=int, default=15)
     args = parser.parse_args()
-    configure(args.config, Path(tempfile.mkdtemp(prefix="orchestrator-memory-")))
+    with tempfile.TemporaryDirectory(prefix="orchestrator-memory-") as data_dir:
+        configure(Path(data_dir))
+        return profile(args)
 
+
+def profile(args: argparse.Namespace) -> int:
     import django
     import uvicorn
     from django.core.management import call_command
@@ -123,7 +112,7 @@ def print_report(args: argparse.Namespace, report: dict[str, object]) -> None:
     per_10k = 10_000 / ran
     curve = " ".join(f"{mb:.1f}" for mb in report["curve"])  # type: ignore[attr-defined]
     print(
-        f"{args.config}: {ran:,} requests after {args.warmup:,} of warm-up (16 connections)\n"
+        f"embedded: {ran:,} requests after {args.warmup:,} of warm-up (16 connections)\n"
         f"RSS {rss_before:.1f} -> {rss_after:.1f} MB = {(rss_after - rss_before) * per_10k:.1f}"
         f" MB per 10k; traced by tracemalloc {traced * per_10k:+.1f} MB per 10k\n"
         f"RSS after the warm-up and each fifth: {curve}\n"
