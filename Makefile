@@ -43,32 +43,32 @@ test-browser: $(VENV)/.installed-dev
 
 ## bench: every benchmark of DESIGN §12 (embedded + scaled on PostgreSQL/Redis), one table each
 bench: $(VENV)/.installed-dev
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## bench-smoke: the same with tiny counts, a few seconds per scenario (CI: fails on errors)
 bench-smoke: $(VENV)/.installed-dev
-	$(PY) bench/run.py --smoke $(BENCH_ARGS)
+	$(PY) -m bench.run --smoke $(BENCH_ARGS)
 
 ## bench-local: local model tokens/s, direct llama-cpp-python vs through the pipeline
 bench-local: $(VENV)/.installed
-	$(PY) bench/local_model.py
+	$(PY) -m bench.local_model
 
 ## bench-memory: what the embedded server keeps allocated over 3,000 requests (tracemalloc, RSS curve)
 bench-memory: $(VENV)/.installed-dev
-	$(PY) bench/memory_profile.py --requests 3000 $(BENCH_ARGS)
+	$(PY) -m bench.memory_profile --requests 3000 $(BENCH_ARGS)
 
 ## bench-overload: goodput at 0.5x/1x/2x/5x capacity (PostgreSQL + Redis)
 bench-overload: $(VENV)/.installed-dev
-	$(PY) bench/overload.py
+	$(PY) -m bench.overload
 
 ## chaos: kill workers, restart Redis and PostgreSQL under load; fail on any lost/duplicated request
 chaos: $(VENV)/.installed-dev
-	$(PY) scripts/chaos.py --requests 300 --duration 60 --kill-every 5
+	$(PY) -m scripts.chaos --requests 300 --duration 60 --kill-every 5
 
 ## fuzz: schemathesis against the live OpenAPI schema, with and without a key (fixed seed)
 FUZZ_EXAMPLES ?= 25
 fuzz: $(VENV)/.installed-dev
-	$(PY) scripts/fuzz_api.py --max-examples $(FUZZ_EXAMPLES)
+	$(PY) -m scripts.fuzz_api --max-examples $(FUZZ_EXAMPLES)
 
 ## security: bandit over the code: no medium or high findings (each exception justified inline)
 security: $(VENV)/.installed-dev

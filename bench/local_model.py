@@ -1,6 +1,6 @@
 """Local model throughput: llama-cpp-python called directly vs through the pipeline.
 
-    .venv/bin/python bench/local_model.py [--runs 5] [--max-tokens 128]
+    .venv/bin/python -m bench.local_model [--runs 5] [--max-tokens 128]
 
 Same prompt, same settings (temperature 0, so both generate the same tokens),
 alternating direct and pipeline runs in one process to share the noise. The
@@ -15,12 +15,9 @@ import argparse
 import asyncio
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
 os.environ.setdefault("ORCHESTRATOR_DATA_DIR", tempfile.mkdtemp(prefix="bench-local-"))
 

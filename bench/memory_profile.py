@@ -10,7 +10,7 @@ traced growth per 10,000 requests and the allocation sites that grew most.
 tracemalloc slows Python several times, so the counts are smaller than scenario
 e's.
 
-    .venv/bin/python bench/memory_profile.py [--warmup 300] [--requests 2000] [--top 15]
+    .venv/bin/python -m bench.memory_profile [--warmup 300] [--requests 2000] [--top 15]
 """
 
 from __future__ import annotations
@@ -19,19 +19,16 @@ import argparse
 import asyncio
 import gc
 import os
-import sys
 import tempfile
 import threading
 import time
 import tracemalloc
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from bench.loads import closed_loop, submit_and_stream
 from bench.scenarios import STREAM_BODY
 from bench.stack import BASE_ENV, rss_mb
-from tests.processes import embedded_env, free_port
+from harness.processes import embedded_env, free_port
 
 
 def configure(data_dir: Path) -> None:

@@ -1,6 +1,6 @@
 """Overload: goodput under a step load of 0.5x, 1x, 2x and 5x measured capacity.
 
-    .venv/bin/python bench/overload.py [--step-seconds 20] [--deadline 10]
+    .venv/bin/python -m bench.overload [--step-seconds 20] [--deadline 10]
 
 Starts web (`manage.py serve`) and two workers on PostgreSQL + Redis with the
 echo backend paced like a small model, measures capacity with a closed loop,
@@ -26,10 +26,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.processes import (  # noqa: E402
+from harness.processes import (
     OPEN_ACCESS,
     free_port,
     manage,
@@ -37,6 +34,8 @@ from tests.processes import (  # noqa: E402
     stop,
     wait_until_serving,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SERVER = "postgres://postgres@127.0.0.1:5432"
 DATABASE = "orchestrator_overload"

@@ -1,6 +1,6 @@
 """``make bench``: the whole benchmark suite of DESIGN §12, one table per scenario.
 
-    .venv/bin/python bench/run.py [--smoke] [--only a,b] [--generator auto|wrk|python]
+    .venv/bin/python -m bench.run [--smoke] [--only a,b] [--generator auto|wrk|python]
                                   [--profile] [--json PATH]
 
   a. durable submit throughput and latency (POST /api/v1/infer -> 202)
@@ -37,8 +37,6 @@ import time
 import traceback
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.report import Table, machine
 from bench.scenarios import FULL, SCENARIOS, SMOKE, Options

@@ -278,7 +278,8 @@ def _latency_cells(samples: Samples) -> dict[str, float | int]:
 def upstream() -> Iterator[str]:
     """The loopback OpenAI-compatible upstream, in its own process."""
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "upstream.py")],
+        [sys.executable, "-m", "bench.upstream"],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
         preexec_fn=die_with_parent,
@@ -307,7 +308,7 @@ def first_token(workspace: Workspace, plan: Plan, options: Options) -> Table:
             "added p99 ms",
         ],
         notes=[
-            f"Upstream: tests/fake_llm_server.py (OpenAI streaming format) in its own process, "
+            f"Upstream: harness/fake_llm_server.py (OpenAI streaming format) in its own process, "
             f"model `{MODEL}`: first token {delay_ms:.0f} ms after the request. `openai` backend, "
             "one request at a time, max_tokens 1. TTFT: client sends the prompt -> first token "
             "arrives; added = TTFT - the direct path's p50 (same client, straight to the "
@@ -510,14 +511,16 @@ def local_model(workspace: Workspace, plan: Plan, options: Options) -> Table:
         "Local model: tokens/s through the pipeline vs llama-cpp-python direct",
         ["config", "path", "tokens/run", "tokens/s median", "min", "max", "vs direct"],
         notes=[
-            f"bench/local_model.py --runs {plan.local_runs} --max-tokens {plan.local_tokens} "
+            f"python -m bench.local_model --runs {plan.local_runs} "
+            f"--max-tokens {plan.local_tokens} "
             "(SmolLM2-135M Q4_1, temperature 0, alternating runs in one process; the "
             "pipeline figure runs from submit to the completed row).",
         ],
     )
     command = [
         sys.executable,
-        str(ROOT / "bench" / "local_model.py"),
+        "-m",
+        "bench.local_model",
         *("--runs", str(plan.local_runs), "--max-tokens", str(plan.local_tokens)),
     ]
     env = {

@@ -32,7 +32,7 @@ from pathlib import Path
 import psycopg
 import redis
 
-from tests.processes import OPEN_ACCESS, free_port, run_manage, wait_until_serving
+from harness.processes import OPEN_ACCESS, free_port, run_manage, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
@@ -166,7 +166,7 @@ def die_with_parent() -> None:
 
 def manage(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """``manage.py <args>`` from the project root, output to ``log``; unlike
-    ``tests.processes.manage`` it cannot outlive the bench."""
+    ``harness.processes.manage`` it cannot outlive the bench."""
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "manage.py", *args],

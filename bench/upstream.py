@@ -1,6 +1,6 @@
 """The loopback upstream of scenario c, in a process of its own.
 
-Serves ``tests/fake_llm_server.py`` (the OpenAI streaming wire format the test
+Serves ``harness/fake_llm_server.py`` (the OpenAI streaming wire format the test
 suite uses); its model ``slow`` waits 50 ms before each word, so the first
 token leaves the upstream 50 ms after the request arrives. Prints the port on
 its first line of output, then serves until terminated.
@@ -9,12 +9,8 @@ its first line of output, then serves until terminated.
 from __future__ import annotations
 
 import asyncio
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.fake_llm_server import WORD_DELAY, FakeLLMServer
+from harness.fake_llm_server import WORD_DELAY, FakeLLMServer
 
 MODEL = "slow"
 FIRST_TOKEN_DELAY = WORD_DELAY[MODEL]

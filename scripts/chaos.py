@@ -1,7 +1,7 @@
 """Chaos harness: no request lost or run twice while workers die and Redis and
 PostgreSQL restart.
 
-    .venv/bin/python scripts/chaos.py --requests 300 --duration 60 --kill-every 5
+    .venv/bin/python -m scripts.chaos --requests 300 --duration 60 --kill-every 5
 
 Starts web (`manage.py serve`) and three `run_pipeline` workers on PostgreSQL +
 Redis with the echo backend (random lengths, injected retryable faults), drives
@@ -34,10 +34,9 @@ from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.processes import (  # noqa: E402
+from harness.clients import Received, sse_read, ws_run
+from harness.outages import restart_redis, start_postgres, stop_postgres
+from harness.processes import (
     OPEN_ACCESS,
     free_port,
     manage,
@@ -45,8 +44,8 @@ from tests.processes import (  # noqa: E402
     stop,
     wait_until_serving,
 )
-from tests.services.clients import Received, sse_read, ws_run  # noqa: E402
-from tests.services.outages import restart_redis, start_postgres, stop_postgres  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 DATABASE = "orchestrator_chaos"
 REDIS_URL = "redis://127.0.0.1:6379/14"

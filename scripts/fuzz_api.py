@@ -1,6 +1,6 @@
 """Fuzz the live API against its own OpenAPI schema with schemathesis.
 
-    .venv/bin/python scripts/fuzz_api.py [--max-examples 25] [--seed 20261127]
+    .venv/bin/python -m scripts.fuzz_api [--max-examples 25] [--seed 20261127]
 
 Starts the production-like server (`manage.py serve`, DEBUG off, keys required,
 SQLite and the embedded worker in a temporary directory), creates an API key,
@@ -20,10 +20,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from harness.processes import create_api_key, embedded_env, serving
 
-from tests.processes import create_api_key, embedded_env, serving  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def server_env(data_dir: Path) -> dict[str, str]:

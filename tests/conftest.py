@@ -22,7 +22,7 @@ from pipeline.host import PipelineHost
 from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
 from pipeline.worker import Engine, EngineConfig
-from tests.processes import embedded_env, run_manage, serving
+from harness.processes import embedded_env, run_manage, serving
 
 TEST_BACKENDS = {
     "echo": {"class": "pipeline.backends.echo.EchoBackend", "options": {}},

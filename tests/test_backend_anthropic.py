@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness.fake_llm_server import FakeLLMServer
 from pipeline.backends.anthropic import AnthropicBackend
 from pipeline.backends.base import BackendError, GenerationParams, Usage
-from tests.fake_llm_server import FakeLLMServer
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from harness.fake_llm_server import FakeLLMServer
+from harness.processes import free_port
 from pipeline.backends.base import BackendError, GenerationParams, Usage
 from pipeline.backends.openai_compat import OpenAICompatBackend
-from tests.fake_llm_server import FakeLLMServer
-from tests.processes import free_port
 
 MESSAGES = [
     {"role": "system", "content": "Be brief."},

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from tests.processes import manage, run_manage, stop
+from harness.processes import manage, run_manage, stop
 
 
 @pytest.mark.django_db(transaction=True)

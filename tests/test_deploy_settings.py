@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 EXAMPLE = ROOT / "deploy" / "production.env.example"
 

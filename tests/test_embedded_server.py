@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from tests.processes import free_port, manage, run_manage, running, wait_until_serving
+from harness.processes import free_port, manage, run_manage, running, wait_until_serving
 
 
 @pytest.fixture

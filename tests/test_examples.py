@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.processes import ROOT, create_api_key, embedded_env, serving
+from harness.processes import ROOT, create_api_key, embedded_env, serving
 
 # reference/phase3-web-api.md, "Integration Examples / Python", as written but
 # for the address (the original served :8080; `make run` serves :8000).

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 from channels.db import database_sync_to_async
 
+from harness.fake_llm_server import FakeLLMServer
 from inference import services
 from pipeline.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, backoff_seconds
 from pipeline.worker import Engine
 from tests.conftest import TEST_BACKENDS, asubmit, finished
-from tests.fake_llm_server import FakeLLMServer
 from tests.test_worker import first_token
 
 

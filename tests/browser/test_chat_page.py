@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-from tests.processes import ROOT
+from harness.processes import ROOT
 
 pytestmark = pytest.mark.browser
 

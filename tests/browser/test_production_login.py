@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
+from harness.processes import embedded_env, run_manage, serving
 from tests.browser.test_chat_page import CHROMIUM
-from tests.processes import embedded_env, run_manage, serving
 
 pytestmark = pytest.mark.browser
 PASSWORD = "a long staff password for the browser"

@@ -19,7 +19,7 @@ import pytest
 import redis
 from django.db import connection
 
-from tests.processes import OPEN_ACCESS, free_port, manage, stop, wait_until_serving
+from harness.processes import OPEN_ACCESS, free_port, manage, stop, wait_until_serving
 
 
 def _require_env(name: str) -> str:

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.processes import free_port
+from harness.processes import free_port
 from tests.services.conftest import Stack
 from tests.services.test_scaled_mode import results_of, submit_all
 

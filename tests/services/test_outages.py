@@ -9,14 +9,14 @@ import time
 import httpx
 import pytest
 
-from tests.services.clients import Received, sse_read
-from tests.services.conftest import Stack
-from tests.services.outages import (
+from harness.clients import Received, sse_read
+from harness.outages import (
     forget_dead_connections,
     restart_redis,
     start_postgres,
     stop_postgres,
 )
+from tests.services.conftest import Stack
 
 pytestmark = pytest.mark.services
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.processes import create_api_key, free_port, manage, running, wait_until_serving
+from harness.processes import create_api_key, free_port, manage, running, wait_until_serving
 from tests.services.conftest import Stack
 
 pytestmark = pytest.mark.services

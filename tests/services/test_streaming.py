@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from tests.services.clients import Received, sse_read, ws_run
+from harness.clients import Received, sse_read, ws_run
 from tests.services.conftest import Stack
 
 pytestmark = pytest.mark.services

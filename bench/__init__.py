@@ -1,0 +1,1 @@
+"""Benchmarks (DESIGN §12): run from the project root as ``python -m bench.run``."""

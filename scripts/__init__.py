@@ -1,0 +1,1 @@
+"""Operational scripts (chaos, fuzzing): run from the project root as ``python -m scripts.NAME``."""
