@@ -18,8 +18,9 @@ from inference.models import (
     InferenceRequest,
     InferenceRequestQuerySet,
     StreamChunk,
+    Transport,
+    backend_names,
 )
-from pipeline.backends import backend_names
 
 STAGES = ("rag", "assemble", "inference", "post", "stream")
 
@@ -38,10 +39,9 @@ class BackendFilter(admin.SimpleListFilter):
 class TransportFilter(admin.SimpleListFilter):
     title = "transport"
     parameter_name = "transport"
-    TRANSPORTS = ("rest", "ws", "cli", "admin")
 
     def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(name, name) for name in self.TRANSPORTS]
+        return list(Transport.choices)
 
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         return queryset.filter(transport=self.value()) if self.value() else queryset

@@ -9,6 +9,6 @@ class InferenceConfig(AppConfig):
 
     def ready(self) -> None:
         from inference import checks, schema  # noqa: F401  (checks, OpenAPI extensions)
-        from orchestrator_site.logs import install_record_factory
+        from inference.logs import install_record_factory
 
         install_record_factory()

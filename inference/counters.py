@@ -1,71 +1,21 @@
-"""Rate limits per caller (an API key, or the client IP when anonymous), shared by
-every process: requests per minute and requests in flight.
+"""Counters every web process shares, for the admission limits: hits per time
+window and held slots.
 
-Two stores keep one contract: Redis in the scaled mode, where each check is one
-Lua script and so atomic across web processes, and process memory in the
-embedded mode (one process, a lock). If Redis is unreachable the limits fail
-open: losing rate limiting for a minute beats refusing every request.
-
-Every decision is a ``Quota``; ``quota_headers`` turns them into the IETF
-``RateLimit-Policy`` / ``RateLimit`` headers (draft-ietf-httpapi-ratelimit-headers)
-and OpenAI-style ``x-ratelimit-*`` ones.
+Two stores keep one contract: Redis in the scaled mode, where each operation is
+one Lua script and so atomic across processes, and process memory in the
+embedded mode (one process, a lock). Callers decide what a ``redis.RedisError``
+means (the limits fail open).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
-import time
-import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
 from functools import cache
-from typing import Any, Protocol
+from typing import Protocol
 
 import redis
 from django.conf import settings
-from rest_framework.request import Request
-from rest_framework.throttling import BaseThrottle
-
-from inference.auth import Caller, caller_of
-from inference.models import ACTIVE_STATUSES, InferenceRequest
-
-logger = logging.getLogger(__name__)
-
-WINDOW_SECONDS = 60
-
-
-@dataclass(frozen=True)
-class Quota:
-    """One policy's state after a check."""
-
-    policy: str  # "requests" (per minute) or "in_flight"
-    limit: int
-    remaining: int
-    reset: int  # seconds until the window restarts / a slot may free up
-    allowed: bool
-    window: int | None = None  # seconds; None for a concurrency policy
-
-
-def quota_headers(quotas: Iterable[Quota]) -> dict[str, str]:
-    quotas = list(quotas)
-    if not quotas:
-        return {}
-    policies = ", ".join(
-        f'"{q.policy}";q={q.limit}' + (f";w={q.window}" if q.window else "") for q in quotas
-    )
-    tightest = min(quotas, key=lambda q: (q.allowed, q.remaining))
-    headers = {
-        "RateLimit-Policy": policies,
-        "RateLimit": f'"{tightest.policy}";r={max(tightest.remaining, 0)};t={tightest.reset}',
-    }
-    for quota in quotas:
-        if quota.policy == "requests":
-            headers["x-ratelimit-limit-requests"] = str(quota.limit)
-            headers["x-ratelimit-remaining-requests"] = str(max(quota.remaining, 0))
-            headers["x-ratelimit-reset-requests"] = f"{quota.reset}s"
-    return headers
 
 
 class Store(Protocol):
@@ -169,90 +119,5 @@ def store() -> Store:
 
 
 def reset() -> None:
-    """Forget the store (tests; a settings change)."""
+    """Forget the store (a settings change; ``orchestrator_site.state.reset``)."""
     store.cache_clear()
-
-
-def check_rate(caller: Caller) -> Quota | None:
-    """Count one request against the caller's per-minute limit (None: unlimited)."""
-    limit = caller.limit("requests_per_minute")
-    if not limit:
-        return None
-    now = time.time()
-    try:
-        count = store().hit(caller.identity, WINDOW_SECONDS, now)
-    except redis.RedisError as exc:
-        logger.warning("rate limit store unavailable, not limiting: %s", exc)
-        return None
-    reset = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
-    return Quota("requests", limit, limit - count, reset, count <= limit, WINDOW_SECONDS)
-
-
-def take_in_flight(caller: Caller, request_id: uuid.UUID, expires: float) -> Quota | None:
-    """Hold one of the caller's in-flight slots for a new request until it finishes
-    (or its deadline, ``expires``). Slots of finished requests are given back when
-    the caller's slots look full: no hook in the worker has to remember to."""
-    limit = caller.limit("max_in_flight")
-    if not limit:
-        return None
-    now = time.time()
-    try:
-        held = store().take_slot(caller.identity, str(request_id), limit, expires, now)
-        if held < 0 and _free_finished(caller.identity):
-            held = store().take_slot(caller.identity, str(request_id), limit, expires, now)
-    except redis.RedisError as exc:
-        logger.warning("rate limit store unavailable, not limiting: %s", exc)
-        return None
-    if held < 0:
-        return Quota("in_flight", limit, 0, 1, False)
-    return Quota("in_flight", limit, limit - held, 0, True)
-
-
-def release_in_flight(caller: Caller, request_id: uuid.UUID) -> None:
-    """Give a slot back (a submit that did not store its row)."""
-    try:
-        store().free_slots(caller.identity, [str(request_id)])
-    except redis.RedisError:
-        pass  # the slot expires with the request's deadline
-
-
-def _free_finished(bucket: str) -> bool:
-    """Drop the slots of requests that are no longer pending or processing.
-    Slots whose row is not committed yet are kept (another process is storing it)."""
-    members = store().slots(bucket)
-    ids = [uuid.UUID(member) for member in members]
-    finished = (
-        InferenceRequest.objects.filter(pk__in=ids)
-        .exclude(status__in=ACTIVE_STATUSES)
-        .values_list("pk", flat=True)
-    )
-    done = [str(pk) for pk in finished]
-    store().free_slots(bucket, done)
-    return bool(done)
-
-
-# --- REST ---------------------------------------------------------------------------
-
-
-class CallerRateThrottle(BaseThrottle):
-    """Requests per minute for every API call; the quota rides on the request so
-    that the response (2xx or 429) can carry the RateLimit headers."""
-
-    def allow_request(self, request: Request, view: Any) -> bool:
-        quota = check_rate(caller_of(request))
-        setattr(request, "rate_quotas", [quota] if quota else [])  # noqa: B010
-        self.quota = quota
-        return quota is None or quota.allowed
-
-    def wait(self) -> float | None:
-        return self.quota.reset if self.quota else None
-
-
-class RateLimitHeadersMixin:
-    """Adds the caller's RateLimit headers to every response of an API view."""
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
-        for name, value in quota_headers(getattr(request, "rate_quotas", ())).items():
-            response[name] = value
-        return response

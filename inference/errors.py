@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Iterable
 from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import exceptions, status
+from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from inference.admission import Quota, Refusal
 from inference.parsers import RequestTooLarge
-from inference.services import AdmissionRefused, QueueFull
 
 logger = logging.getLogger(__name__)
-
-# Seconds a client should wait before retrying while the database is unreachable.
-DATABASE_RETRY_AFTER = 5
 
 _TYPES = {
     400: "invalid_request_error",
@@ -50,36 +47,6 @@ def error_body(
     return {"error": error}
 
 
-class ServiceUnavailable(exceptions.APIException):
-    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    default_detail = "The service is temporarily unavailable; retry later."
-    default_code = "service_unavailable"
-
-    def __init__(self, detail: str | None = None, retry_after: int = DATABASE_RETRY_AFTER):
-        super().__init__(detail)
-        self.retry_after = retry_after
-
-
-class Refused(exceptions.APIException):
-    """A refusal to do the work now (429, 503), with Retry-After."""
-
-    def __init__(self, message: str, code: str, status_code: int, retry_after: int) -> None:
-        super().__init__(message, code)
-        self.status_code = status_code
-        self.retry_after = retry_after
-
-    @classmethod
-    def from_admission(cls, refusal: AdmissionRefused) -> Refused:
-        status_code = 503 if isinstance(refusal, QueueFull) else 429
-        return cls(refusal.message, refusal.code, status_code, refusal.retry_after)
-
-    @classmethod
-    def from_throttle(cls, throttled: exceptions.Throttled) -> Refused:
-        wait = max(1, math.ceil(getattr(throttled, "wait", None) or 1))
-        message = f"Rate limit exceeded: too many requests this minute; retry in {wait} s."
-        return cls(message, "rate_limit_exceeded", 429, wait)
-
-
 def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
     """(param, message, code) of the first error in a nested ValidationError."""
     if isinstance(detail, dict):
@@ -104,17 +71,11 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     """DRF's EXCEPTION_HANDLER: map every failure to the error shape."""
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
-    if isinstance(exc, AdmissionRefused):
-        if exc.quota is not None:  # its RateLimit headers go out with the 429
-            request = context["request"]
-            quotas = [*getattr(request, "rate_quotas", []), exc.quota]
-            setattr(request, "rate_quotas", quotas)  # noqa: B010
-        exc = Refused.from_admission(exc)
-    if isinstance(exc, exceptions.Throttled):
-        exc = Refused.from_throttle(exc)
     if isinstance(exc, DatabaseError):
         logger.warning("database unavailable: %s", exc)
-        exc = ServiceUnavailable("The database is unavailable; retry later.")
+        exc = Refusal.database_unavailable()
+    if isinstance(exc, Refusal):
+        return refusal_response(exc, getattr(context.get("view"), "quotas", ()))
     if isinstance(exc, exceptions.ValidationError):
         return Response(validation_error_body(exc), status=400)
     response = exception_handler(exc, context)
@@ -125,9 +86,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, Http404):
         code = "not_found"
     response.data = error_body(str(detail) or str(exc), response.status_code, str(code))
-    if isinstance(exc, ServiceUnavailable | Refused):
-        response["Retry-After"] = str(exc.retry_after)
     return response
+
+
+def refusal_response(refusal: Refusal, quotas: Iterable[Quota] = ()) -> Response:
+    """A refusal over REST; ``quotas`` are the ones the call already counted in."""
+    body = error_body(refusal.message, refusal.status, refusal.code)
+    return Response(body, status=refusal.status, headers=refusal.headers(quotas))
 
 
 def not_found_response(message: str = "No such resource.") -> JsonResponse:

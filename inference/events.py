@@ -82,6 +82,12 @@ class CoalescingDoorbell:
 submitted = CoalescingDoorbell()
 
 
+def reset() -> None:
+    """A fresh doorbell (its timer belongs to one event loop)."""
+    global submitted
+    submitted = CoalescingDoorbell()
+
+
 async def notify_chunks(request_id: uuid.UUID, attempt: int, last_seq: int) -> None:
     await _publish(
         "group",

@@ -13,9 +13,9 @@ from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from inference import metrics
 from inference.errors import error_body
 from inference.models import InferenceRequest, Status
-from pipeline import metrics
 
 # Route labels: a fixed set, never raw paths or ids.
 ROUTES = (

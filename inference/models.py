@@ -8,6 +8,7 @@ a stale worker can never overwrite a newer attempt or a terminal state.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -29,8 +30,23 @@ class Status(models.TextChoices):
     EXPIRED = "expired"
 
 
+class Transport(models.TextChoices):
+    """How a request arrived."""
+
+    REST = "rest"
+    WEBSOCKET = "ws", "WebSocket"
+    CLI = "cli", "manage.py infer"
+    ADMIN = "admin", "admin retry"
+
+
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 ACTIVE_STATUSES = (Status.PENDING, Status.PROCESSING)
+
+
+def backend_names() -> list[str]:
+    """The configured model backends (``settings.ORCHESTRATOR_BACKENDS``): the
+    names ``InferenceRequest.backend`` may hold."""
+    return sorted(settings.ORCHESTRATOR_BACKENDS)
 
 
 class ErrorCode(models.TextChoices):
@@ -269,7 +285,7 @@ class InferenceRequest(models.Model):
     prompt = models.TextField()
     metadata = models.JSONField(default=dict, blank=True)
     priority = models.SmallIntegerField(default=5)
-    transport = models.CharField(max_length=16, default="rest")
+    transport = models.CharField(max_length=16, choices=Transport.choices, default=Transport.REST)
 
     backend = models.CharField(max_length=64)
     backend_used = models.CharField(max_length=64, blank=True)
@@ -435,3 +451,30 @@ class DocumentChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.position}"
+
+
+def chunk_text(text: str, max_chars: int = 1000) -> list[str]:
+    """Paragraph-packed chunks of at most ``max_chars`` (long paragraphs split on words)."""
+    chunks: list[str] = []
+    current = ""
+    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
+        for piece in _split_long(paragraph, max_chars):
+            if current and len(current) + len(piece) + 2 > max_chars:
+                chunks.append(current)
+                current = ""
+            current = f"{current}\n\n{piece}" if current else piece
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _split_long(paragraph: str, max_chars: int) -> list[str]:
+    if len(paragraph) <= max_chars:
+        return [paragraph] if paragraph else []
+    pieces, current = [], ""
+    for word in paragraph.split():
+        if current and len(current) + len(word) + 1 > max_chars:
+            pieces.append(current)
+            current = ""
+        current = f"{current} {word}" if current else word
+    return [*pieces, current] if current else pieces

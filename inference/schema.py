@@ -49,15 +49,15 @@ class BackendChoices(OpenApiSerializerFieldExtension):
     target_class = "inference.serializers.BackendChoiceField"
 
     def map_serializer_field(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
-        from pipeline.backends import backend_names
+        from inference.models import backend_names
 
         return {"type": "string", "enum": backend_names(), "description": "A model backend."}
 
 
 class ApiKeySchemes(OpenApiAuthenticationExtension):
-    """``inference.auth.ApiKeyAuthentication``: a bearer token or an X-API-Key header."""
+    """``inference.drf.ApiKeyAuthentication``: a bearer token or an X-API-Key header."""
 
-    target_class = "inference.auth.ApiKeyAuthentication"
+    target_class = "inference.drf.ApiKeyAuthentication"
     name = ["ApiKeyBearer", "ApiKeyHeader"]
 
     def get_security_definition(self, auto_schema: Any) -> list[dict[str, Any]]:

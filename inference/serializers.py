@@ -11,9 +11,8 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.auth import stream_token
-from inference.models import Document, InferenceRequest, Status
+from inference.models import Document, InferenceRequest, Status, backend_names
 from inference.services import Submission
-from pipeline.backends import backend_names
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
 # Submit fields stored together in the request's ``params``.
@@ -235,6 +234,10 @@ class WebSocketSubmitSerializer(InferRequestSerializer):
     type = serializers.ChoiceField(choices=["infer"], required=False)
     stream = StrictBooleanField(required=False, default=True)
     idempotency_key = StrictCharField(required=False, max_length=255)
+
+    def to_submission(self, **context: Any) -> Submission:
+        key = self.validated_data.get("idempotency_key") or None
+        return super().to_submission(idempotency_key=key, **context)
 
 
 class UsageSerializer(serializers.Serializer):

@@ -7,13 +7,11 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -21,7 +19,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from inference import limits
+from inference import admission, events, logs, metrics
 from inference.auth import Caller
 from inference.models import (
     Document,
@@ -29,10 +27,9 @@ from inference.models import (
     InferenceRequest,
     InferenceRequestQuerySet,
     Status,
+    Transport,
+    chunk_text,
 )
-from orchestrator_site import logs
-from pipeline import events, metrics
-from pipeline.retrieval import chunk_text
 
 logger = logging.getLogger(__name__)
 
@@ -48,71 +45,22 @@ class Submission:
     backend: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     deadline_seconds: float | None = None
-    transport: str = "rest"
+    transport: Transport = Transport.REST
     idempotency_key: str | None = None
     caller: Caller = field(default_factory=Caller)
 
-
-class AdmissionRefused(Exception):
-    """The request was not accepted; ``retry_after`` says when to try again."""
-
-    code = "refused"
-
-    def __init__(self, message: str, retry_after: int, quota: limits.Quota | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.quota = quota
-
-
-class QueueFull(AdmissionRefused):
-    code = "queue_full"
-
-
-class ClientBusy(AdmissionRefused):
-    code = "too_many_in_flight"
-
-
-def backlog_retry_after(waiting: int) -> int:
-    """Seconds until ``waiting`` requests drain at the last minute's completion rate."""
-    since = timezone.now() - timedelta(seconds=60)
-    per_second = InferenceRequest.objects.filter(finished_at__gte=since).count() / 60
-    return int(min(max(waiting / per_second if per_second else 60, 1), 120))
-
-
-_pending_seen: tuple[float, int] = (-1e9, 0)  # (when, how many) in this process
-
-
-def pending_count() -> int:
-    """Pending requests, counted at most every ``ORCHESTRATOR_PENDING_COUNT_SECONDS``
-    per process: the queue cap is soft, and a COUNT per submit was a tenth of its
-    cost. (Overshoot: about submits/s x that many seconds.)"""
-    global _pending_seen
-    seen_at, pending = _pending_seen
-    now = time.monotonic()
-    if now - seen_at >= settings.ORCHESTRATOR_PENDING_COUNT_SECONDS:
-        pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
-        _pending_seen = (now, pending)
-    return pending
-
-
-def admit(submission: Submission, request_id: uuid.UUID, deadline: datetime) -> None:
-    """Refuse work the system cannot take: a full queue (503; a soft cap, counted
-    before the insert) or a caller with all its in-flight slots taken (429; an
-    atomic reservation, held until the request finishes or its deadline)."""
-    cap = settings.ORCHESTRATOR_MAX_PENDING
-    if cap:
-        pending = pending_count()
-        if pending >= cap:
-            raise QueueFull(f"The queue is full ({pending} waiting).", backlog_retry_after(pending))
-    quota = limits.take_in_flight(submission.caller, request_id, deadline.timestamp())
-    if quota is not None and not quota.allowed:
-        retry_after = backlog_retry_after(quota.limit)
-        raise ClientBusy(
-            f"You have {quota.limit} requests in flight, the limit; wait for one to finish.",
-            retry_after,
-            dataclasses.replace(quota, reset=retry_after),
-        )
+    @classmethod
+    def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
+        """The same prompt and options as a stored request, submitted again."""
+        fields = {
+            "prompt": request.prompt,
+            "session_id": request.session_id,
+            "metadata": request.metadata,
+            "priority": request.priority,
+            "backend": request.backend,
+            "params": request.params,
+        }
+        return cls(**{**fields, **overrides})
 
 
 def _after_commit(publish: Any, *args: Any) -> None:
@@ -126,25 +74,21 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
 
     Returns ``(request, created)``: a repeated ``idempotency_key`` (per API key)
     returns the request first stored under it, and ``created`` is False. Raises
-    ``AdmissionRefused`` (``QueueFull``, ``ClientBusy``) under overload.
+    ``admission.Refusal`` under overload (a full queue, too many in flight).
     """
     mine = InferenceRequest.objects.owned_by(submission.caller.key_prefix)
     key = submission.idempotency_key
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
         return existing, False
     fields = _row_fields(submission)
-    try:
-        admit(submission, fields["id"], fields["deadline_at"])
-    except AdmissionRefused as refused:
-        metrics.REFUSED.labels(refused.code).inc()
-        raise
+    admission.admit_submission(submission.caller, fields["id"], fields["deadline_at"])
     try:
         with transaction.atomic():
             request = InferenceRequest.objects.create(**fields)
             if ring:
                 _after_commit(events.ring_doorbell, request.pk)
     except Exception as exc:
-        limits.release_in_flight(submission.caller, fields["id"])
+        admission.release_in_flight(submission.caller, fields["id"])
         if not (key and isinstance(exc, IntegrityError)):
             raise
         # Lost a race with the same key: the winner's row is the answer.
@@ -213,17 +157,7 @@ def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:
     original = InferenceRequest.objects.get(pk=request_id)
     if not original.is_terminal:
         return None
-    request, _ = submit_request(
-        Submission(
-            prompt=original.prompt,
-            session_id=original.session_id,
-            metadata=original.metadata,
-            priority=original.priority,
-            backend=original.backend,
-            params=original.params,
-            transport="admin",
-        )
-    )
+    request, _ = submit_request(Submission.from_request(original, transport=Transport.ADMIN))
     return request
 
 

@@ -19,8 +19,8 @@ from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from inference import events
 from inference.models import TERMINAL_STATUSES, InferenceRequest, StreamChunk
-from pipeline import events
 
 logger = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from inference import services
-from inference.auth import Caller, CanManageDocuments, IsPermittedCaller, caller_of
-from inference.limits import RateLimitHeadersMixin
-from inference.models import Document, InferenceRequest, Status
+from inference.auth import Caller
+from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
+from inference.models import Document, InferenceRequest, Status, Transport, backend_names
 from inference.serializers import (
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -46,14 +46,13 @@ from inference.serializers import (
     StreamableRequestSerializer,
 )
 from inference.streaming import wait_until_finished
-from pipeline.backends import backend_names
 
 # Errors every API operation shares (401, 403, 429, 503, 400, 404) are added by
 # inference.schema.OrchestratorAutoSchema; views declare only their own.
 TOO_LARGE = OpenApiResponse(ErrorSerializer, description="Body too large.")
 
 
-class APIView(RateLimitHeadersMixin, AsyncAPIView):
+class APIView(QuotaHeadersMixin, AsyncAPIView):
     """An async API view whose responses carry the caller's RateLimit headers."""
 
 
@@ -103,7 +102,7 @@ class InferView(APIView):
         serializer = InferRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         submission = serializer.to_submission(
-            transport="rest",
+            transport=Transport.REST,
             idempotency_key=request.headers.get("Idempotency-Key") or None,
             caller=caller_of(request),
         )
@@ -238,7 +237,7 @@ class NewestFirst(pagination.CursorPagination):
 
 
 class RequestViewSet(
-    RateLimitHeadersMixin,
+    QuotaHeadersMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
     viewsets.GenericViewSet,
@@ -326,7 +325,7 @@ async def _probe(check) -> str:  # type: ignore[no-untyped-def]
 
 
 class DocumentViewSet(
-    RateLimitHeadersMixin,
+    QuotaHeadersMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,

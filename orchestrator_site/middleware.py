@@ -8,7 +8,8 @@ the two that can touch the database — saving a modified session, storing flash
 messages (the admin) — still go to the thread when they might.
 
 ``settings.MIDDLEWARE`` keeps the stock names (Django's deploy checks look for
-them by name); ``ASGIHandler`` loads each as its subclass here.
+them by name); ``ASGIHandler`` builds the chain from it, loading each stock class
+as its subclass here (``INLINE``). tests/test_wiring.py pins what runs.
 """
 
 from __future__ import annotations
@@ -20,10 +21,12 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth
 from django.contrib.messages import middleware as messages
 from django.contrib.sessions import middleware as sessions
+from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers import asgi
+from django.core.handlers.exception import convert_exception_to_response
 from django.http import HttpRequest, HttpResponseBase
 from django.middleware import clickjacking, common, csrf, security
-from django.test.utils import override_settings
+from django.utils.module_loading import import_string
 
 
 class InlineHooks:
@@ -95,9 +98,41 @@ INLINE = {
 
 
 class ASGIHandler(asgi.ASGIHandler):
-    """Django's ASGI handler, loading each stock middleware as its subclass above."""
+    """Django's ASGI handler with an all-async middleware chain: each entry of
+    ``settings.MIDDLEWARE`` is loaded as its ``INLINE`` subclass if it has one,
+    and must be async-capable (no thread hop between middleware)."""
+
+    loaded: list[Any]  # the middleware instances, outermost first
 
     def load_middleware(self, is_async: bool = False) -> None:
-        inline = [INLINE.get(path, path) for path in settings.MIDDLEWARE]
-        with override_settings(MIDDLEWARE=inline):  # once, at startup
-            super().load_middleware(is_async)
+        self._view_middleware: list[Any] = []
+        self._template_response_middleware: list[Any] = []
+        self._exception_middleware: list[Any] = []
+        self.loaded = []
+        handler = convert_exception_to_response(self._get_response_async)  # type: ignore[attr-defined]
+        for path in reversed(settings.MIDDLEWARE):
+            middleware = self._adopt(self._load(path)(handler))
+            handler = convert_exception_to_response(middleware)
+        self._middleware_chain = handler
+
+    @staticmethod
+    def _load(path: str) -> Any:
+        middleware = import_string(INLINE.get(path, path))
+        if not getattr(middleware, "async_capable", False):
+            raise ImproperlyConfigured(f"{path} is not async-capable; it cannot run here.")
+        return middleware
+
+    def _adopt(self, middleware: Any) -> Any:
+        """Register its view, template-response and exception hooks, as Django does
+        (the exception hooks run synchronously there too)."""
+        self.loaded.insert(0, middleware)
+        if hasattr(middleware, "process_view"):
+            hook = self.adapt_method_mode(True, middleware.process_view)
+            self._view_middleware.insert(0, hook)
+        if hasattr(middleware, "process_template_response"):
+            hook = self.adapt_method_mode(True, middleware.process_template_response)
+            self._template_response_middleware.append(hook)
+        if hasattr(middleware, "process_exception"):
+            hook = self.adapt_method_mode(False, middleware.process_exception)
+            self._exception_middleware.append(hook)
+        return middleware

@@ -21,7 +21,7 @@ from daphne.server import Server
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor, task
 
-from pipeline.host import find_embedded_pipeline
+from orchestrator_site.asgi import application as embedded
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +43,7 @@ class OrchestratorServer(Server):
         # frame (1009, ...) instead of autobahn's default of dropping the TCP
         # connection, which clients see as an unexplained 1006.
         self.ws_factory.setProtocolOptions(failByDrop=False)
-        embedded = find_embedded_pipeline(self.application)
-        if embedded is not None and embedded.enabled:
+        if embedded.enabled:
             # Called just before the reactor's loop runs: schedule, don't start.
             asyncio.get_event_loop().call_soon(embedded.ensure_started)
         reactor.addSystemEventTrigger("before", "shutdown", self._shut_down)  # type: ignore[attr-defined, arg-type]
@@ -58,8 +57,7 @@ class OrchestratorServer(Server):
         logger.info("shutting down: closed %d WebSocket(s) with 1012", len(sockets))
         delay = CLOSE_HANDSHAKE_SECONDS if sockets else 0
         waits = [task.deferLater(reactor, delay, lambda: None)]  # type: ignore[arg-type]
-        embedded = find_embedded_pipeline(self.application)
-        if embedded is not None and embedded.host is not None:
+        if embedded.host is not None:
             # Hand in-flight requests back at once: the next start (or another
             # worker) resumes them instead of waiting for their leases to expire.
             waits.append(

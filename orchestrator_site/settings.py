@@ -32,9 +32,12 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 CSRF_FAILURE_VIEW = "inference.errors.csrf_failure"
 
 INSTALLED_APPS = [
-    # inference first: its runserver (daphne's, plus the embedded worker) wins.
+    # First, so its commands win: `runserver` is daphne's with
+    # orchestrator_site.server.OrchestratorServer (the embedded engine starts at
+    # boot; 1009/1012 close frames) over daphne's and staticfiles' own.
+    "orchestrator_site",
     "inference",
-    "daphne",  # before staticfiles: its runserver serves the ASGI app
+    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -52,6 +55,9 @@ INSTALLED_APPS = [
     "pipeline",
 ]
 
+# The stock names, which Django's deploy checks look for. What runs is each one's
+# subclass in orchestrator_site.middleware (hooks inline on the event loop, no
+# thread hop), loaded by its ASGIHandler; tests/test_wiring.py pins the classes.
 MIDDLEWARE = [
     "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -164,11 +170,11 @@ USE_TZ = True
 REST_FRAMEWORK = {
     # API keys for clients; sessions for staff (browsing the API from the admin).
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "inference.auth.ApiKeyAuthentication",
+        "inference.drf.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["inference.auth.IsPermittedCaller"],
-    "DEFAULT_THROTTLE_CLASSES": ["inference.limits.CallerRateThrottle"],
+    "DEFAULT_PERMISSION_CLASSES": ["inference.drf.IsPermittedCaller"],
+    "DEFAULT_THROTTLE_CLASSES": ["inference.drf.CallerRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["inference.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "inference.errors.api_exception_handler",
@@ -403,7 +409,7 @@ LOGGING = {
         "plain": {
             "format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s",
         },
-        "json": {"()": "orchestrator_site.logs.JsonFormatter"},
+        "json": {"()": "inference.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -8,8 +8,8 @@ import time
 
 from channels.db import database_sync_to_async
 
+from inference import events
 from inference.models import InferenceRequest
-from pipeline import events
 
 logger = logging.getLogger(__name__)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from inference.models import InferenceRequest
 from pipeline.backends.base import GenerationParams, Usage
 
 
@@ -33,6 +34,21 @@ class RequestSnapshot:
     created_at: datetime | None = None
     api_key_id: str | None = None  # the owner: session history is per key
     rag: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_request(cls, request: InferenceRequest) -> RequestSnapshot:
+        return cls(
+            id=request.pk,
+            attempt=request.attempt,
+            prompt=request.prompt,
+            session_id=request.session_id,
+            backend=request.backend,
+            metadata=request.metadata,
+            created_at=request.created_at,
+            api_key_id=request.api_key_id,
+            rag=request.params.get("rag") or {},
+            params=GenerationParams.from_params(request.params),
+        )
 
 
 @dataclass

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import connection, transaction
 
+from inference import metrics
 from inference.models import InferenceRequest
-from pipeline import metrics
 
 logger = logging.getLogger(__name__)
 

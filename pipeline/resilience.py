@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from django.conf import settings
 from django.core.cache import cache
 
-from pipeline import metrics
+from inference import metrics
 
 logger = logging.getLogger(__name__)
 

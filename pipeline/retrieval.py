@@ -36,33 +36,6 @@ def query_terms(text: str, limit: int = 32) -> list[str]:
     return list(dict.fromkeys(terms))[:limit]
 
 
-def chunk_text(text: str, max_chars: int = 1000) -> list[str]:
-    """Paragraph-packed chunks of at most ``max_chars`` (long paragraphs split on words)."""
-    chunks: list[str] = []
-    current = ""
-    for paragraph in (p.strip() for p in re.split(r"\n\s*\n", text)):
-        for piece in _split_long(paragraph, max_chars):
-            if current and len(current) + len(piece) + 2 > max_chars:
-                chunks.append(current)
-                current = ""
-            current = f"{current}\n\n{piece}" if current else piece
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-def _split_long(paragraph: str, max_chars: int) -> list[str]:
-    if len(paragraph) <= max_chars:
-        return [paragraph] if paragraph else []
-    pieces, current = [], ""
-    for word in paragraph.split():
-        if current and len(current) + len(word) + 1 > max_chars:
-            pieces.append(current)
-            current = ""
-        current = f"{current} {word}" if current else word
-    return [*pieces, current] if current else pieces
-
-
 @dataclass(frozen=True)
 class Passage:
     chunk_id: int

@@ -16,7 +16,9 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -24,10 +26,9 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from inference import events, logs, metrics
 from inference.models import InferenceRequest, Outcome, Status
-from orchestrator_site import logs
-from pipeline import events, metrics
-from pipeline.backends import BackendError, GenerationParams
+from pipeline.backends import BackendError
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
 from pipeline.reaper import reap_once
@@ -38,15 +39,8 @@ logger = logging.getLogger(__name__)
 # Most rows one claim query takes (bounded: each is a task started at once).
 CLAIM_BATCH = 32
 
-_current: Engine | None = None
-
 # Pause before listening again after a channel-layer error (e.g. Redis restarting).
 LAYER_RETRY_SECONDS = 1.0
-
-
-def current_engine() -> Engine | None:
-    """The engine running in this process, if any."""
-    return _current
 
 
 @dataclass(frozen=True)
@@ -66,27 +60,6 @@ class EngineConfig:
             reap_interval=settings.ORCHESTRATOR_REAP_INTERVAL_SECONDS,
             grace_seconds=settings.ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS,
         )
-
-
-def snapshot(request: InferenceRequest) -> RequestSnapshot:
-    params = request.params
-    return RequestSnapshot(
-        id=request.pk,
-        attempt=request.attempt,
-        prompt=request.prompt,
-        session_id=request.session_id,
-        backend=request.backend,
-        metadata=request.metadata,
-        created_at=request.created_at,
-        api_key_id=request.api_key_id,
-        rag=params.get("rag") or {},
-        params=GenerationParams(
-            max_tokens=params.get("max_tokens", settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS),
-            temperature=params.get("temperature", 0.7),
-            top_p=params.get("top_p", 1.0),
-            stop=params.get("stop", []),
-        ),
-    )
 
 
 def record_timeline(request: InferenceRequest, ctx: PipelineContext) -> None:
@@ -114,14 +87,13 @@ class Engine:
     # --- lifecycle -----------------------------------------------------------
     async def run(self) -> None:
         """Claim and run requests until :meth:`stop`."""
-        global _current
-        _current = self
         layer = get_channel_layer()
         self.control_channel = await layer.new_channel("worker")
         logger.info("pipeline engine %s up (control %s)", self.identity, self.control_channel)
         loops = [
             asyncio.create_task(self._claim_loop()),
-            asyncio.create_task(self._control_loop()),
+            asyncio.create_task(self._listen(settings.PIPELINE_CHANNEL, self._on_doorbell)),
+            asyncio.create_task(self._listen(self.control_channel, self._on_control)),
             asyncio.create_task(self._reap_loop()),
         ]
         try:
@@ -130,8 +102,6 @@ class Engine:
             for loop in loops:
                 loop.cancel()
             await asyncio.gather(*loops, return_exceptions=True)
-            if _current is self:
-                _current = None
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop claiming, let in-flight requests finish within the grace period,
@@ -146,10 +116,6 @@ class Engine:
         for request_id, _task in list(self._running.items()):
             self._interrupt(request_id, "shutdown")
         await asyncio.gather(*self._running.values(), return_exceptions=True)
-
-    def notify_work(self) -> None:
-        """The doorbell rang: a pending request may be waiting."""
-        self._wakeup.set()
 
     @property
     def in_flight(self) -> int:
@@ -203,20 +169,29 @@ class Engine:
         self._stop_reasons.pop(request_id, None)
         self._slots.release()
 
-    # --- control: cancellation from the API --------------------------------------
-    async def _control_loop(self) -> None:
+    # --- listening: the doorbell and cancellations from the API ---------------------
+    async def _listen(self, channel: str, handle: Callable[[dict[str, Any]], None]) -> None:
+        """Hand each message on ``channel`` to ``handle``. While the layer is down
+        (Redis restarting) nothing is lost that matters: the claim loop polls and
+        heartbeats find cancelled rows; listen again shortly."""
         layer = get_channel_layer()
         while True:
             try:
-                message = await layer.receive(self.control_channel)
+                message = await layer.receive(channel)
             except Exception:
-                # Redis restarting: cancels still arrive through the heartbeat
-                # (it finds the row cancelled); listen again shortly.
-                logger.warning("control channel unavailable; retrying", exc_info=True)
+                logger.warning("channel %s unavailable; retrying", channel, exc_info=True)
                 await asyncio.sleep(LAYER_RETRY_SECONDS)
                 continue
-            if message.get("type") == events.REQUEST_CANCEL:
-                self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
+            handle(message)
+
+    def _on_doorbell(self, message: dict[str, Any]) -> None:
+        """A pending request may be waiting (the shared ``pipeline`` channel: one
+        listening engine gets each ring)."""
+        self._wakeup.set()
+
+    def _on_control(self, message: dict[str, Any]) -> None:
+        if message.get("type") == events.REQUEST_CANCEL:
+            self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
 
     def _interrupt(self, request_id: uuid.UUID, reason: str) -> None:
         task = self._running.get(request_id)
@@ -260,7 +235,7 @@ class Engine:
             max_tokens=settings.ORCHESTRATOR_CHUNK_BATCH_TOKENS,
             max_delay=settings.ORCHESTRATOR_CHUNK_BATCH_SECONDS,
         )
-        ctx = PipelineContext(request=snapshot(request), sink=writer)
+        ctx = PipelineContext(request=RequestSnapshot.from_request(request), sink=writer)
         try:
             ctx = await run_stages(ctx, configured_stages())
         except LeaseLost:

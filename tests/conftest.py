@@ -8,21 +8,16 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from channels.db import database_sync_to_async
-from channels.layers import channel_layers
 from django.core.cache import cache
 
-from inference import limits, services
-from inference.consumers import open_streams
+from harness.processes import embedded_env, run_manage, serving
+from inference import services
 from inference.models import InferenceRequest
 from inference.serializers import REQUEST_PARAMS
 from inference.streaming import wait_until_finished
-from pipeline import events
-from pipeline.backends import reset_backends
+from orchestrator_site import state
 from pipeline.host import PipelineHost
-from pipeline.resilience import reset_breakers
-from pipeline.stages import configured_stages
 from pipeline.worker import Engine, EngineConfig
-from harness.processes import embedded_env, run_manage, serving
 
 TEST_BACKENDS = {
     "echo": {"class": "pipeline.backends.echo.EchoBackend", "options": {}},
@@ -66,14 +61,8 @@ def fresh_process_state() -> Iterator[None]:
     """In-memory layers are bound to one event loop; backends to one settings."""
 
     def reset() -> None:
-        channel_layers.backends.clear()
-        reset_backends()
-        reset_breakers()
-        configured_stages.cache_clear()
+        state.reset()
         cache.clear()
-        limits.reset()
-        events.submitted = events.CoalescingDoorbell()  # its timer belongs to one loop
-        open_streams.counts.clear()
 
     reset()
     yield

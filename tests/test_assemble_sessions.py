@@ -10,8 +10,9 @@ from django.utils import timezone
 
 from inference import services
 from inference.models import InferenceRequest
+from pipeline.context import RequestSnapshot
 from pipeline.stages.assemble import earlier_turns, fit_to_budget, system_message
-from pipeline.worker import Engine, snapshot
+from pipeline.worker import Engine
 from tests.conftest import asubmit, finished
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -86,10 +87,10 @@ def test_the_first_turn_of_a_server_named_session_looks_up_no_history(
 ) -> None:
     request = services.submit_request(services.Submission(prompt="hello"), ring=False)[0]
     with django_assert_num_queries(0):
-        assert earlier_turns(snapshot(request)) == []
+        assert earlier_turns(RequestSnapshot.from_request(request)) == []
     request.session_id = "chosen-by-the-client"
     with django_assert_num_queries(1):
-        assert earlier_turns(snapshot(request)) == []
+        assert earlier_turns(RequestSnapshot.from_request(request)) == []
 
 
 async def test_a_long_session_is_trimmed_to_the_budget(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]

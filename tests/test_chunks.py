@@ -29,7 +29,7 @@ async def test_a_full_batch_is_written_at_once(monkeypatch) -> None:  # type: ig
     async def record(request_id, attempt, last_seq):  # type: ignore[no-untyped-def]
         events.append(last_seq)
 
-    monkeypatch.setattr("pipeline.events.notify_chunks", record)
+    monkeypatch.setattr("inference.events.notify_chunks", record)
     writer = ChunkWriter(await claimed(), max_tokens=3, max_delay=60)
     for token in "abcdefgh":
         await writer.write(token)
@@ -70,7 +70,7 @@ async def test_writing_after_the_lease_is_lost_raises() -> None:
 
 async def test_a_burst_of_submits_rings_the_doorbell_twice(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Once at its start and once after its end: no submit is left unannounced."""
-    from pipeline import events
+    from inference import events
 
     rings = []
 

@@ -8,7 +8,7 @@ import logging
 import pytest
 from channels.testing import HttpCommunicator
 
-from orchestrator_site.logs import REQUEST_ID, JsonFormatter, RequestIdMiddleware
+from inference.logs import REQUEST_ID, JsonFormatter, RequestIdMiddleware
 from pipeline.worker import Engine
 from tests.conftest import asubmit, finished
 

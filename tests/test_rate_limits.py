@@ -15,7 +15,7 @@ from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import Client
 
-from inference import limits
+from inference import admission, counters
 from inference.auth import Caller
 from inference.routing import websocket_urlpatterns
 from tests.conftest import submit
@@ -90,7 +90,7 @@ def test_in_flight_slots_are_per_key_and_freed_by_finishing(client: Client, sett
 
 
 def test_the_memory_store_counts_atomically_under_threads() -> None:
-    store = limits.MemoryStore()
+    store = counters.MemoryStore()
     allowed = []
 
     def take() -> None:
@@ -110,10 +110,10 @@ def test_limits_fail_open_when_redis_is_unreachable(settings) -> None:  # type: 
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
     settings.ORCHESTRATOR_REQUESTS_PER_MINUTE = 1
     settings.ORCHESTRATOR_MAX_IN_FLIGHT = 1
-    limits.reset()
+    admission.reset()
     caller = Caller(ip="10.1.1.1")
-    assert limits.check_rate(caller) is None
-    assert limits.take_in_flight(caller, uuid.uuid4(), 9e9) is None
+    assert admission.check_rate(caller) is None
+    assert admission.take_in_flight(caller, uuid.uuid4(), 9e9) is None
     assert submit().status == "pending"
 
 

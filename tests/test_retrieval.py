@@ -7,8 +7,8 @@ import pytest
 from django.core.management import call_command
 
 from inference import services
-from inference.models import Document, DocumentChunk
-from pipeline.retrieval import chunk_text, get_retriever, query_terms
+from inference.models import Document, DocumentChunk, chunk_text
+from pipeline.retrieval import get_retriever, query_terms
 from tests import retrieval_cases
 from tests.retrieval_cases import CORPUS
 

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from channels.layers import get_channel_layer
 
+from inference import events as pipeline_events
 from inference.models import InferenceRequest
-from pipeline import events as pipeline_events
 from pipeline.worker import Engine
 from tests.conftest import asubmit, finished
 from tests.sse import SSEClient, seqs_of, text_of

@@ -60,7 +60,7 @@ async def test_a_request_whose_doorbell_was_lost_still_runs(engine: Engine, monk
     async def lost(*args, **kwargs):  # type: ignore[no-untyped-def]
         return None
 
-    monkeypatch.setattr("pipeline.events.ring_doorbell", lost)
+    monkeypatch.setattr("inference.events.ring_doorbell", lost)
     request = await asubmit("nobody rang")
     assert (await finished(request.pk)).status == "completed"
 

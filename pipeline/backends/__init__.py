@@ -11,6 +11,7 @@ from functools import cache
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from inference.models import backend_names
 from pipeline.backends.base import Backend, BackendError, GenerationParams, Usage
 
 __all__ = [
@@ -22,10 +23,6 @@ __all__ = [
     "fallback_chain",
     "get_backend",
 ]
-
-
-def backend_names() -> list[str]:
-    return sorted(settings.ORCHESTRATOR_BACKENDS)
 
 
 @cache

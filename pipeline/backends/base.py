@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.conf import settings
 
 
 class BackendError(Exception):
@@ -26,10 +29,17 @@ class BackendError(Exception):
 
 @dataclass
 class GenerationParams:
-    max_tokens: int = 256
+    """Sampling options; the defaults here are the ones every request gets."""
+
+    max_tokens: int = field(default_factory=lambda: settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS)
     temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> GenerationParams:
+        """From a request's stored ``params`` (the ones a client left out get the defaults)."""
+        return cls(**{f.name: params[f.name] for f in fields(cls) if f.name in params})
 
 
 @dataclass

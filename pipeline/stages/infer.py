@@ -6,7 +6,7 @@ from contextlib import aclosing
 
 from django.conf import settings
 
-from pipeline import metrics
+from inference import metrics
 from pipeline.backends import Backend, BackendError, fallback_chain
 from pipeline.context import PipelineContext
 from pipeline.resilience import CircuitBreaker, backoff_seconds, breaker_for

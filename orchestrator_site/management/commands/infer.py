@@ -10,8 +10,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from inference import services
+from inference.models import Transport, backend_names
 from inference.streaming import Finished, Reset, Token, follow
-from pipeline.backends import backend_names
 from pipeline.host import PipelineHost
 
 
@@ -50,7 +50,7 @@ class Command(BaseCommand):
             session_id=options["session"],
             backend=options["backend"],
             params=params,
-            transport="cli",
+            transport=Transport.CLI,
         )
         request, _ = await database_sync_to_async(services.submit_request)(submission)
         self.stderr.write(f"request {request.pk} submitted")

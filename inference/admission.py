@@ -1,0 +1,303 @@
+"""Admission: every "no" the service says before it does the work, in one place.
+
+Who may call (``inference.auth`` decides, and refuses with a ``Refusal``); how
+often (requests per minute per caller); how much at once (requests in flight and
+open streams per caller, WebSocket messages per second); and whether the system
+can take more (the pending-queue cap).
+
+Every refusal is one type, ``Refusal`` (status, code, message, retry_after,
+quota), rendered by one function per transport: REST in
+``inference.errors.api_exception_handler``, SSE in ``inference.sse``, the
+WebSocket in ``inference.consumers``. Its ``headers()`` are the IETF
+``RateLimit-Policy`` / ``RateLimit`` headers (draft-ietf-httpapi-ratelimit-headers),
+OpenAI-style ``x-ratelimit-*`` ones and ``Retry-After``.
+
+Counts are shared by every web process (``inference.counters``: Redis when
+scaled). If Redis is unreachable the limits fail open: losing rate limiting for a
+minute beats refusing every request.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+import redis
+from django.conf import settings
+from django.utils import timezone
+
+from inference import counters, metrics
+from inference.models import ACTIVE_STATUSES, InferenceRequest, Status
+
+if TYPE_CHECKING:
+    from inference.auth import Caller
+
+logger = logging.getLogger(__name__)
+
+WINDOW_SECONDS = 60
+# Seconds a client should wait before retrying while the database is unreachable.
+DATABASE_RETRY_AFTER = 5
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One policy's state after a check."""
+
+    policy: str  # "requests" (per minute), "in_flight" or "streams"
+    limit: int
+    remaining: int
+    reset: int  # seconds until the window restarts / a slot may free up
+    allowed: bool
+    window: int | None = None  # seconds; None for a concurrency policy
+
+
+def quota_headers(quotas: Iterable[Quota]) -> dict[str, str]:
+    quotas = list(quotas)
+    if not quotas:
+        return {}
+    policies = ", ".join(
+        f'"{q.policy}";q={q.limit}' + (f";w={q.window}" if q.window else "") for q in quotas
+    )
+    tightest = min(quotas, key=lambda q: (q.allowed, q.remaining))
+    headers = {
+        "RateLimit-Policy": policies,
+        "RateLimit": f'"{tightest.policy}";r={max(tightest.remaining, 0)};t={tightest.reset}',
+    }
+    for quota in quotas:
+        if quota.policy == "requests":
+            headers["x-ratelimit-limit-requests"] = str(quota.limit)
+            headers["x-ratelimit-remaining-requests"] = str(max(quota.remaining, 0))
+            headers["x-ratelimit-reset-requests"] = f"{quota.reset}s"
+    return headers
+
+
+class Refusal(Exception):
+    """The service will not do this now (429, 503: ``retry_after`` says when to
+    come back) or at all for this caller (401, 403, 404)."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        retry_after: int | None = None,
+        quota: Quota | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.retry_after = retry_after
+        self.quota = quota
+
+    @classmethod
+    def database_unavailable(cls, advice: str = "retry later") -> Refusal:
+        message = f"The database is unavailable; {advice}."
+        return cls(503, "service_unavailable", message, retry_after=DATABASE_RETRY_AFTER)
+
+    def headers(self, quotas: Iterable[Quota] = ()) -> dict[str, str]:
+        """Its HTTP headers; ``quotas`` are the call's other quotas (REST)."""
+        headers = quota_headers([*quotas, *([self.quota] if self.quota else [])])
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
+        if self.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="api"'
+        return headers
+
+
+# --- calls: who, and how often -----------------------------------------------------
+
+
+def admit_call(caller: Caller) -> Quota | None:
+    """Refuse a caller without access, or over its per-minute rate (a stream or
+    a socket opening); else the rate quota (None: unlimited)."""
+    if caller.refused is not None:
+        raise caller.refused
+    return count_call(caller)
+
+
+def count_call(caller: Caller) -> Quota | None:
+    """Count one call (a REST call, a WebSocket submit) against the caller's
+    per-minute rate and refuse it when over; else the quota (None: unlimited)."""
+    quota = check_rate(caller)
+    if quota is not None and not quota.allowed:
+        message = f"Rate limit exceeded: too many requests this minute; retry in {quota.reset} s."
+        raise Refusal(429, "rate_limit_exceeded", message, retry_after=quota.reset, quota=quota)
+    return quota
+
+
+def check_rate(caller: Caller) -> Quota | None:
+    """Count one request against the caller's per-minute limit (None: unlimited)."""
+    limit = caller.limit("requests_per_minute")
+    if not limit:
+        return None
+    now = time.time()
+    try:
+        count = counters.store().hit(caller.identity, WINDOW_SECONDS, now)
+    except redis.RedisError as exc:
+        logger.warning("rate limit store unavailable, not limiting: %s", exc)
+        return None
+    reset = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+    return Quota("requests", limit, limit - count, reset, count <= limit, WINDOW_SECONDS)
+
+
+# --- submissions: can the system and the caller take one more -------------------------
+
+
+def admit_submission(caller: Caller, request_id: uuid.UUID, deadline: datetime) -> None:
+    """Refuse work the system cannot take: a full queue (503; a soft cap, counted
+    before the insert) or a caller with all its in-flight slots taken (429; an
+    atomic reservation, held until the request finishes or its deadline)."""
+    try:
+        _admit_submission(caller, request_id, deadline)
+    except Refusal as refusal:
+        metrics.REFUSED.labels(refusal.code).inc()
+        raise
+
+
+def _admit_submission(caller: Caller, request_id: uuid.UUID, deadline: datetime) -> None:
+    cap = settings.ORCHESTRATOR_MAX_PENDING
+    if cap and (pending := pending_count()) >= cap:
+        message = f"The queue is full ({pending} waiting)."
+        raise Refusal(503, "queue_full", message, retry_after=backlog_retry_after(pending))
+    quota = take_in_flight(caller, request_id, deadline.timestamp())
+    if quota is not None and not quota.allowed:
+        retry_after = backlog_retry_after(quota.limit)
+        message = f"You have {quota.limit} requests in flight, the limit; wait for one to finish."
+        quota = dataclasses.replace(quota, reset=retry_after)
+        raise Refusal(429, "too_many_in_flight", message, retry_after=retry_after, quota=quota)
+
+
+def backlog_retry_after(waiting: int) -> int:
+    """Seconds until ``waiting`` requests drain at the last minute's completion rate."""
+    since = timezone.now() - timedelta(seconds=60)
+    per_second = InferenceRequest.objects.filter(finished_at__gte=since).count() / 60
+    return int(min(max(waiting / per_second if per_second else 60, 1), 120))
+
+
+class PendingCount:
+    """Pending requests, counted at most every ``ORCHESTRATOR_PENDING_COUNT_SECONDS``
+    per process: the queue cap is soft, and a COUNT per submit was a tenth of its
+    cost. (Overshoot: about submits/s x that many seconds.)"""
+
+    def __init__(self) -> None:
+        self.seen: tuple[float, int] = (-1e9, 0)  # (when, how many)
+
+    def __call__(self) -> int:
+        seen_at, pending = self.seen
+        now = time.monotonic()
+        if now - seen_at >= settings.ORCHESTRATOR_PENDING_COUNT_SECONDS:
+            pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
+            self.seen = (now, pending)
+        return pending
+
+
+pending_count = PendingCount()
+
+
+def take_in_flight(caller: Caller, request_id: uuid.UUID, expires: float) -> Quota | None:
+    """Hold one of the caller's in-flight slots for a new request until it finishes
+    (or its deadline, ``expires``). Slots of finished requests are given back when
+    the caller's slots look full: no hook in the worker has to remember to."""
+    limit = caller.limit("max_in_flight")
+    if not limit:
+        return None
+    now = time.time()
+    store = counters.store()
+    try:
+        held = store.take_slot(caller.identity, str(request_id), limit, expires, now)
+        if held < 0 and _free_finished(caller.identity):
+            held = store.take_slot(caller.identity, str(request_id), limit, expires, now)
+    except redis.RedisError as exc:
+        logger.warning("rate limit store unavailable, not limiting: %s", exc)
+        return None
+    if held < 0:
+        return Quota("in_flight", limit, 0, 1, False)
+    return Quota("in_flight", limit, limit - held, 0, True)
+
+
+def release_in_flight(caller: Caller, request_id: uuid.UUID) -> None:
+    """Give a slot back (a submit that did not store its row)."""
+    try:
+        counters.store().free_slots(caller.identity, [str(request_id)])
+    except redis.RedisError:
+        pass  # the slot expires with the request's deadline
+
+
+def _free_finished(bucket: str) -> bool:
+    """Drop the slots of requests that are no longer pending or processing.
+    Slots whose row is not committed yet are kept (another process is storing it)."""
+    members = counters.store().slots(bucket)
+    ids = [uuid.UUID(member) for member in members]
+    finished = (
+        InferenceRequest.objects.filter(pk__in=ids)
+        .exclude(status__in=ACTIVE_STATUSES)
+        .values_list("pk", flat=True)
+    )
+    done = [str(pk) for pk in finished]
+    counters.store().free_slots(bucket, done)
+    return bool(done)
+
+
+# --- connections: open streams and WebSocket messages ------------------------------------
+
+
+class OpenStreams:
+    """Streams (SSE and WebSockets) each caller holds open in this process."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def open(self, caller: Caller) -> None:
+        limit = settings.ORCHESTRATOR_MAX_STREAMS
+        held = self.counts.get(caller.identity, 0)
+        if limit and not caller.staff and held >= limit:
+            message = f"Too many open streams ({held}, the limit); close one first."
+            quota = Quota("streams", limit, 0, 1, allowed=False)
+            raise Refusal(429, "too_many_streams", message, retry_after=1, quota=quota)
+        self.counts[caller.identity] = held + 1
+
+    def close(self, caller: Caller) -> None:
+        held = self.counts.get(caller.identity, 0) - 1
+        if held > 0:
+            self.counts[caller.identity] = held
+        else:
+            self.counts.pop(caller.identity, None)
+
+
+open_streams = OpenStreams()
+
+
+class MessageRate:
+    """A WebSocket's messages per second: ``rate`` a second, in bursts of up to
+    ``rate`` (a token bucket; 0: unlimited)."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.tokens = float(rate)
+        self.updated = time.monotonic()
+
+    def admit(self) -> None:
+        """Take one message's token, or refuse the message."""
+        if not self.rate:
+            return
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens < 1:
+            message = f"More than {self.rate} messages per second; this one was dropped."
+            raise Refusal(429, "rate_limit_exceeded", message, retry_after=1)
+        self.tokens -= 1
+
+
+def reset() -> None:
+    """Forget this process's admission state (``orchestrator_site.state.reset``)."""
+    counters.reset()
+    pending_count.seen = (-1e9, 0)
+    open_streams.counts.clear()

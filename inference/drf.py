@@ -1,0 +1,93 @@
+"""Django REST framework's hooks into auth and admission (``REST_FRAMEWORK`` in
+settings names them): the key authentication, the permissions, the per-call rate
+throttle and the RateLimit headers of every response.
+
+A refusal is raised as the one ``admission.Refusal``; ``inference.errors``
+renders it. The quotas an allowed call used ride on the view (DRF makes one view
+per request and hands it to throttles and to the exception handler).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser
+from rest_framework import authentication, exceptions, permissions
+from rest_framework.request import Request
+from rest_framework.throttling import BaseThrottle
+
+from inference import admission
+from inference.admission import Quota, Refusal
+from inference.auth import Caller, caller_for, presented_key, verify_key
+from inference.models import ApiKey
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+
+    def authenticate(self, request: Request) -> tuple[Any, ApiKey] | None:
+        try:
+            raw = presented_key(request.headers)
+            if raw is None:
+                return None
+            key = verify_key(raw)
+        except Refusal as failed:  # DRF's contract for authenticators
+            raise exceptions.AuthenticationFailed(failed.message, failed.code) from None
+        return AnonymousUser(), key
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="api"'
+
+
+def caller_of(request: Request) -> Caller:
+    """The caller of a DRF request (cached on it: views and throttles share it)."""
+    cached = getattr(request, "_caller", None)
+    if cached is None:
+        key = request.auth if isinstance(request.auth, ApiKey) else None
+        cached = caller_for(key, request.user, request.META.get("REMOTE_ADDR") or None)
+        setattr(request, "_caller", cached)  # noqa: B010  (DRF's Request has no slot for it)
+    return cached
+
+
+class IsPermittedCaller(permissions.BasePermission):
+    """A key or a staff session (anyone while auth is not required)."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        refused = caller_of(request).refused
+        if refused is not None:
+            raise refused
+        return True
+
+
+class CanManageDocuments(permissions.BasePermission):
+    """Reading the shared document store is open to callers; changing it is not."""
+
+    message = "This key may not change the document store."
+    code = "forbidden"
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in permissions.SAFE_METHODS:
+            return True
+        return caller_of(request).may_manage_documents
+
+
+class CallerRateThrottle(BaseThrottle):
+    """Counts every API call against the caller's per-minute rate."""
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        quota = admission.count_call(caller_of(request))  # raises the 429
+        view.quotas = [quota] if quota else []
+        return True
+
+
+class QuotaHeadersMixin:
+    """Adds the caller's RateLimit headers to every response of an API view
+    (a refusal's response already has its own and the call's)."""
+
+    quotas: list[Quota] = []
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
+        for name, value in admission.quota_headers(self.quotas).items():
+            response.setdefault(name, value)
+        return response
