@@ -62,6 +62,9 @@ class FakeLLMServer:
     async def _respond(self, writer, scenario: str, flavour: str, body: dict) -> None:  # type: ignore[no-untyped-def]
         if scenario == "500" or (scenario == "500-once" and self.calls[scenario] == 1):
             return await _plain(writer, 500, {"error": {"message": "boom", "type": "server_error"}})
+        if scenario == "401":  # with account details a caller must never see
+            message = "Incorrect API key for organization org-SECRET123, project proj_456."
+            return await _plain(writer, 401, {"error": {"message": message}})
         if scenario == "429-once" and self.calls[scenario] == 1:
             return await _plain(
                 writer, 429, {"error": {"message": "slow down"}}, {"retry-after": "0.1"}

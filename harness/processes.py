@@ -25,6 +25,7 @@ OPEN_ACCESS = {
     "ORCHESTRATOR_MAX_IN_FLIGHT": "0",
     "ORCHESTRATOR_MAX_STREAMS": "0",
     "ORCHESTRATOR_WS_MESSAGES_PER_SECOND": "0",
+    "ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE": "0",
 }
 
 
@@ -114,12 +115,16 @@ def embedded_env(data_dir: Path, **overrides: str) -> dict[str, str]:
 
 @contextmanager
 def serving(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
-    """A migrated database and a server process on a free port (``manage.py serve``
-    unless ``command`` names another); yields its base URL, stops it after."""
+    """A migrated database and a server process on a free port: ``manage.py
+    serve`` (with ``command`` as its options), or ``runserver`` if ``command``
+    starts with it; yields its base URL, stops it after."""
     run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
-    args = command or ("serve", "--port")
-    server = manage(*args, f"127.0.0.1:{port}" if command else str(port), env=env, log=log)
+    if command[:1] == ("runserver",):
+        args = [*command, f"127.0.0.1:{port}"]
+    else:
+        args = ["serve", *command, "--port", str(port)]
+    server = manage(*args, env=env, log=log)
     with running(server):
         wait_until_serving(f"http://127.0.0.1:{port}", server)
         yield f"http://127.0.0.1:{port}"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -11,6 +12,7 @@ from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from inference import services
+from inference.admission import Refusal
 from inference.models import (
     ApiKey,
     Document,
@@ -23,6 +25,11 @@ from inference.models import (
 )
 
 STAGES = ("rag", "assemble", "inference", "post", "stream")
+
+
+def json_display(value: Any) -> str:
+    """A JSON field as ASCII JSON: a stored lone surrogate cannot break the page."""
+    return format_html('<pre style="white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2))
 
 
 class BackendFilter(admin.SimpleListFilter):
@@ -87,15 +94,16 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "session_id",
         "status",
         "prompt",
-        "metadata",
+        "metadata_display",
         "priority",
         "transport",
         "backend",
         "backend_used",
-        "params",
+        "params_display",
         "result",
         "error",
         "error_code",
+        "error_detail",
         "attempt",
         "max_attempts",
         "lease_owner",
@@ -114,7 +122,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "idempotency_key",
         "client_ip",
     )
-    exclude = ("timings", "passages", "messages")
+    exclude = ("timings", "passages", "messages", "metadata", "params")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -128,6 +136,14 @@ class InferenceRequestAdmin(admin.ModelAdmin):
             return queryset.filter(pk=uuid.UUID(search_term.strip())), False
         except ValueError:
             return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="metadata")
+    def metadata_display(self, obj: InferenceRequest) -> str:
+        return json_display(obj.metadata)
+
+    @admin.display(description="params")
+    def params_display(self, obj: InferenceRequest) -> str:
+        return json_display(obj.params)
 
     @admin.display(description="retrieved passages")
     def passages_display(self, obj: InferenceRequest) -> str:
@@ -187,7 +203,11 @@ class InferenceRequestAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry selected finished requests (as new requests)")
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[InferenceRequest]) -> None:
-        retried = [services.retry_request(row.pk) for row in queryset]
+        try:
+            retried = [services.retry_request(row.pk) for row in queryset]
+        except Refusal as refusal:  # the owner's in-flight limit, a full queue
+            self.message_user(request, f"Not resubmitted: {refusal.message}", messages.ERROR)
+            return
         count = sum(row is not None for row in retried)
         self.message_user(request, f"Resubmitted {count} request(s).", messages.SUCCESS)
 

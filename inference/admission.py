@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
+from django.db import DatabaseError, DataError, IntegrityError
 from django.utils import timezone
 
 from inference import counters, metrics
@@ -97,7 +98,16 @@ class Refusal(Exception):
         self.quota = quota
 
     @classmethod
-    def database_unavailable(cls, advice: str = "retry later") -> Refusal:
+    def from_database(cls, exc: DatabaseError, advice: str = "retry later") -> Refusal:
+        """A database error as its client sees it: data the database will not take
+        (400, 409: never an outage), or the database out of reach (503, retry)."""
+        if isinstance(exc, DataError):
+            logger.warning("the database refused the data: %s", exc)
+            return cls(400, "invalid_data", "The database cannot store this data.")
+        if isinstance(exc, IntegrityError):
+            logger.warning("the data conflicts with stored rows: %s", exc)
+            return cls(409, "conflict", "This conflicts with stored data; it was not done.")
+        logger.warning("database unavailable: %s", exc)
         message = f"The database is unavailable; {advice}."
         return cls(503, "service_unavailable", message, retry_after=DATABASE_RETRY_AFTER)
 
@@ -118,8 +128,28 @@ def admit_call(caller: Caller) -> Quota | None:
     """Refuse a caller without access, or over its per-minute rate (a stream or
     a socket opening); else the rate quota (None: unlimited)."""
     if caller.refused is not None:
-        raise caller.refused
+        raise unauthenticated(caller.ip, caller.refused)
     return count_call(caller)
+
+
+def unauthenticated(ip: str | None, refusal: Refusal) -> Refusal:
+    """The answer to a call without a usable key: ``refusal`` itself (401), or a
+    429 once its address has had ``ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE`` such
+    calls this minute, so a flood without a key is bounded like one with."""
+    limit = settings.ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE
+    if refusal.status != 401 or not limit:
+        return refusal
+    now = time.time()
+    try:
+        count = counters.store().hit(f"unauthenticated:{ip or 'unknown'}", WINDOW_SECONDS, now)
+    except redis.RedisError:
+        return refusal
+    if count <= limit:
+        return refusal
+    reset = max(1, math.ceil(WINDOW_SECONDS - now % WINDOW_SECONDS))
+    quota = Quota("unauthenticated", limit, 0, reset, False, WINDOW_SECONDS)
+    message = f"Too many calls without a valid key from this address; retry in {reset} s."
+    return Refusal(429, "rate_limit_exceeded", message, retry_after=reset, quota=quota)
 
 
 def count_call(caller: Caller) -> Quota | None:

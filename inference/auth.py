@@ -15,14 +15,20 @@ travels in a URL.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core import signing
+from django.db import DatabaseError
 
+from inference import admission
 from inference.admission import Refusal
 from inference.models import ApiKey, InferenceRequest, InferenceRequestQuerySet
 
@@ -37,10 +43,17 @@ def unauthenticated(message: str, code: str) -> Refusal:
 @dataclass(frozen=True)
 class Caller:
     key: ApiKey | None = None
-    staff: bool = False
+    # A staff session's user and its model permissions: the API grants staff
+    # exactly what the admin grants them.
+    user: Any = None
+    perms: frozenset[str] = frozenset()
     ip: str | None = None
     # A non-staff session user, or an anonymous caller while auth is required.
     refused: Refusal | None = None
+
+    @property
+    def staff(self) -> bool:
+        return self.user is not None
 
     @property
     def identity(self) -> str:
@@ -51,17 +64,33 @@ class Caller:
     def key_prefix(self) -> str | None:
         return self.key.prefix if self.key else None
 
+    def require(self, action: str, model: str = "inferencerequest") -> None:
+        """A staff session needs the model permission the admin would want
+        (``view``, ``add``, ``change``, ``delete``); keys have their own rules."""
+        perm = f"inference.{action}_{model}"
+        if self.staff and perm not in self.perms:
+            raise Refusal(403, "forbidden", f"This account lacks the {perm} permission.")
+
     def requests(self) -> InferenceRequestQuerySet:
-        """The requests this caller may see: staff all, everyone else their own."""
+        """The requests this caller may see: staff (who may view them) all,
+        everyone else their own."""
         if self.staff:
+            self.require("view")
             return InferenceRequest.objects.all()
         return InferenceRequest.objects.owned_by(self.key_prefix)
 
-    @property
-    def may_manage_documents(self) -> bool:
+    def may_change_documents(self, action: str) -> bool:
+        """``add`` or ``delete`` in the shared document store."""
         if self.key is not None:
             return self.key.can_manage_documents
-        return self.staff or not settings.ORCHESTRATOR_AUTH_REQUIRED
+        if self.staff:
+            return f"inference.{action}_document" in self.perms
+        return not settings.ORCHESTRATOR_AUTH_REQUIRED
+
+    def priority(self, asked: int) -> int:
+        """The priority a request asking for ``asked`` gets: a key's ceiling clamps it."""
+        ceiling = self.key.max_priority if self.key else None
+        return asked if ceiling is None else min(asked, ceiling)
 
     def limit(self, name: str) -> int:
         """A per-key override of a server default (``requests_per_minute``,
@@ -108,7 +137,7 @@ def caller_for(key: ApiKey | None, user: Any, ip: str | None) -> Caller:
     if key is not None:
         return Caller(key=key, ip=ip)
     if user is not None and user.is_authenticated and user.is_active and user.is_staff:
-        return Caller(staff=True, ip=ip)
+        return Caller(user=user, perms=frozenset(user.get_all_permissions()), ip=ip)
     refused: Refusal | None = None
     if settings.ORCHESTRATOR_AUTH_REQUIRED:
         if user is not None and user.is_authenticated:
@@ -125,12 +154,21 @@ def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def authenticate_scope(scope: Mapping[str, Any]) -> Caller:
-    """The caller of a WebSocket or SSE connection (the session user comes from
-    Channels' AuthMiddleware). Raises Refusal for a bad key."""
-    raw = presented_key(scope_headers(scope))
-    key = verify_key(raw) if raw else None
+def authenticate_scope(
+    scope: Mapping[str, Any], token: str | None = None, request_id: uuid.UUID | None = None
+) -> Caller:
+    """The caller of a WebSocket or SSE connection: a stream ``token`` for
+    ``request_id`` (SSE from a browser), else a key header or the session user
+    (from Channels' AuthMiddleware). Raises a 401 Refusal for a bad credential
+    (a 429 for an address that keeps sending them)."""
     client = scope.get("client") or [None]
+    try:
+        if token is not None and request_id is not None:
+            return verify_stream_token(token, request_id)
+        raw = presented_key(scope_headers(scope))
+        key = verify_key(raw) if raw else None
+    except Refusal as refusal:
+        raise admission.unauthenticated(client[0], refusal) from None
     return caller_for(key, scope.get("user"), client[0])
 
 
@@ -165,3 +203,76 @@ def verify_stream_token(token: str, request_id: uuid.UUID) -> Caller:
             "The key behind this stream token is no longer valid.", "api_key_revoked"
         )
     return Caller(key=key)
+
+
+# --- the credential of an open connection ----------------------------------------
+
+
+# When each credential last passed ``recheck`` in this process (monotonic seconds).
+_verified: dict[str, float] = {}
+
+
+def recheck(caller: Caller, max_age: float = 0) -> None:
+    """Refuse a connection's caller whose key was revoked, expired or deleted
+    (or whose staff account was disabled) since it connected. Sockets ask before
+    each message (``max_age`` 0); idle connections every
+    ``ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS``, sharing one answer per
+    credential per process for that long, so 10,000 sockets cost one query."""
+    if not (caller.key or caller.staff):
+        return
+    name = caller.identity if caller.key else f"user:{caller.user.pk}"
+    if max_age and time.monotonic() - _verified.get(name, -1e9) < max_age:
+        return
+    _verified.pop(name, None)
+    if caller.key is not None:
+        _recheck_key(caller.key.prefix)
+    elif not staff_users().filter(pk=caller.user.pk).exists():
+        raise Refusal(403, "forbidden", "This account is no longer staff.")
+    _verified[name] = time.monotonic()
+
+
+def staff_users() -> Any:
+    return get_user_model().objects.filter(is_active=True, is_staff=True)
+
+
+def _recheck_key(prefix: str) -> None:
+    key = ApiKey.objects.filter(prefix=prefix).first()
+    if key is None:
+        raise unauthenticated("This API key no longer exists.", "api_key_revoked")
+    if key.revoked:
+        raise unauthenticated("This API key has been revoked.", "api_key_revoked")
+    if key.has_expired:
+        raise unauthenticated("This API key has expired.", "api_key_expired")
+
+
+class ConnectionTerm:
+    """How long an open SSE stream or WebSocket may go on: while its caller's
+    credential holds (re-checked every ``ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS``)
+    and until its lifetime, ``ORCHESTRATOR_CONNECTION_MAX_SECONDS``, ends."""
+
+    def __init__(self, caller: Caller) -> None:
+        self.caller = caller
+        self.interval = settings.ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS
+        now = time.monotonic()
+        self.next_check = now + self.interval
+        self.ends = now + settings.ORCHESTRATOR_CONNECTION_MAX_SECONDS
+
+    def seconds_to_next_check(self) -> float:
+        return max(0.0, min(self.next_check, self.ends) - time.monotonic())
+
+    async def check(self) -> None:
+        """Raise a Refusal once the term is over: 401/403 when the credential no
+        longer holds, 408 at the end of the lifetime (reconnect and resume)."""
+        now = time.monotonic()
+        if now >= self.ends:
+            raise Refusal(408, "connection_lifetime", "The connection reached its lifetime.")
+        if now < self.next_check:
+            return
+        self.next_check = now + self.interval
+        with contextlib.suppress(DatabaseError):  # an outage is not a revocation
+            await database_sync_to_async(recheck)(self.caller, self.interval)
+
+
+def reset() -> None:
+    """Forget the re-check answers (``orchestrator_site.state.reset``)."""
+    _verified.clear()

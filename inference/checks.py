@@ -44,7 +44,29 @@ def check_production_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
                 id="inference.E005",
             )
         )
+    if "*" in settings.ORCHESTRATOR_TRUSTED_PROXIES:
+        errors.append(
+            Error(
+                "Every peer is a trusted proxy: any client can forge its address.",
+                hint="List your proxies' addresses in ORCHESTRATOR_TRUSTED_PROXIES.",
+                id="inference.E006",
+            )
+        )
     return errors
+
+
+@register(Tags.security, deploy=True)
+def check_metrics_access(app_configs: Any, **kwargs: Any) -> list[Warning]:
+    if settings.ORCHESTRATOR_METRICS_TOKEN:
+        return []
+    return [
+        Warning(
+            "/metrics is open to anyone who reaches the server (queue depths, key "
+            "prefixes' traffic, backend errors).",
+            hint="Set ORCHESTRATOR_METRICS_TOKEN (Prometheus sends it as a bearer token).",
+            id="inference.W007",
+        )
+    ]
 
 
 @register()

@@ -26,8 +26,8 @@ from rest_framework.exceptions import ValidationError
 
 from inference import admission, dashboard, metrics, services
 from inference.admission import Refusal, open_streams
-from inference.auth import Caller, authenticate_scope, verify_stream_token
-from inference.errors import error_body, validation_error_body
+from inference.auth import Caller, ConnectionTerm, authenticate_scope, recheck
+from inference.errors import error_body, refusal_body, validation_error_body
 from inference.models import InferenceRequest, Status, Transport
 from inference.serializers import WebSocketSubmitSerializer
 from inference.sse import (
@@ -80,8 +80,9 @@ class StreamConsumer(SSEConsumer):
             open_streams.open(caller)
         except Refusal as refusal:
             return await self.send_refusal(refusal)
-        except DatabaseError:
-            return await self.send_refusal(Refusal.database_unavailable())
+        except DatabaseError as exc:
+            return await self.send_refusal(Refusal.from_database(exc))
+        self.term = ConnectionTerm(caller)
         try:
             await self.follow(request_id)
         finally:
@@ -91,10 +92,7 @@ class StreamConsumer(SSEConsumer):
         """The caller, if it may stream this request: a stream token in the query
         (browsers), else a key header or a staff session."""
         token = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("token")
-        if token:
-            caller = verify_stream_token(token[0], request_id)
-        else:
-            caller = authenticate_scope(self.scope)
+        caller = authenticate_scope(self.scope, token[0] if token else None, request_id)
         admission.admit_call(caller)
         if not caller.requests().filter(pk=request_id).exists():
             raise Refusal(404, "not_found", NOT_FOUND)
@@ -108,8 +106,8 @@ class StreamConsumer(SSEConsumer):
             first = await anext(events)
         except InferenceRequest.DoesNotExist:
             return await self.json_error(404, NOT_FOUND, "not_found")
-        except DatabaseError:
-            return await self.send_refusal(Refusal.database_unavailable())
+        except DatabaseError as exc:
+            return await self.send_refusal(Refusal.from_database(exc))
         await self.start_event_stream()
         start = sse("start", {"request_id": str(request_id)})
         await self.send_body(b"retry: 3000\n\n" + start, more_body=True)
@@ -137,6 +135,11 @@ class StreamConsumer(SSEConsumer):
             if payload:
                 await self.send_body(payload, more_body=True)
                 last_sent = time.monotonic()
+            try:
+                await self.term.check()
+            except Refusal as refusal:  # at its lifetime, end: the client resumes
+                ending = b"" if refusal.status == 408 else sse("error", refusal_body(refusal))
+                return await self.send_body(ending, more_body=False)
             event = await anext(events, None)
 
     def final_event(self, event: Finished) -> bytes:
@@ -165,10 +168,11 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             open_streams.open(caller)
         except Refusal as refusal:
             await self.accept()
-            return await self.close(code=4000 + refusal.status, reason=refusal.message[:120])
+            return await self.close_refused(refusal)
         self.caller = caller
         self.messages = admission.MessageRate(settings.ORCHESTRATOR_WS_MESSAGES_PER_SECOND)
         await self.accept()
+        self.watchdog = asyncio.create_task(self.watch(ConnectionTerm(caller)))
         metrics.CONNECTIONS_OPEN.labels("ws").inc()
 
     def authorize(self) -> Caller:
@@ -176,15 +180,29 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         admission.admit_call(caller)
         return caller
 
+    async def watch(self, term: ConnectionTerm) -> None:
+        """Close the socket once its term is over: 4401/4403 when its key was
+        revoked, expired or deleted, 4408 at its lifetime (reconnect and resume)."""
+        while True:
+            await asyncio.sleep(term.seconds_to_next_check())
+            try:
+                await term.check()
+            except Refusal as refusal:
+                return await self.close_refused(refusal)
+
     async def disconnect(self, code: int) -> None:
         if self.caller is None:
             return  # refused at connect
         open_streams.close(self.caller)
         metrics.CONNECTIONS_OPEN.labels("ws").dec()
         # The requests keep running (they are durable); only our readers stop.
-        for task in self.readers.values():
+        tasks = [self.watchdog, *self.readers.values()]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.readers.values(), return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close_refused(self, refusal: Refusal) -> None:
+        await self.close(code=4000 + refusal.status, reason=refusal.message[:120])
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         try:
@@ -210,29 +228,44 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         if handler is None:
             await self.send_error(f"Unknown message type {kind!r}.", "unknown_type", param="type")
             return
+        request_id = content.get("request_id")
+        try:
+            await database_sync_to_async(self.admit_message)()
+        except Refusal as refusal:
+            if refusal.status in (401, 403):  # the credential no longer holds
+                return await self.close_refused(refusal)
+            return await self.send_refusal(refusal, request_id)
+        except DatabaseError as exc:
+            return await self.send_refusal(Refusal.from_database(exc), request_id)
         try:
             await handler(content)
-        except DatabaseError:
-            await self.send_refusal(Refusal.database_unavailable(), content.get("request_id"))
+        except Refusal as refusal:
+            await self.send_refusal(refusal, request_id)
+        except DatabaseError as exc:
+            await self.send_refusal(Refusal.from_database(exc), request_id)
+
+    def admit_message(self) -> None:
+        """Every message is a call: its credential must still hold (REST asks on
+        every call too), and it counts against the caller's per-minute rate."""
+        assert self.caller is not None
+        recheck(self.caller)
+        admission.count_call(self.caller)
 
     async def submit(self, content: dict[str, Any]) -> None:
         serializer = WebSocketSubmitSerializer(data=content)
         if not serializer.is_valid():
             error = validation_error_body(ValidationError(serializer.errors))
             return await self.send_json({"type": "error", "request_id": None, **error})
-        assert self.caller is not None
         submission = serializer.to_submission(transport=Transport.WEBSOCKET, caller=self.caller)
-        try:
-            await database_sync_to_async(admission.count_call)(self.caller)
-            request, _ = await services.asubmit_request(submission, database_sync_to_async)
-        except Refusal as refusal:
-            return await self.send_refusal(refusal)
+        request, _ = await services.asubmit_request(submission, database_sync_to_async)
         rid, session = str(request.pk), request.session_id
         ack = {"type": "ack", "request_id": rid, "session_id": session, "status": "processing"}
         await self.send_json(ack)
         self.follow(request.pk, stream=serializer.validated_data["stream"])
 
     async def cancel(self, content: dict[str, Any]) -> None:
+        assert self.caller is not None
+        self.caller.require("change")
         request_id = await self.known_request(content)
         if request_id is None:
             return
@@ -283,10 +316,14 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         after: int = -1,
         attempt: int | None = None,
     ) -> None:
-        """Relay one request's stream to this socket (replacing an older relay)."""
+        """Relay one request's stream to this socket (replacing an older relay at
+        once); at most ``ORCHESTRATOR_WS_MAX_READERS`` requests at a time."""
         previous = self.readers.pop(request_id, None)
         if previous is not None:
             previous.cancel()
+        elif len(self.readers) >= settings.ORCHESTRATOR_WS_MAX_READERS:
+            message = f"This socket follows {len(self.readers)} requests, the limit; wait."
+            raise Refusal(429, "too_many_streams", message, retry_after=1)
         task = asyncio.create_task(self.relay(request_id, stream, after, attempt))
         self.readers[request_id] = task
         task.add_done_callback(functools.partial(self.forget_reader, request_id))
@@ -309,8 +346,8 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
                     await self.send_json(message)
                 elif isinstance(event, Finished):
                     await self.send_json(self.final_message(event.request))
-        except DatabaseError:
-            await self.send_refusal(Refusal.database_unavailable("resume later"), rid)
+        except DatabaseError as exc:
+            await self.send_refusal(Refusal.from_database(exc, "resume later"), rid)
 
     @staticmethod
     def final_message(request: InferenceRequest) -> dict[str, Any]:

@@ -31,7 +31,11 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             if raw is None:
                 return None
             key = verify_key(raw)
-        except Refusal as failed:  # DRF's contract for authenticators
+        except Refusal as failed:
+            refusal = admission.unauthenticated(request.META.get("REMOTE_ADDR"), failed)
+            if refusal is not failed:
+                raise refusal from None  # the address's 429
+            # DRF's contract for authenticators (it adds WWW-Authenticate).
             raise exceptions.AuthenticationFailed(failed.message, failed.code) from None
         return AnonymousUser(), key
 
@@ -53,9 +57,9 @@ class IsPermittedCaller(permissions.BasePermission):
     """A key or a staff session (anyone while auth is not required)."""
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        refused = caller_of(request).refused
-        if refused is not None:
-            raise refused
+        caller = caller_of(request)
+        if caller.refused is not None:
+            raise admission.unauthenticated(caller.ip, caller.refused)
         return True
 
 
@@ -66,9 +70,11 @@ class CanManageDocuments(permissions.BasePermission):
     code = "forbidden"
 
     def has_permission(self, request: Request, view: Any) -> bool:
+        caller = caller_of(request)
         if request.method in permissions.SAFE_METHODS:
+            caller.require("view", "document")
             return True
-        return caller_of(request).may_manage_documents
+        return caller.may_change_documents("delete" if request.method == "DELETE" else "add")
 
 
 class CallerRateThrottle(BaseThrottle):
@@ -82,7 +88,8 @@ class CallerRateThrottle(BaseThrottle):
 
 class QuotaHeadersMixin:
     """Adds the caller's RateLimit headers to every response of an API view
-    (a refusal's response already has its own and the call's)."""
+    (a refusal's response already has its own and the call's), and keeps every
+    answer out of shared and browser caches: they are per caller."""
 
     quotas: list[Quota] = []
 
@@ -90,4 +97,5 @@ class QuotaHeadersMixin:
         response = super().finalize_response(request, response, *args, **kwargs)  # type: ignore[misc]
         for name, value in admission.quota_headers(self.quotas).items():
             response.setdefault(name, value)
+        response.setdefault("Cache-Control", "no-store")
         return response

@@ -72,8 +72,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     if isinstance(exc, DatabaseError):
-        logger.warning("database unavailable: %s", exc)
-        exc = Refusal.database_unavailable()
+        exc = Refusal.from_database(exc)
     if isinstance(exc, Refusal):
         return refusal_response(exc, getattr(context.get("view"), "quotas", ()))
     if isinstance(exc, exceptions.ValidationError):
@@ -89,10 +88,13 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
+def refusal_body(refusal: Refusal) -> dict[str, Any]:
+    return error_body(refusal.message, refusal.status, refusal.code)
+
+
 def refusal_response(refusal: Refusal, quotas: Iterable[Quota] = ()) -> Response:
     """A refusal over REST; ``quotas`` are the ones the call already counted in."""
-    body = error_body(refusal.message, refusal.status, refusal.code)
-    return Response(body, status=refusal.status, headers=refusal.headers(quotas))
+    return Response(refusal_body(refusal), status=refusal.status, headers=refusal.headers(quotas))
 
 
 def not_found_response(message: str = "No such resource.") -> JsonResponse:

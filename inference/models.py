@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator
 from django.db import models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -255,6 +256,12 @@ class ApiKey(AbstractAPIKey):
     can_manage_documents = models.BooleanField(
         default=False, help_text="May add and delete documents of the shared RAG store."
     )
+    max_priority = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(9)],
+        help_text="Blank: any (0-9). A request asking for more runs at this priority.",
+    )
 
     class Meta(AbstractAPIKey.Meta):
         pass
@@ -295,6 +302,9 @@ class InferenceRequest(models.Model):
     result = models.TextField(null=True, blank=True)
     error = models.TextField(null=True, blank=True)
     error_code = models.CharField(max_length=32, blank=True)
+    # What the upstream said about a failure (its error body): for the admin and
+    # the logs only; callers get ``error``.
+    error_detail = models.TextField(blank=True)
 
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)

@@ -11,13 +11,20 @@ from inference.consumers import (
     NotFoundSocketConsumer,
     StreamConsumer,
 )
+from inference.hosts import AllowedHosts
 
 # SSE is a consumer, not a Django view: at 500 streams a streaming view's first
 # bytes came ~1 s late here, the consumer's in 24 ms (DESIGN §12).
 # The session cookie identifies staff (chat page, dashboard); clients use keys.
 http_urlpatterns = [
-    path("api/v1/stream/<str:request_id>", AuthMiddlewareStack(StreamConsumer.as_asgi())),
-    path("dashboard/feed", AuthMiddlewareStack(DashboardFeedConsumer.as_asgi())),
+    path(
+        "api/v1/stream/<str:request_id>",
+        AllowedHosts(AuthMiddlewareStack(StreamConsumer.as_asgi())),  # type: ignore[arg-type]
+    ),
+    path(
+        "dashboard/feed",
+        AllowedHosts(AuthMiddlewareStack(DashboardFeedConsumer.as_asgi())),  # type: ignore[arg-type]
+    ),
 ]
 
 websocket_urlpatterns = [

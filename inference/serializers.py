@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -17,15 +18,40 @@ from inference.services import Submission
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
 # Submit fields stored together in the request's ``params``.
 REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag")
+MAX_RAG_DOCUMENTS = 100
 
 
-def nesting_depth(value: Any) -> int:
-    """Levels of objects/arrays in a JSON value (a scalar is 0)."""
-    if isinstance(value, dict):
-        return 1 + max(map(nesting_depth, value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max(map(nesting_depth, value), default=0)
-    return 0
+def unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored and returned as JSON text, or None: PostgreSQL
+    refuses NUL, and a lone surrogate is not Unicode (no encoder can write it)."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate (not valid Unicode)"
+    return None
+
+
+def json_problem(value: Any, max_depth: int) -> tuple[str, str] | None:
+    """(code, why) if a JSON value is nested deeper than ``max_depth`` levels of
+    objects/arrays, holds a non-finite number (NaN, 1e400) or an unstorable
+    string; else None. Iterative: a 900-deep value must not exhaust the stack."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth > max_depth:
+                return "max_depth", f"is nested deeper than {max_depth} levels"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(item, float) and not math.isfinite(item):
+            return "not_finite", "contains a number that is not finite (NaN or infinity)"
+        elif isinstance(item, str) and (why := unstorable(item)):
+            return "unstorable", why
+    return None
 
 
 @extend_schema_field(
@@ -54,13 +80,16 @@ class PriorityField(serializers.Field):
 
 
 class StrictCharField(serializers.CharField):
-    """A string, and only a string: DRF would coerce 42 to "42"."""
+    """A string, and only a string (DRF would coerce 42 to "42"), that can be
+    stored and sent back."""
 
-    default_error_messages = {"not_a_string": "Must be a string."}
+    default_error_messages = {"not_a_string": "Must be a string.", "unstorable": "It {why}."}
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
             self.fail("not_a_string")
+        if why := unstorable(data):
+            self.fail("unstorable", why=why)
         return super().to_internal_value(data)
 
 
@@ -111,6 +140,11 @@ class BackendChoiceField(StrictCharField):
         return name
 
 
+def is_row_id(value: Any) -> bool:
+    """An integer a database id column can hold (a 64-bit one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
+
+
 @extend_schema_field(
     {
         "oneOf": [
@@ -120,7 +154,11 @@ class BackendChoiceField(StrictCharField):
                 "properties": {
                     "enabled": {"type": "boolean"},
                     "top_k": {"type": "integer", "minimum": 0, "maximum": 20},
-                    "documents": {"type": "array", "items": {"type": "integer"}},
+                    "documents": {
+                        "type": "array",
+                        "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                        "maxItems": MAX_RAG_DOCUMENTS,
+                    },
                 },
                 "additionalProperties": False,
             },
@@ -130,7 +168,9 @@ class BackendChoiceField(StrictCharField):
 )
 class RagOptionsField(serializers.Field):
     default_error_messages = {
-        "invalid": "Use true/false or {{enabled?, top_k? (0-20), documents? [ids]}}.",
+        "invalid": (
+            "Use true/false or {{enabled?, top_k? (0-20), documents? [up to 100 document ids]}}."
+        ),
     }
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
@@ -146,7 +186,8 @@ class RagOptionsField(serializers.Field):
             and not isinstance(top_k, bool)
             and 0 <= top_k <= 20
             and isinstance(documents, list)
-            and all(isinstance(d, int) and not isinstance(d, bool) for d in documents)
+            and len(documents) <= MAX_RAG_DOCUMENTS
+            and all(is_row_id(d) for d in documents)
         )
         if not valid:
             self.fail("invalid")
@@ -201,15 +242,13 @@ class InferRequestSerializer(serializers.Serializer):
         return value
 
     def validate_metadata(self, value: dict[str, Any]) -> dict[str, Any]:
+        if problem := json_problem(value, settings.ORCHESTRATOR_MAX_METADATA_DEPTH):
+            code, why = problem
+            raise serializers.ValidationError(f"Metadata {why}.", code=code)
         limit = settings.ORCHESTRATOR_MAX_METADATA_BYTES
         if len(json.dumps(value)) > limit:
             raise serializers.ValidationError(
                 f"Metadata is larger than {limit} bytes of JSON.", code="max_length"
-            )
-        depth = settings.ORCHESTRATOR_MAX_METADATA_DEPTH
-        if nesting_depth(value) > depth:
-            raise serializers.ValidationError(
-                f"Metadata is nested deeper than {depth} levels.", code="max_depth"
             )
         return value
 
@@ -226,6 +265,19 @@ class InferRequestSerializer(serializers.Serializer):
             deadline_seconds=data.get("deadline_seconds"),
             **context,
         )
+
+
+IDEMPOTENCY_KEY = StrictCharField(max_length=255)
+
+
+def idempotency_key_of(header: str | None) -> str | None:
+    """The ``Idempotency-Key`` header, held to the WebSocket field's rules."""
+    if not header:
+        return None
+    try:
+        return IDEMPOTENCY_KEY.run_validation(header)
+    except serializers.ValidationError as exc:
+        raise serializers.ValidationError({"Idempotency-Key": exc.detail}) from None
 
 
 class WebSocketSubmitSerializer(InferRequestSerializer):

@@ -51,8 +51,10 @@ class Submission:
 
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
-        """The same prompt and options as a stored request, submitted again."""
+        """The same prompt and options as a stored request, submitted again by
+        the same owner."""
         fields = {
+            "caller": Caller(key=request.api_key),
             "prompt": request.prompt,
             "session_id": request.session_id,
             "metadata": request.metadata,
@@ -76,6 +78,7 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     returns the request first stored under it, and ``created`` is False. Raises
     ``admission.Refusal`` under overload (a full queue, too many in flight).
     """
+    submission.caller.require("add")
     mine = InferenceRequest.objects.owned_by(submission.caller.key_prefix)
     key = submission.idempotency_key
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
@@ -124,7 +127,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         # knows it has no history without asking the database (earlier_turns).
         "session_id": submission.session_id or str(request_id),
         "metadata": submission.metadata,
-        "priority": submission.priority,
+        "priority": submission.caller.priority(submission.priority),
         "backend": submission.backend or settings.ORCHESTRATOR_DEFAULT_BACKEND,
         "params": submission.params,
         "transport": submission.transport,

@@ -21,6 +21,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
@@ -44,6 +45,7 @@ from inference.serializers import (
     InferRequestSerializer,
     SessionSerializer,
     StreamableRequestSerializer,
+    idempotency_key_of,
 )
 from inference.streaming import wait_until_finished
 
@@ -87,7 +89,7 @@ class InferView(APIView):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                str,
+                {"type": "string", "maxLength": 255},
                 OpenApiParameter.HEADER,
                 description="Resubmitting with the same key returns the first request (200).",
             )
@@ -103,7 +105,7 @@ class InferView(APIView):
         serializer.is_valid(raise_exception=True)
         submission = serializer.to_submission(
             transport=Transport.REST,
-            idempotency_key=request.headers.get("Idempotency-Key") or None,
+            idempotency_key=idempotency_key_of(request.headers.get("Idempotency-Key")),
             caller=caller_of(request),
         )
         row, created = await services.asubmit_request(submission)
@@ -223,9 +225,15 @@ class NewestFirst(pagination.CursorPagination):
         return int(raw)
 
     def decode_cursor(self, request: Request) -> Any:
+        """DRF answers a mangled cursor with 404, and one whose position is not a
+        time with a 500 from the query: both are bad input."""
         try:
-            return super().decode_cursor(request)
-        except NotFound:  # DRF answers a mangled cursor with 404; it is bad input
+            cursor = super().decode_cursor(request)
+            position = cursor.position if cursor is not None else None
+            if position is not None and parse_datetime(str(position)) is None:
+                raise ValueError(position)
+            return cursor
+        except (NotFound, ValueError):
             raise ValidationError({"cursor": ["Invalid cursor."]}) from None
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
@@ -259,6 +267,7 @@ class RequestViewSet(
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, request_id: str) -> Response:
         """Cancel a pending or running request (a finished one is returned unchanged)."""
+        caller_of(request).require("change")
         row = self.get_object()
         return Response(self.get_serializer(services.cancel_request(row.pk)).data)
 
@@ -365,7 +374,9 @@ class SessionView(APIView):
 
     @extend_schema(operation_id="session_delete", responses={204: None})
     async def delete(self, request: Request, session_id: str) -> Response:
-        session = caller_of(request).requests().in_session(session_id)
+        caller = caller_of(request)
+        caller.require("delete")
+        session = caller.requests().in_session(session_id)
         if not await sync_to_async(services.delete_session)(session):
             raise Http404("No session with that id.")
         return Response(status=204)

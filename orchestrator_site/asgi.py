@@ -1,9 +1,10 @@
 """ASGI entry point: what runs, in order, for each kind of connection.
 
-- HTTP: request-id logging -> HTTP metrics -> the streaming consumers (SSE
+- HTTP: a chunked body read to its length (``guards.ChunkedBody``) -> request-id
+  logging -> HTTP metrics -> the streaming consumers (SSE
   stream, dashboard feed), else static files, else Django (its middleware chain
   built by ``orchestrator_site.middleware.ASGIHandler``).
-- WebSocket: Origin must name one of ALLOWED_HOSTS -> the chat socket.
+- WebSocket: Origin must be this site (``inference.hosts.SameOrigin``) -> the socket.
 - Lifespan: starts and stops the embedded pipeline engine (embedded mode only;
   scaled mode runs it in ``manage.py run_pipeline`` processes).
 """
@@ -19,14 +20,15 @@ django.setup(set_prefix=False)
 
 # Imports that touch models come after Django is set up.
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.urls import re_path  # noqa: E402
 
+from inference.hosts import SameOrigin  # noqa: E402
 from inference.logs import RequestIdMiddleware  # noqa: E402
 from inference.metrics_http import HttpMetrics  # noqa: E402
 from inference.routing import http_urlpatterns, websocket_urlpatterns  # noqa: E402
+from orchestrator_site.guards import ChunkedBody  # noqa: E402
 from orchestrator_site.middleware import ASGIHandler  # noqa: E402
 from pipeline.host import EmbeddedPipeline  # noqa: E402
 
@@ -39,11 +41,13 @@ django_app = ASGIStaticFilesHandler(ASGIHandler())
 application = EmbeddedPipeline(
     ProtocolTypeRouter(
         {
-            "http": RequestIdMiddleware(
-                HttpMetrics(URLRouter([*http_urlpatterns, re_path(r"", django_app)]))  # type: ignore[arg-type]
+            "http": ChunkedBody(
+                RequestIdMiddleware(
+                    HttpMetrics(URLRouter([*http_urlpatterns, re_path(r"", django_app)]))  # type: ignore[arg-type]
+                )
             ),
-            # Browsers always send Origin: it must name one of ALLOWED_HOSTS.
-            "websocket": AllowedHostsOriginValidator(URLRouter(websocket_urlpatterns)),
+            # Browsers always send Origin: it must be this site (or a trusted origin).
+            "websocket": SameOrigin(URLRouter(websocket_urlpatterns)),
         }
     ),
     enabled=settings.ORCHESTRATOR_WORKER_MODE == "embedded",

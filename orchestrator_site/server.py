@@ -2,6 +2,8 @@
 
 - At boot (not on the first request) the embedded pipeline engine starts, so
   requests queued before a restart resume at once.
+- Requests are read within limits (``orchestrator_site.guards``): bounded
+  headers, read deadlines, an oversized body refused before it is read.
 - Oversized WebSocket messages get a 1009 close frame, not a dropped socket.
 - On SIGTERM/SIGINT every WebSocket gets a 1012 "service restart" close frame
   while the reactor still runs (plain daphne drops the sockets: clients see
@@ -22,6 +24,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import defer, reactor, task
 
 from orchestrator_site.asgi import application as embedded
+from orchestrator_site.guards import GuardedHTTPFactory
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +37,20 @@ SERVICE_RESTART = 1012
 
 
 class OrchestratorServer(Server):
+    http_factory: Any
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ready_callable"] = self._on_ready
         super().__init__(*args, **kwargs)
+
+    def listen_success(self, port: Any) -> None:
+        """The port is listening (before the reactor runs, so before any
+        connection): hand it the guarded factory instead of daphne's own."""
+        if not isinstance(self.http_factory, GuardedHTTPFactory):
+            self.http_factory = GuardedHTTPFactory(self)
+            self.http_factory.doStart()
+        port.factory = self.http_factory
+        super().listen_success(port)
 
     def _on_ready(self) -> None:
         # On a protocol violation (e.g. a frame over the size cap) send the close

@@ -176,6 +176,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["inference.drf.IsPermittedCaller"],
     "DEFAULT_THROTTLE_CLASSES": ["inference.drf.CallerRateThrottle"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    # ASCII JSON (\uXXXX escapes): a row stored before validation caught a lone
+    # surrogate still renders, where UTF-8 output would fail the whole listing.
+    "UNICODE_JSON": False,
     "DEFAULT_PARSER_CLASSES": ["inference.parsers.LimitedJSONParser"],
     "EXCEPTION_HANDLER": "inference.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "inference.schema.OrchestratorAutoSchema",
@@ -290,6 +293,23 @@ ORCHESTRATOR_MAX_IN_FLIGHT = env_int("ORCHESTRATOR_MAX_IN_FLIGHT", 32)
 # messages per second (a burst of as many is allowed).
 ORCHESTRATOR_MAX_STREAMS = env_int("ORCHESTRATOR_MAX_STREAMS", 100)
 ORCHESTRATOR_WS_MESSAGES_PER_SECOND = env_int("ORCHESTRATOR_WS_MESSAGES_PER_SECOND", 20)
+# Per WebSocket: requests it follows at once (its submits and resumes).
+ORCHESTRATOR_WS_MAX_READERS = env_int("ORCHESTRATOR_WS_MAX_READERS", 64)
+# Per client IP: calls refused for want of a usable key (429 beyond), so a flood
+# without a key is bounded too.
+ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE = env_int("ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE", 60)
+# Open SSE streams and WebSockets: how often their key is re-checked (revoked,
+# expired or deleted ends them; every message re-checks too), and their lifetime.
+ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS = env_float("ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS", 30.0)
+ORCHESTRATOR_CONNECTION_MAX_SECONDS = env_float("ORCHESTRATOR_CONNECTION_MAX_SECONDS", 3600.0)
+# Reading a request, before any check runs (serve and runserver alike): its
+# request line + headers, the seconds they may take, the seconds its body may take.
+ORCHESTRATOR_MAX_HEADER_BYTES = env_int("ORCHESTRATOR_MAX_HEADER_BYTES", 32_768)
+ORCHESTRATOR_HEADER_READ_SECONDS = env_float("ORCHESTRATOR_HEADER_READ_SECONDS", 10.0)
+ORCHESTRATOR_BODY_READ_SECONDS = env_float("ORCHESTRATOR_BODY_READ_SECONDS", 30.0)
+# `serve --proxy-headers`: the proxies whose X-Forwarded-For/-Proto are believed
+# (addresses or networks); the client is the right-most address none of them is.
+ORCHESTRATOR_TRUSTED_PROXIES = env_list("ORCHESTRATOR_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
 
 ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS = env_float("ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS", 2.0)
 # Where `run_pipeline --metrics-port` listens (0.0.0.0 for a Prometheus elsewhere).

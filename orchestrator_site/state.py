@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from channels.layers import channel_layers
 
-from inference import admission, events
+from inference import admission, auth, events
 from pipeline.backends import reset_backends
 from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
@@ -20,6 +20,7 @@ def reset() -> None:
     channel_layers.backends.clear()
     events.reset()
     admission.reset()
+    auth.reset()
     reset_backends()
     reset_breakers()
     configured_stages.cache_clear()

@@ -245,7 +245,8 @@ class Engine:
             # Readers see the tokens that did stream, then the error.
             with contextlib.suppress(Exception):
                 await writer.close()
-            await self._fail(request, exc.code, exc.message, ctx)
+            logger.warning("request %s failed: %s %s", request.pk, exc.message, exc.detail)
+            await self._fail(request, exc.code, exc.message, ctx, detail=exc.detail)
             return
         except Exception as exc:  # never let one request take the worker down
             logger.exception("request %s failed in the pipeline", request.pk)
@@ -270,10 +271,16 @@ class Engine:
             await events.notify_finished(request.pk, Status.COMPLETED)
 
     async def _fail(
-        self, request: InferenceRequest, code: str, message: str, ctx: PipelineContext
+        self,
+        request: InferenceRequest,
+        code: str,
+        message: str,
+        ctx: PipelineContext,
+        detail: str = "",
     ) -> None:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
         details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
+        details["error_detail"] = detail[:2000]
         if await fail(request.pk, request.attempt, code, message, **details):
             metrics.record_finished(request, Status.FAILED, ctx.timings)
             await events.notify_finished(request.pk, Status.FAILED)

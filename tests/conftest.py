@@ -53,6 +53,7 @@ def fast_profile(settings) -> None:  # type: ignore[no-untyped-def]
     settings.ORCHESTRATOR_MAX_IN_FLIGHT = 0
     settings.ORCHESTRATOR_MAX_STREAMS = 0
     settings.ORCHESTRATOR_WS_MESSAGES_PER_SECOND = 0
+    settings.ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE = 0
     settings.ORCHESTRATOR_PENDING_COUNT_SECONDS = 0  # admission tests count exactly
 
 

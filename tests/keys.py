@@ -6,11 +6,19 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
 from inference.models import ApiKey
+
+
+def operator(username: str = "ops") -> User:
+    """A staff user with every permission on the orchestrator's models (staff act
+    through model permissions, as in the admin; none would see nothing)."""
+    user = User.objects.create(username=username, is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="inference"))
+    return user
 
 
 def make_key(name: str = "client", **fields: Any) -> tuple[ApiKey, str]:
@@ -42,7 +50,7 @@ class Principals:
         revoked_key.save()
         _, expired = make_key("expired", expiry_date=timezone.now() - timedelta(minutes=1))
         prefix = own.partition(".")[0]
-        staff = User.objects.create(username="matrix-staff", is_staff=True)
+        staff = operator("matrix-staff")
         client = Client()
         client.force_login(staff)
         return cls(

@@ -73,7 +73,7 @@ async def test_the_stream_answers_only_get() -> None:
         "method": "TRACE",
         "path": "/api/v1/stream/8d9f3b1e-0000-4000-8000-000000000000",
         "query_string": b"",
-        "headers": [],
+        "headers": [(b"host", b"localhost")],
     }
     app = ApplicationCommunicator(URLRouter(http_urlpatterns), scope)
     await app.send_input({"type": "http.request", "body": b""})

@@ -20,7 +20,7 @@ from inference.models import ApiKey, InferenceRequest, Status
 from inference.routing import websocket_urlpatterns
 from pipeline.worker import Engine
 from tests.conftest import finished
-from tests.keys import bearer, make_key
+from tests.keys import bearer, make_key, operator
 from tests.sse import SSEClient, text_of
 
 pytestmark = pytest.mark.django_db
@@ -106,7 +106,7 @@ def test_a_key_sees_only_its_own_requests_and_staff_see_all(client: Client) -> N
     cancel = client.post(f"/api/v1/requests/{theirs}/cancel/", headers=bearer(alice))
     assert cancel.status_code == 404
     assert InferenceRequest.objects.get(pk=theirs).status == Status.PENDING
-    client.force_login(User.objects.create(username="ops", is_staff=True))
+    client.force_login(operator())
     assert len(client.get("/api/v1/requests/").json()["results"]) == 2
 
 
@@ -238,9 +238,7 @@ async def test_a_stream_token_is_bound_to_its_request_and_expires(engine: Engine
 async def test_a_staff_session_streams_and_chats(engine: Engine) -> None:
     """The chat page's socket and the admin's stream authenticate by cookie."""
     client = Client()
-    await database_sync_to_async(client.force_login)(
-        await database_sync_to_async(User.objects.create)(username="ops", is_staff=True)
-    )
+    await database_sync_to_async(client.force_login)(await database_sync_to_async(operator)())
     cookie = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
     socket = WebsocketCommunicator(URLRouter(websocket_urlpatterns), "/api/v1/ws", cookie)
     assert (await socket.connect())[0]

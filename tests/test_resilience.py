@@ -83,7 +83,7 @@ async def upstream(settings) -> AsyncIterator[FakeLLMServer]:  # type: ignore[no
         **TEST_BACKENDS,
         **{
             name: remote(name)
-            for name in ("ok", "429-once", "500-once", "500", "error-mid", "slow")
+            for name in ("ok", "429-once", "500-once", "500", "error-mid", "slow", "401")
         },
         "500-then-echo": remote("500", fallback=["echo"]),
         "error-mid-then-echo": remote("error-mid", fallback=["echo"]),
@@ -93,6 +93,18 @@ async def upstream(settings) -> AsyncIterator[FakeLLMServer]:  # type: ignore[no
 
 
 PROMPT = "one two three four five six"
+
+
+@pytestmark_db
+async def test_an_upstream_error_body_reaches_the_admin_not_the_caller(
+    engine: Engine, upstream: FakeLLMServer, client
+) -> None:  # type: ignore[no-untyped-def]
+    done = await finished((await asubmit(PROMPT, backend="401")).pk)
+    assert (done.status, done.error_code) == ("failed", "upstream_http_401")
+    assert done.error == "401 answered HTTP 401."
+    assert "org-SECRET123" in done.error_detail  # for the admin and the log
+    status = await database_sync_to_async(client.get)(f"/api/v1/status/{done.pk}")
+    assert "SECRET123" not in status.content.decode() and "error_detail" not in status.json()
 
 
 @pytestmark_db

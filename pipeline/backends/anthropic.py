@@ -67,8 +67,9 @@ class AnthropicBackend(StreamingHttpBackend):
         elif kind == "error":
             error = payload.get("error") or {}
             raise BackendError(
-                f"{self.name}: {error.get('message', 'stream error')}",
+                f"{self.name}: the upstream reported an error.",
                 code=error.get("type", "upstream_error"),
                 retryable=error.get("type") in RETRYABLE_ERRORS,
+                detail=str(error.get("message", "")),
             )
         return []

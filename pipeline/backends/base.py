@@ -10,7 +10,11 @@ from django.conf import settings
 
 
 class BackendError(Exception):
-    """A backend failed. ``retryable`` says whether trying again may help."""
+    """A backend failed. ``retryable`` says whether trying again may help.
+
+    ``message`` is what the caller is told; ``detail`` is what the upstream said
+    (its error body, which may name its account or quota): logged and shown in
+    the admin, never sent to the caller."""
 
     def __init__(
         self,
@@ -19,12 +23,14 @@ class BackendError(Exception):
         code: str = "backend_error",
         retryable: bool = False,
         retry_after: float | None = None,
+        detail: str = "",
     ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.retryable = retryable
         self.retry_after = retry_after
+        self.detail = detail
 
 
 @dataclass

@@ -57,7 +57,7 @@ def parse_json(data: str) -> dict[str, Any]:
         parsed = json.loads(data)
     except ValueError:
         raise BackendError(
-            f"upstream sent invalid JSON: {data[:200]!r}", code="bad_upstream_response"
+            "upstream sent invalid JSON", code="bad_upstream_response", detail=data[:200]
         ) from None
     if not isinstance(parsed, dict):
         raise BackendError("upstream sent a non-object event", code="bad_upstream_response")
@@ -82,17 +82,19 @@ async def raise_for_status(response: httpx.Response, backend: str) -> None:
         "rate_limited" if response.status_code == 429 else f"upstream_http_{response.status_code}"
     )
     raise BackendError(
-        f"{backend} answered {response.status_code}: {body}",
+        f"{backend} answered HTTP {response.status_code}.",
         code=code,
         retryable=retryable,
         retry_after=retry_after_seconds(response),
+        detail=body,
     )
 
 
 def transport_error(exc: Exception, backend: str) -> BackendError:
     """Connect errors and timeouts are worth retrying."""
     kind = "timeout" if isinstance(exc, httpx.TimeoutException | TimeoutError) else "connect_error"
-    return BackendError(f"{backend}: {type(exc).__name__}: {exc}", code=kind, retryable=True)
+    message = f"{backend}: {type(exc).__name__}"
+    return BackendError(message, code=kind, retryable=True, detail=str(exc))
 
 
 class StreamingHttpBackend(Backend):

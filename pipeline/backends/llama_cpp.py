@@ -131,7 +131,8 @@ class LlamaCppBackend(Backend):
             finally:
                 self.release(llama)
         except Exception as exc:  # surfaces in the event loop as a BackendError
-            emit(BackendError(f"{self.name}: {exc}", code="local_model_error"))
+            message = f"{self.name}: {type(exc).__name__}"
+            emit(BackendError(message, code="local_model_error", detail=str(exc)))
         finally:
             emit(_DONE)
 

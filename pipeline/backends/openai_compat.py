@@ -54,7 +54,11 @@ class OpenAICompatBackend(StreamingHttpBackend):
         if "error" in chunk:
             error = chunk["error"]
             message = error.get("message", error) if isinstance(error, dict) else error
-            raise BackendError(f"{self.name}: {message}", code="upstream_error")
+            raise BackendError(
+                f"{self.name}: the upstream reported an error.",
+                code="upstream_error",
+                detail=str(message),
+            )
         deltas = []
         for choice in chunk.get("choices") or []:
             if choice.get("finish_reason"):

@@ -63,6 +63,7 @@ class InferenceStage(Stage):
                     raise BackendError(
                         f"{backend.name} failed after streaming began: {exc.message}",
                         code="stream_interrupted",
+                        detail=exc.detail,
                     ) from exc
                 if not exc.retryable or attempt >= retries or not breaker.allow():
                     raise

@@ -21,9 +21,10 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = embedded_env(
         data_dir, ORCHESTRATOR_ECHO_TOKEN_DELAY="0.02", ORCHESTRATOR_AUTH_REQUIRED="true"
     )
-    code = (
-        "from django.contrib.auth.models import User; "
-        f"User.objects.create_user('ops', password={PASSWORD!r}, is_staff=True)"
+    code = (  # an operator: staff with the orchestrator's model permissions
+        "from django.contrib.auth.models import Permission, User; "
+        f"u = User.objects.create_user('ops', password={PASSWORD!r}, is_staff=True); "
+        "u.user_permissions.set(Permission.objects.filter(content_type__app_label='inference'))"
     )
     with serving(env, data_dir / "server.log") as url:
         run_manage("shell", "-v", "0", "-c", code, env=env)

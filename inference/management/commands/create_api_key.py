@@ -25,6 +25,12 @@ class Command(BaseCommand):
         parser.add_argument("--requests-per-minute", type=int, help="Default: the server's.")
         parser.add_argument("--max-in-flight", type=int, help="Default: the server's.")
         parser.add_argument(
+            "--max-priority",
+            type=int,
+            choices=range(10),
+            help="Requests asking for more run at this priority. Default: any.",
+        )
+        parser.add_argument(
             "--manage-documents",
             action="store_true",
             help="May add and delete documents of the shared RAG store.",
@@ -36,6 +42,7 @@ class Command(BaseCommand):
             "requests_per_minute": options["requests_per_minute"],
             "max_in_flight": options["max_in_flight"],
             "can_manage_documents": options["manage_documents"],
+            "max_priority": options["max_priority"],
         }
         if options["owner"]:
             try:

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from orchestrator_site.asgi import application
+from orchestrator_site.guards import GuardedHttpToolsProtocol
 
 STREAM_SHUTDOWN_SECONDS = 2
 
@@ -30,7 +31,10 @@ class Command(BaseCommand):
         parser.add_argument(
             "--proxy-headers",
             action="store_true",
-            help="Trust X-Forwarded-For/-Proto from a reverse proxy.",
+            help=(
+                "Believe X-Forwarded-For/-Proto from ORCHESTRATOR_TRUSTED_PROXIES (the client "
+                "is the right-most address that is not one of them)."
+            ),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
@@ -40,12 +44,12 @@ class Command(BaseCommand):
             host=options["host"],
             port=options["port"],
             loop="uvloop",
-            http="httptools",
+            http=GuardedHttpToolsProtocol,  # httptools, with read limits
             ws="wsproto",
             ws_max_size=settings.WEBSOCKET_MAX_MESSAGE_SIZE,
             lifespan="on",
             proxy_headers=proxy,
-            forwarded_allow_ips="*" if proxy else None,
+            forwarded_allow_ips=settings.ORCHESTRATOR_TRUSTED_PROXIES,
             server_header=False,
             # On SIGTERM, open SSE streams get this long, then end (clients
             # reconnect with Last-Event-ID); uvicorn would otherwise wait for them.
