@@ -304,7 +304,7 @@ class InferenceRequest(models.Model):
     error_code = models.CharField(max_length=32, blank=True)
     # What the upstream said about a failure (its error body): for the admin and
     # the logs only; callers get ``error``.
-    error_detail = models.TextField(blank=True)
+    error_detail = models.TextField(blank=True, default="", db_default="")
 
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)

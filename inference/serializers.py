@@ -7,6 +7,7 @@ import math
 from typing import Any, ClassVar
 
 from django.conf import settings
+from django.core.validators import RegexValidator
 from django.utils.functional import Promise
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -79,11 +80,25 @@ class PriorityField(serializers.Field):
         return value
 
 
+# Some character that is not whitespace as Python's str.strip() sees it (which DRF
+# trims with), spelled out so that the schema's pattern means the same in ECMA regex.
+NOT_BLANK = RegexValidator(
+    r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
+    "This field may not be blank.",
+    code="blank",
+)
+
+
 class StrictCharField(serializers.CharField):
     """A string, and only a string (DRF would coerce 42 to "42"), that can be
     stored and sent back."""
 
     default_error_messages = {"not_a_string": "Must be a string.", "unstorable": "It {why}."}
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not self.allow_blank:  # say so in the schema too (a pattern), not only here
+            self.validators.append(NOT_BLANK)
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):

@@ -55,7 +55,9 @@ def schemathesis(url: str, args: argparse.Namespace, *extra: str) -> int:
         "10",
         "--workers",
         "1",
-        # Django refuses NUL in every string field (a 400), by design.
+        # NUL is refused in every string (a 400, "unstorable": PostgreSQL cannot
+        # store it), by design, and free-form metadata has no schema to say so.
+        # Surrogate pairs, deep and odd JSON are generated (utf-8 codec).
         "--generation-allow-x00",
         "false",
         *extra,
