@@ -97,8 +97,8 @@ class StrictCharField(serializers.CharField):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if not self.allow_blank:  # say so in the schema too (a pattern), not only here
-            self.validators.append(NOT_BLANK)
+        if self.trim_whitespace and not self.allow_blank:
+            self.validators.append(NOT_BLANK)  # what trimming leaves blank, in the schema too
 
     def to_internal_value(self, data: Any) -> str:
         if not isinstance(data, str):
