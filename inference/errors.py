@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -95,6 +96,14 @@ def refusal_body(refusal: Refusal) -> dict[str, Any]:
 def refusal_response(refusal: Refusal, quotas: Iterable[Quota] = ()) -> Response:
     """A refusal over REST; ``quotas`` are the ones the call already counted in."""
     return Response(refusal_body(refusal), status=refusal.status, headers=refusal.headers(quotas))
+
+
+async def send_asgi_error(send: Any, status: int, message: str, code: str) -> None:
+    """The error shape as a whole ASGI HTTP response (for ASGI layers ahead of Django)."""
+    body = json.dumps(error_body(message, status, code)).encode()
+    headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def not_found_response(message: str = "No such resource.") -> JsonResponse:

@@ -7,14 +7,13 @@ the host alone.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
-from inference.errors import error_body
+from inference.errors import send_asgi_error
 
 ASGIApp = Any
 
@@ -54,10 +53,7 @@ class AllowedHosts:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if allowed_host(request_host(scope)):
             return await self.app(scope, receive, send)
-        body = json.dumps(error_body("Invalid Host header.", 400, "disallowed_host")).encode()
-        headers = [(b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 400, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_asgi_error(send, 400, "Invalid Host header.", "disallowed_host")
 
 
 class SameOrigin:

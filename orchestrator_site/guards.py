@@ -25,7 +25,7 @@ from daphne.http_protocol import HTTPFactory, WebRequest
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from inference.errors import error_body
+from inference.errors import error_body, send_asgi_error
 
 READ_LIMITS = {
     408: ("request_timeout", "The request was not received in time."),
@@ -221,7 +221,7 @@ class ChunkedBody:
             return await self.app(scope, receive, send)
         body = await self._read(receive)
         if body is None:
-            return await self._send_413(send)
+            return await send_asgi_error(send, 413, *reversed(READ_LIMITS[413]))
         scope = {**scope, "headers": [*headers, (b"content-length", str(len(body)).encode())]}
         await self.app(scope, self._replay(body, receive), send)
 
@@ -247,11 +247,3 @@ class ChunkedBody:
             return pending.pop() if pending else await receive()
 
         return replayed
-
-    @staticmethod
-    async def _send_413(send: Any) -> None:
-        code, message = READ_LIMITS[413]
-        body = json.dumps(error_body(message, 413, code)).encode()
-        headers = [(b"content-type", b"application/json"), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
