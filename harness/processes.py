@@ -118,6 +118,15 @@ def serving(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
     """A migrated database and a server process on a free port: ``manage.py
     serve`` (with ``command`` as its options), or ``runserver`` if ``command``
     starts with it; yields its base URL, stops it after."""
+    with serving_process(env, log, *command) as (url, _):
+        yield url
+
+
+@contextmanager
+def serving_process(
+    env: dict[str, str], log: Path, *command: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``serving``, yielding the process too (to signal it)."""
     run_manage("migrate", "--noinput", "-v0", env=env)
     port = free_port()
     if command[:1] == ("runserver",):
@@ -127,4 +136,4 @@ def serving(env: dict[str, str], log: Path, *command: str) -> Iterator[str]:
     server = manage(*args, env=env, log=log)
     with running(server):
         wait_until_serving(f"http://127.0.0.1:{port}", server)
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", server

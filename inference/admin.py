@@ -4,19 +4,22 @@ import json
 import uuid
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
-from inference import services
+from inference import events, services
 from inference.admission import Refusal
 from inference.models import (
     ApiKey,
     Document,
     DocumentChunk,
+    FeatureFlag,
     InferenceRequest,
     InferenceRequestQuerySet,
     StreamChunk,
@@ -104,6 +107,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "error",
         "error_code",
         "error_detail",
+        "config_hash",
         "attempt",
         "max_attempts",
         "lease_owner",
@@ -167,6 +171,11 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     def timeline(self, obj: InferenceRequest) -> str:
         """Each stage's share of the attempt as a bar with its milliseconds."""
         timings = obj.timings or {}
+        skipped = format_html_join(
+            "",
+            "<div><code>{}</code> skipped: its feature flag was off</div>",
+            ((stage,) for stage in obj.skipped_stages),
+        )
         total = sum(timings.get(stage, 0.0) for stage in STAGES) or 1.0
         rows = [
             (stage, f"{timings[stage] * 1000:.1f}", max(1, round(300 * timings[stage] / total)))
@@ -174,7 +183,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
             if stage in timings
         ]
         if not rows:
-            return "—"
+            return skipped or "—"
         bars = format_html_join(
             "",
             '<div><code style="display:inline-block;width:6em">{}</code>'
@@ -192,7 +201,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
             "<div>{}</div>",
             ((t.format(f"{timings[k] * scale:.1f}"),) for t, k, scale in notes if k in timings),
         )
-        return format_html("{}{}", bars, extra)
+        return format_html("{}{}{}", skipped, bars, extra)
 
     @admin.action(description="Cancel selected requests")
     def cancel_selected(self, request: HttpRequest, queryset: InferenceRequestQuerySet) -> None:
@@ -222,6 +231,29 @@ class DocumentChunkInline(admin.TabularInline):
     extra = 0
     can_delete = False
     max_num = 0
+
+
+@admin.register(FeatureFlag)
+class FeatureFlagAdmin(admin.ModelAdmin):
+    """Flip a feature flag on a running fleet: every process sees it within
+    ``features.refresh_seconds``, processes with an engine at once."""
+
+    list_display = ("name", "enabled", "percent", "updated_at", "updated_by")
+    list_editable = ("enabled", "percent")
+    readonly_fields = ("updated_at", "updated_by")
+
+    def save_model(self, request: HttpRequest, obj: FeatureFlag, form: Any, change: bool) -> None:
+        obj.updated_by = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
+        announce_after_commit()
+
+    def delete_model(self, request: HttpRequest, obj: FeatureFlag) -> None:
+        super().delete_model(request, obj)
+        announce_after_commit()
+
+
+def announce_after_commit() -> None:
+    transaction.on_commit(lambda: async_to_sync(events.announce_flags_changed)())
 
 
 @admin.register(Document)

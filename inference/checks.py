@@ -90,7 +90,8 @@ def check_orchestrator_config(app_configs: Any, **kwargs: Any) -> list[Error | W
     if settings.ORCHESTRATOR_DEFAULT_BACKEND not in backends:
         problems.append(
             Error(
-                f"Default backend {settings.ORCHESTRATOR_DEFAULT_BACKEND!r} is not configured.",
+                f"models.default_backend: {settings.ORCHESTRATOR_DEFAULT_BACKEND!r} is not "
+                "a configured backend.",
                 hint=f"Configured backends: {sorted(backends)}.",
                 id="inference.E010",
             )
@@ -101,7 +102,7 @@ def check_orchestrator_config(app_configs: Any, **kwargs: Any) -> list[Error | W
         if unknown:
             problems.append(
                 Error(
-                    f"Backend {name!r} falls back to unknown backends {unknown}.",
+                    f"models.backends.{name}.fallback: unknown backends {unknown}.",
                     id="inference.E016",
                 )
             )

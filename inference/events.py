@@ -23,6 +23,8 @@ REQUEST_SUBMITTED = "request.submitted"
 STREAM_CHUNKS = "stream.chunks"
 REQUEST_FINISHED = "request.finished"
 REQUEST_CANCEL = "request.cancel"
+FLAGS_CHANGED = "flags.changed"
+FLAGS_GROUP = "orchestrator.flags"
 
 
 def request_group(request_id: uuid.UUID | str) -> str:
@@ -107,6 +109,20 @@ async def notify_finished(request_id: uuid.UUID, status: str) -> None:
         request_group(request_id),
         {"type": REQUEST_FINISHED, "request_id": str(request_id), "status": status},
     )
+
+
+async def join_flag_announcements(channel: str) -> None:
+    """Hear ``FLAGS_CHANGED`` on ``channel`` (best effort: the layer may be down)."""
+    layer = get_channel_layer()
+    try:
+        await layer.group_add(FLAGS_GROUP, channel)
+    except Exception:
+        logger.warning("cannot join %s; flags refresh on their own", FLAGS_GROUP, exc_info=True)
+
+
+async def announce_flags_changed() -> None:
+    """Tell every listening process to re-read the feature flags now."""
+    await _publish("group", FLAGS_GROUP, {"type": FLAGS_CHANGED})
 
 
 async def tell_worker_to_cancel(worker_channel: str, request_id: uuid.UUID) -> None:

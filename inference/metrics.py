@@ -19,6 +19,14 @@ TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 
 BUILD = Info("orchestrator_build", "Version of the running orchestrator")
 BUILD.info({"version": "1.0.0"})
+CONFIG_INFO = Info("orchestrator_config", "The hash of the configuration in effect")
+CONFIG_RELOADS = Counter(
+    "orchestrator_config_reloads_total", "Configuration reloads by result", ["result"]
+)
+CONFIG_RESTART_REQUIRED = Gauge(
+    "orchestrator_config_restart_required",
+    "1 once a reload changed a key that only a restart applies",
+)
 
 REQUESTS = Counter(
     "orchestrator_requests_total",

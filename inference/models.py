@@ -15,6 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
 from django.db import models, transaction
 from django.db.models import F, Q
@@ -69,6 +70,7 @@ class Outcome:
     backend_used: str
     passages: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
+    skipped_stages: list[str] = field(default_factory=list)
 
 
 class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
@@ -97,7 +99,9 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         claimed = self.claim_batch(owner, lease_seconds, 1)
         return claimed[0] if claimed else None
 
-    def claim_batch(self, owner: str, lease_seconds: float, limit: int) -> list[InferenceRequest]:
+    def claim_batch(
+        self, owner: str, lease_seconds: float, limit: int, config_hash: str = ""
+    ) -> list[InferenceRequest]:
         """Atomically move up to ``limit`` of the best pending rows to processing
         for ``owner``, in claim order: one transaction however many (a worker with
         free slots takes a burst at once instead of queueing a claim per row).
@@ -115,12 +119,12 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 )
                 if not candidates:
                     return []
-                if taken := self._take(candidates, owner, lease_seconds):
+                if taken := self._take(candidates, owner, lease_seconds, config_hash):
                     return taken
         return []
 
     def _take(
-        self, candidates: list[uuid.UUID], owner: str, lease_seconds: float
+        self, candidates: list[uuid.UUID], owner: str, lease_seconds: float, config_hash: str
     ) -> list[InferenceRequest]:
         now = timezone.now()
         self.filter(pk__in=candidates, status=Status.PENDING).update(
@@ -130,6 +134,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             lease_expires_at=now + timedelta(seconds=lease_seconds),
             started_at=now,
             last_seq=-1,
+            config_hash=config_hash,
         )
         held = InferenceRequest.objects.filter(pk__in=candidates, lease_owner=owner, started_at=now)
         taken = list(held.order_by("-priority", "created_at"))
@@ -156,6 +161,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 backend_used=outcome.backend_used,
                 passages=outcome.passages,
                 messages=outcome.messages,
+                skipped_stages=outcome.skipped_stages,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
@@ -305,6 +311,10 @@ class InferenceRequest(models.Model):
     # What the upstream said about a failure (its error body): for the admin and
     # the logs only; callers get ``error``.
     error_detail = models.TextField(blank=True, default="", db_default="")
+    # The configuration (orchestrator_site/config.py: its hash) the attempt ran under.
+    config_hash = models.CharField(max_length=12, blank=True, default="", db_default="")
+    # Stages a feature flag turned off for this attempt.
+    skipped_stages = models.JSONField(default=list, blank=True, db_default=[])
 
     attempt = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
@@ -429,6 +439,34 @@ class StreamChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.seq}"
+
+
+class FeatureFlag(models.Model):
+    """An operator's override of a feature flag's configured default
+    (``inference.flags``)."""
+
+    name = models.CharField(max_length=64, unique=True)
+    enabled = models.BooleanField(default=True)
+    percent = models.PositiveSmallIntegerField(
+        default=100,
+        validators=[MaxValueValidator(100)],
+        help_text="Share of API keys it is on for (stable per key); 100: all.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'on' if self.enabled else 'off'} ({self.percent}%)"
+
+    def clean(self) -> None:
+        if self.name not in settings.ORCHESTRATOR_FEATURES:
+            known = ", ".join(sorted(settings.ORCHESTRATOR_FEATURES))
+            raise ValidationError({"name": f"Not a feature flag; known: {known}."})
 
 
 class Document(models.Model):

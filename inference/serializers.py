@@ -338,6 +338,8 @@ class InferenceRequestSerializer(serializers.Serializer):
     timings = serializers.DictField(child=serializers.FloatField(), read_only=True)
     passages = serializers.JSONField(read_only=True)
     messages = serializers.JSONField(read_only=True)
+    config_hash = serializers.CharField(read_only=True)
+    skipped_stages = serializers.ListField(child=serializers.CharField(), read_only=True)
 
 
 class StreamableRequestSerializer(InferenceRequestSerializer):
@@ -361,6 +363,24 @@ class ErrorSerializer(serializers.Serializer):
     """The one error shape of every endpoint."""
 
     error = ErrorDetailSerializer()
+
+
+class ConfigKeySerializer(serializers.Serializer):
+    key = serializers.CharField()
+    setting = serializers.CharField()
+    value = serializers.JSONField()
+    source = serializers.ChoiceField(  # type: ignore[assignment]
+        choices=["default", "file", "env", "secret", "runtime"]
+    )
+    reload = serializers.BooleanField()
+
+
+class ConfigSerializer(serializers.Serializer):
+    """The configuration in effect in the answering process (secrets redacted)."""
+
+    hash = serializers.CharField()
+    file = serializers.CharField()
+    keys = ConfigKeySerializer(many=True)
 
 
 class HealthSerializer(serializers.Serializer):

@@ -16,6 +16,7 @@ urlpatterns = [
     path("status/<str:request_id>", views.StatusView.as_view(), name="status"),
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
     path("sessions/<str:session_id>", views.SessionView.as_view(), name="session"),
+    path("config", views.ConfigView.as_view(), name="config"),
     *router.urls,
     # Anything else under /api/v1/ is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", errors.json_404),

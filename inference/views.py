@@ -28,7 +28,7 @@ from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, pagination, permissions, serializers, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -37,6 +37,7 @@ from inference.auth import Caller
 from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
 from inference.models import Document, InferenceRequest, Status, Transport, backend_names
 from inference.serializers import (
+    ConfigSerializer,
     DocumentDetailSerializer,
     DocumentSerializer,
     ErrorSerializer,
@@ -360,6 +361,18 @@ class DocumentViewSet(
         serializer.instance = services.ingest_document(
             data["title"], data["text"], data.get("source", "")
         )
+
+
+class ConfigView(APIView):
+    """The effective configuration of the process that answers (staff only)."""
+
+    @extend_schema(operation_id="config", responses={200: ConfigSerializer})
+    async def get(self, request: Request) -> Response:
+        if not caller_of(request).staff:
+            raise PermissionDenied("Staff only.")
+        loaded = settings.ORCHESTRATOR_CONFIGURATION
+        body = {"hash": loaded.hash, "file": loaded.path, "keys": loaded.report()}
+        return Response(ConfigSerializer(body).data)
 
 
 class SessionView(APIView):

@@ -10,3 +10,9 @@ class OrchestratorSiteConfig(AppConfig):
 
     name = "orchestrator_site"
     verbose_name = "Prompt Orchestrator"
+
+    def ready(self) -> None:
+        from orchestrator_site import checks  # noqa: F401  (registers the configuration checks)
+        from orchestrator_site.reload import watch
+
+        watch()  # follow the configuration file, if there is one

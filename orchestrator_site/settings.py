@@ -11,12 +11,12 @@ environment variables. Production requirements are enforced by system checks
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import dj_database_url
 
+from orchestrator_site.config import load as load_config
 from orchestrator_site.env import env_bool, env_float, env_int, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -241,185 +241,17 @@ CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Where the admin lives: an unguessable path keeps scanners off the login page.
 ADMIN_URL = env_str("ADMIN_URL", "admin/")
 
-# --- The orchestrator -----------------------------------------------------------------
-_config_file = env_str("ORCHESTRATOR_CONFIG")
-_file_config: dict[str, Any] = tomllib.loads(Path(_config_file).read_text()) if _config_file else {}
-
-
-def _cfg(key: str, default: Any) -> Any:
-    """A value from the TOML file's top level, else the code default."""
-    return _file_config.get(key, default)
-
-
-# Where the pipeline worker runs: "embedded" (inside the ASGI server process) or
-# "external" (separate `manage.py run_pipeline` processes). The in-memory channel
-# layer cannot cross processes, so scaled mode (REDIS_URL) defaults to external.
-ORCHESTRATOR_WORKER_MODE = env_str(
-    "ORCHESTRATOR_WORKER_MODE", "external" if REDIS_URL else "embedded"
-)
-ORCHESTRATOR_CONCURRENCY = env_int("ORCHESTRATOR_CONCURRENCY", _cfg("concurrency", 8))
-ORCHESTRATOR_LEASE_SECONDS = env_float("ORCHESTRATOR_LEASE_SECONDS", 30.0)
-ORCHESTRATOR_REAP_INTERVAL_SECONDS = env_float("ORCHESTRATOR_REAP_INTERVAL_SECONDS", 5.0)
-ORCHESTRATOR_POLL_INTERVAL_SECONDS = env_float("ORCHESTRATOR_POLL_INTERVAL_SECONDS", 2.0)
-ORCHESTRATOR_MAX_ATTEMPTS = env_int("ORCHESTRATOR_MAX_ATTEMPTS", 3)
-ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS = env_float("ORCHESTRATOR_DEFAULT_DEADLINE_SECONDS", 600.0)
-ORCHESTRATOR_MAX_DEADLINE_SECONDS = env_float("ORCHESTRATOR_MAX_DEADLINE_SECONDS", 86_400.0)
-ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS = env_float("ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS", 30.0)
-# Tokens are persisted in batches: whichever comes first, N tokens or T seconds.
-ORCHESTRATOR_CHUNK_BATCH_TOKENS = env_int("ORCHESTRATOR_CHUNK_BATCH_TOKENS", 32)
-ORCHESTRATOR_CHUNK_BATCH_SECONDS = env_float("ORCHESTRATOR_CHUNK_BATCH_SECONDS", 0.05)
-# Stream readers re-check the database this often even without a wake-up event.
-ORCHESTRATOR_STREAM_POLL_SECONDS = env_float("ORCHESTRATOR_STREAM_POLL_SECONDS", 5.0)
-# SSE comment lines that keep proxies from closing an idle stream.
-ORCHESTRATOR_SSE_KEEPALIVE_SECONDS = env_float("ORCHESTRATOR_SSE_KEEPALIVE_SECONDS", 15.0)
-ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS = env_float("ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS", 30.0)
-
-# API keys: required unless DEBUG (so `make run` needs none). Streams opened
-# with a stream token (browsers' EventSource) may start within this many seconds.
-ORCHESTRATOR_AUTH_REQUIRED = env_bool("ORCHESTRATOR_AUTH_REQUIRED", not DEBUG)
-ORCHESTRATOR_STREAM_TOKEN_SECONDS = env_int("ORCHESTRATOR_STREAM_TOKEN_SECONDS", 900)
-# A bearer token for /metrics ("" = open: restrict it at the network instead).
-ORCHESTRATOR_METRICS_TOKEN = env_str("ORCHESTRATOR_METRICS_TOKEN")
-
-# Admission control (0 = no limit): pending requests in all (503 beyond). Per
-# caller (a key, or an IP when anonymous; a key may override both): API calls
-# per minute and requests in flight (429 beyond, with Retry-After and RateLimit
-# headers), shared by all processes through Redis in the scaled mode.
-ORCHESTRATOR_MAX_PENDING = env_int("ORCHESTRATOR_MAX_PENDING", 10_000)
-ORCHESTRATOR_PENDING_COUNT_SECONDS = env_float("ORCHESTRATOR_PENDING_COUNT_SECONDS", 0.25)
-ORCHESTRATOR_REQUESTS_PER_MINUTE = env_int("ORCHESTRATOR_REQUESTS_PER_MINUTE", 600)
-ORCHESTRATOR_MAX_IN_FLIGHT = env_int("ORCHESTRATOR_MAX_IN_FLIGHT", 32)
-# Per caller and web process: open SSE streams + WebSockets. Per WebSocket:
-# messages per second (a burst of as many is allowed).
-ORCHESTRATOR_MAX_STREAMS = env_int("ORCHESTRATOR_MAX_STREAMS", 100)
-ORCHESTRATOR_WS_MESSAGES_PER_SECOND = env_int("ORCHESTRATOR_WS_MESSAGES_PER_SECOND", 20)
-# Per WebSocket: requests it follows at once (its submits and resumes).
-ORCHESTRATOR_WS_MAX_READERS = env_int("ORCHESTRATOR_WS_MAX_READERS", 64)
-# Per client IP: calls refused for want of a usable key (429 beyond), so a flood
-# without a key is bounded too.
-ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE = env_int("ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE", 60)
-# Open SSE streams and WebSockets: how often their key is re-checked (revoked,
-# expired or deleted ends them; every message re-checks too), and their lifetime.
-ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS = env_float("ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS", 30.0)
-ORCHESTRATOR_CONNECTION_MAX_SECONDS = env_float("ORCHESTRATOR_CONNECTION_MAX_SECONDS", 3600.0)
-# Reading a request, before any check runs (serve and runserver alike): its
-# request line + headers, the seconds they may take, the seconds its body may take.
-ORCHESTRATOR_MAX_HEADER_BYTES = env_int("ORCHESTRATOR_MAX_HEADER_BYTES", 32_768)
-ORCHESTRATOR_HEADER_READ_SECONDS = env_float("ORCHESTRATOR_HEADER_READ_SECONDS", 10.0)
-ORCHESTRATOR_BODY_READ_SECONDS = env_float("ORCHESTRATOR_BODY_READ_SECONDS", 30.0)
-# `serve --proxy-headers`: the proxies whose X-Forwarded-For/-Proto are believed
-# (addresses or networks); the client is the right-most address none of them is.
-ORCHESTRATOR_TRUSTED_PROXIES = env_list("ORCHESTRATOR_TRUSTED_PROXIES", ["127.0.0.1", "::1"])
-
-ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS = env_float("ORCHESTRATOR_DASHBOARD_INTERVAL_SECONDS", 2.0)
-# Where `run_pipeline --metrics-port` listens (0.0.0.0 for a Prometheus elsewhere).
-ORCHESTRATOR_METRICS_ADDR = env_str("ORCHESTRATOR_METRICS_ADDR", "127.0.0.1")
-
-# Input caps.
-ORCHESTRATOR_MAX_BODY_BYTES = env_int("ORCHESTRATOR_MAX_BODY_BYTES", 1024 * 1024)
-ORCHESTRATOR_MAX_PROMPT_CHARS = env_int("ORCHESTRATOR_MAX_PROMPT_CHARS", 100_000)
-ORCHESTRATOR_MAX_METADATA_BYTES = env_int("ORCHESTRATOR_MAX_METADATA_BYTES", 16 * 1024)
-ORCHESTRATOR_MAX_METADATA_DEPTH = env_int("ORCHESTRATOR_MAX_METADATA_DEPTH", 8)
+# --- The orchestrator: orchestrator_site/config.py ------------------------------------
+# One typed schema for everything the orchestrator owns, one precedence (defaults <
+# ORCHESTRATOR_CONFIG TOML file < environment < *_FILE secrets), flattened into the
+# ORCHESTRATOR_* settings here; problems fail `manage.py check` with each key's path
+# (orchestrator_site/checks.py). `manage.py config` shows every value and its source.
+ORCHESTRATOR_CONFIGURATION = load_config()
+globals().update(ORCHESTRATOR_CONFIGURATION.settings(debug=DEBUG, redis_url=REDIS_URL))
 # The largest WebSocket message: past it the server closes the socket with 1009
 # itself (serve: uvicorn; runserver: daphne's name for it); the consumer checks too.
-WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = ORCHESTRATOR_MAX_BODY_BYTES
-ORCHESTRATOR_DEFAULT_MAX_TOKENS = env_int("ORCHESTRATOR_DEFAULT_MAX_TOKENS", 256)
-ORCHESTRATOR_MAX_TOKENS_CEILING = env_int("ORCHESTRATOR_MAX_TOKENS_CEILING", 4096)
-
-
-# Model backends: name -> {"class": dotted path, "options": {...}, "fallback": [names]}.
-# "local" (SmolLM2 via llama.cpp) and "echo" always exist; "openai" and
-# "anthropic" appear when their key or URL is set. Secrets may come from *_FILE.
-def _default_backends() -> dict[str, dict[str, Any]]:
-    backends: dict[str, dict[str, Any]] = {
-        "local": {
-            "class": "pipeline.backends.llama_cpp.LlamaCppBackend",
-            "options": {
-                "model_path": env_str("ORCHESTRATOR_LOCAL_MODEL_PATH"),  # "" = SmolLM2
-                "concurrency": env_int("ORCHESTRATOR_LOCAL_CONCURRENCY", 1),
-                "n_ctx": env_int("ORCHESTRATOR_LOCAL_CONTEXT", 2048),
-            },
-        },
-        "echo": {
-            "class": "pipeline.backends.echo.EchoBackend",
-            "options": {
-                "token_delay": env_float("ORCHESTRATOR_ECHO_TOKEN_DELAY", 0.0),
-                "failure_rate": env_float("ORCHESTRATOR_ECHO_FAILURE_RATE", 0.0),
-            },
-        },
-    }
-    openai_url = env_str("OPENAI_BASE_URL")
-    openai_key = env_str("OPENAI_API_KEY")
-    if openai_url or openai_key:
-        backends["openai"] = {
-            "class": "pipeline.backends.openai_compat.OpenAICompatBackend",
-            "options": {
-                "base_url": openai_url or "https://api.openai.com/v1",
-                "api_key": openai_key,
-                "model": env_str("OPENAI_MODEL", "gpt-4o-mini"),
-            },
-            "fallback": env_list("OPENAI_FALLBACK", ["local"]),
-        }
-    anthropic_key = env_str("ANTHROPIC_API_KEY")
-    if anthropic_key:
-        backends["anthropic"] = {
-            "class": "pipeline.backends.anthropic.AnthropicBackend",
-            "options": {
-                "base_url": env_str("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
-                "api_key": anthropic_key,
-                "model": env_str("ANTHROPIC_MODEL", "claude-3-5-haiku-latest"),
-            },
-            "fallback": env_list("ANTHROPIC_FALLBACK", ["local"]),
-        }
-    return backends
-
-
-ORCHESTRATOR_BACKENDS: dict[str, dict[str, Any]] = _cfg("backends", _default_backends())
-ORCHESTRATOR_DEFAULT_BACKEND = env_str(
-    "ORCHESTRATOR_DEFAULT_BACKEND", _cfg("default_backend", "local")
-)
-# Resilience shared by all backends (pipeline/resilience.py).
-ORCHESTRATOR_BACKEND_RETRIES = env_int("ORCHESTRATOR_BACKEND_RETRIES", 2)
-ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS = env_float(
-    "ORCHESTRATOR_BACKEND_BACKOFF_BASE_SECONDS", 0.5
-)
-ORCHESTRATOR_BACKEND_BACKOFF_MAX_SECONDS = env_float(
-    "ORCHESTRATOR_BACKEND_BACKOFF_MAX_SECONDS", 10.0
-)
-ORCHESTRATOR_BREAKER_FAILURES = env_int("ORCHESTRATOR_BREAKER_FAILURES", 5)
-ORCHESTRATOR_BREAKER_RESET_SECONDS = env_float("ORCHESTRATOR_BREAKER_RESET_SECONDS", 10.0)
-ORCHESTRATOR_BREAKER_MAX_RESET_SECONDS = env_float("ORCHESTRATOR_BREAKER_MAX_RESET_SECONDS", 300.0)
-ORCHESTRATOR_STAGES: list[str] = _cfg(
-    "stages",
-    [
-        "pipeline.stages.rag.RagStage",
-        "pipeline.stages.assemble.AssembleStage",
-        "pipeline.stages.infer.InferenceStage",
-        "pipeline.stages.post.PostStage",
-        "pipeline.stages.stream.StreamStage",
-    ],
-)
-ORCHESTRATOR_SYSTEM_PROMPT = env_str(
-    "ORCHESTRATOR_SYSTEM_PROMPT",
-    _cfg("system_prompt", "You are a helpful, concise assistant."),
-)
-# Appended to the system prompt when passages were retrieved; {sources} is the
-# numbered list the model is asked to cite as [1], [2], ...
-ORCHESTRATOR_RAG_TEMPLATE = _cfg(
-    "rag_template",
-    "Use the numbered sources below when they help, and cite them like [1].\n\n{sources}",
-)
-ORCHESTRATOR_RAG_TOP_K = env_int("ORCHESTRATOR_RAG_TOP_K", _cfg("rag_top_k", 3))
-ORCHESTRATOR_RAG_MIN_SCORE = env_float("ORCHESTRATOR_RAG_MIN_SCORE", 0.0)
-ORCHESTRATOR_DOCUMENT_CHUNK_CHARS = env_int("ORCHESTRATOR_DOCUMENT_CHUNK_CHARS", 800)
-# The model's context window in tokens: system prompt + history + prompt +
-# max_tokens must fit; the oldest turns of a session are dropped first.
-ORCHESTRATOR_CONTEXT_TOKENS = env_int("ORCHESTRATOR_CONTEXT_TOKENS", _cfg("context_tokens", 2048))
-ORCHESTRATOR_SESSION_MAX_TURNS = env_int("ORCHESTRATOR_SESSION_MAX_TURNS", 50)
-# Post-processing of the stored result.
-ORCHESTRATOR_MAX_OUTPUT_CHARS = env_int("ORCHESTRATOR_MAX_OUTPUT_CHARS", 100_000)
-# [[regex, replacement], ...] applied to the stored result (not to streamed tokens).
-ORCHESTRATOR_REDACTIONS: list[list[str]] = _cfg("redactions", [])
+WEBSOCKET_MAX_MESSAGE_SIZE = ORCHESTRATOR_CONFIGURATION.config.requests.max_body_bytes
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = WEBSOCKET_MAX_MESSAGE_SIZE
 
 # --- Logging --------------------------------------------------------------------------
 LOGGING = {

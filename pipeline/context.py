@@ -62,6 +62,7 @@ class PipelineContext:
     usage: Usage = field(default_factory=Usage)
     backend_used: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)  # stages a flag turned off
     started: float = field(default_factory=time.monotonic)
 
     def mark(self, event: str) -> None:

@@ -26,7 +26,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from inference import events, logs, metrics
+from inference import events, flags, logs, metrics
 from inference.models import InferenceRequest, Outcome, Status
 from pipeline.backends import BackendError
 from pipeline.chunks import ChunkWriter, LeaseLost
@@ -89,6 +89,7 @@ class Engine:
         """Claim and run requests until :meth:`stop`."""
         layer = get_channel_layer()
         self.control_channel = await layer.new_channel("worker")
+        await events.join_flag_announcements(self.control_channel)
         logger.info("pipeline engine %s up (control %s)", self.identity, self.control_channel)
         loops = [
             asyncio.create_task(self._claim_loop()),
@@ -130,7 +131,10 @@ class Engine:
             # leaves the event set, so the wait below returns at once.
             self._wakeup.clear()
             try:
-                requests = await claim(self.control_channel, self.config.lease_seconds, slots)
+                config_hash = settings.ORCHESTRATOR_CONFIGURATION.hash
+                requests = await claim(
+                    self.control_channel, self.config.lease_seconds, slots, config_hash
+                )
             except Exception:  # the database may be restarting: poll again later
                 logger.warning("claim failed; retrying", exc_info=True)
                 requests = []
@@ -192,6 +196,8 @@ class Engine:
     def _on_control(self, message: dict[str, Any]) -> None:
         if message.get("type") == events.REQUEST_CANCEL:
             self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
+        elif message.get("type") == events.FLAGS_CHANGED:
+            flags.invalidate()
 
     def _interrupt(self, request_id: uuid.UUID, reason: str) -> None:
         task = self._running.get(request_id)
@@ -263,6 +269,7 @@ class Engine:
             backend_used=ctx.backend_used,
             passages=ctx.passages,
             messages=ctx.messages,
+            skipped_stages=ctx.skipped,
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         if await complete(request.pk, request.attempt, outcome):
@@ -280,7 +287,7 @@ class Engine:
     ) -> None:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
         details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
-        details["error_detail"] = detail[:2000]
+        details.update(error_detail=detail[:2000], skipped_stages=ctx.skipped)
         if await fail(request.pk, request.attempt, code, message, **details):
             metrics.record_finished(request, Status.FAILED, ctx.timings)
             await events.notify_finished(request.pk, Status.FAILED)

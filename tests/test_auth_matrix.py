@@ -71,6 +71,7 @@ ROUTES = list(django_routes())
 
 PUBLIC = {"health", "health-live", "metrics", "schema", "docs", "admin:login"}
 STAFF_PAGES = {"chat", "dashboard"}
+STAFF_API = {"inference:config"}  # the effective configuration: staff only
 # POST bodies of the API's write routes.
 BODIES = {
     "inference:infer": {"prompt": "hello"},
@@ -101,6 +102,8 @@ def concrete(pattern: str, values: dict[str, str]) -> str:
 def expected_api(route: Route, method: str, who: str) -> set[int]:
     if who in REFUSED:
         return {401}
+    if route.name in STAFF_API:
+        return {200} if who == "staff" else {403}
     targets_a_request = "request_id" in route.pattern or "session_id" in route.pattern
     if who == "other" and targets_a_request:
         return {404}

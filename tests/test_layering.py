@@ -5,7 +5,7 @@ import (module level or inside a function), by reading the source:
         |         \
     inference (edge)   pipeline (engine)     never import each other's modules...
         |         /
-    inference.{models, events, metrics, logs}   ...only this shared domain
+    inference.{models, events, metrics, logs, flags}   ...only this shared domain
 
 and beside them: ``harness`` drives processes and imports no application code;
 ``bench`` and ``scripts`` may use anything but ``tests``.
@@ -20,7 +20,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DOMAIN = {"inference.models", "inference.events", "inference.metrics", "inference.logs"}
+DOMAIN = {
+    "inference.models",
+    "inference.events",
+    "inference.metrics",
+    "inference.logs",
+    "inference.flags",
+}
 OURS = ("inference", "pipeline", "orchestrator_site", "harness", "tests", "bench", "scripts")
 
 

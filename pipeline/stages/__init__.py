@@ -8,6 +8,7 @@ from functools import cache
 from django.conf import settings
 from django.utils.module_loading import import_string
 
+from inference import flags
 from pipeline.context import PipelineContext
 from pipeline.stages.base import Stage
 
@@ -21,8 +22,12 @@ def configured_stages() -> tuple[Stage, ...]:
 
 
 async def run_stages(ctx: PipelineContext, stages: tuple[Stage, ...]) -> PipelineContext:
-    """Run each stage in order, recording its duration in seconds."""
+    """Run each stage in order, recording its duration in seconds; a stage whose
+    feature flag is off for this request's key is skipped, and that recorded."""
     for stage in stages:
+        if stage.flag and not await flags.aenabled(stage.flag, ctx.request.api_key_id):
+            ctx.skipped.append(stage.name)
+            continue
         began = time.monotonic()
         ctx = await stage.run(ctx)
         ctx.timings[stage.name] = round(time.monotonic() - began, 6)

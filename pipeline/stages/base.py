@@ -7,6 +7,8 @@ class Stage:
     """One step of the pipeline. ``name`` keys its timing on the request."""
 
     name = "stage"
+    # A feature flag that, off, skips the stage (recorded on the row).
+    flag: str | None = None
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
         raise NotImplementedError

@@ -16,6 +16,7 @@ class RagStage(Stage):
     """
 
     name = "rag"
+    flag = "rag"
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
         options = ctx.request.rag

@@ -97,6 +97,7 @@ def stack(
         "ORCHESTRATOR_REAP_INTERVAL_SECONDS": "0.5",
         "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "1",
         "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
+        "ORCHESTRATOR_FEATURES_REFRESH_SECONDS": "1",
         **OPEN_ACCESS,
     }
     port = free_port()
