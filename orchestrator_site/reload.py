@@ -64,6 +64,7 @@ class Reloader:
     def reload(self) -> str:
         """Read, validate and apply; ``ok``, ``invalid`` or ``unchanged``."""
         with self.lock:
+            self.seen = self._stat()
             new = load(self.current.path)
             if new.errors:
                 logger.error(
@@ -113,24 +114,26 @@ class Reloader:
 
 def watch() -> Reloader | None:
     """Follow the configuration file in this process: a daemon thread polls it,
-    SIGHUP reloads at once. Nothing to follow without a file."""
+    and SIGHUP wakes that thread to reload at once (the handler only sets an
+    event: the work never runs inside a signal handler). Nothing to follow
+    without a file."""
     loaded: Loaded = settings.ORCHESTRATOR_CONFIGURATION
     metrics.CONFIG_INFO.info({"hash": loaded.hash})
     if not loaded.path:
         return None
-    reloader = Reloader()
+    reloader, wake = Reloader(), threading.Event()
     if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGHUP, lambda *_: reloader.reload())
+        signal.signal(signal.SIGHUP, lambda *_: wake.set())
     interval = loaded.config.config.reload_interval_seconds
-    if interval > 0:
-        threading.Thread(target=_poll_forever, args=(reloader, interval), daemon=True).start()
+    threading.Thread(target=_follow, args=(reloader, wake, interval), daemon=True).start()
     return reloader
 
 
-def _poll_forever(reloader: Reloader, interval: float) -> None:
-    stop = threading.Event()
-    while not stop.wait(interval):
+def _follow(reloader: Reloader, wake: threading.Event, interval: float) -> None:
+    while True:
+        woken = wake.wait(interval if interval > 0 else None)
+        wake.clear()
         try:
-            reloader.poll()
+            reloader.reload() if woken else reloader.poll()
         except Exception:  # a reload must never take the process down
             logger.exception("configuration reload failed")

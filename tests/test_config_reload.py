@@ -147,7 +147,7 @@ def test_a_live_server_follows_its_file_and_sighup(tmp_path: Path) -> None:
         started = time.monotonic()
         rewrite(path, "[requests]\nmax_prompt_chars = 5\n[config]\nreload_interval_seconds = 0.2\n")
         assert wait_for(lambda: prompt_status(url, "ten chars!") == 400)
-        assert time.monotonic() - started < 1.5
+        assert time.monotonic() - started < 1.0
         rewrite(path, "[requests]\nmax_prompt_chars = 'many'\n")
         assert wait_for(lambda: 'result="invalid"} 1.0' in metrics_text(url))
         assert prompt_status(url, "ten chars!") == 400  # the old value is kept
