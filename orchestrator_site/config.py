@@ -442,15 +442,18 @@ class Loaded:
         values["ORCHESTRATOR_FEATURES"] = self.config.features.defaults()
         return values
 
+    def shown(self, known: Key) -> Any:
+        """A key's value as it may be shown: a secret is only said to be set."""
+        value = value_at(self.config, known.path)
+        return ("********" if value.get_secret_value() else "") if known.secret else plain(value)
+
     def report(self) -> list[dict[str, Any]]:
         """Every key with its value (secrets redacted) and its source."""
         return [
             {
                 "key": k.dotted,
                 "setting": k.setting,
-                "value": "********"
-                if k.secret and value_at(self.config, k.path)
-                else plain(value_at(self.config, k.path)),
+                "value": self.shown(k),
                 "source": self.sources.get(k.dotted, "default"),
                 "reload": k.reload,
             }
@@ -459,8 +462,9 @@ class Loaded:
 
     @cached_property
     def hash(self) -> str:
-        """12 hex digits that change whenever any effective value does."""
-        values = {k.dotted: plain(value_at(self.config, k.path)) for k in KEYS.values()}
+        """12 hex digits that change whenever any shown value does (a secret's
+        value never goes into it: the hash is a public metric label)."""
+        values = {k.dotted: self.shown(k) for k in KEYS.values()}
         canonical = json.dumps(values, sort_keys=True, default=str).encode()
         return hashlib.sha256(canonical).hexdigest()[:12]
 
@@ -497,7 +501,7 @@ def load(
     warnings: list[str] = []
     layers = [
         ("file", _from_file(path, errors, warnings)),
-        ("env", _from_env(environ, errors)),
+        ("env", _from_env(environ)),
         ("secret", _from_secret_files(environ, errors)),
         ("runtime", _runtime(runtime or {}, errors)),
     ]
@@ -589,7 +593,7 @@ def _parse_env(known: Key, raw: str) -> Any:
     return raw
 
 
-def _from_env(environ: Mapping[str, str], errors: list[str]) -> dict[str, Any]:
+def _from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     values = {}
     for known in KEYS.values():
         for name in reversed(known.env_names):  # the nested name wins
