@@ -33,7 +33,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from orchestrator_site.env import env_list, env_str
 
@@ -278,6 +278,93 @@ class Pipeline(Section):
     )
 
 
+# Sections of the features under way: declared with their contract
+# (shared/research/next-wave.md) so an operator's file is checked today; nothing
+# reads them until their feature lands (its flag stays off until then).
+
+
+class Cache(Section):
+    mode: Literal["off", "auto", "opt_in"] = key(
+        "off", "CACHE_MODE", "Response cache: who is served from it (not built yet).", reload=True
+    )
+    ttl_seconds: float = key(
+        300.0, "CACHE_TTL_SECONDS", "A cached answer's life.", gt=0, reload=True
+    )
+    max_ttl_seconds: float = key(
+        86_400.0, "CACHE_MAX_TTL_SECONDS", "The longest a client may ask for.", gt=0, reload=True
+    )
+    scope: Literal["key", "global"] = key(
+        "key", "CACHE_SCOPE", "Share answers per API key, or across keys.", reload=True
+    )
+
+    @model_validator(mode="after")
+    def ttl_within_max(self) -> Cache:
+        if self.ttl_seconds > self.max_ttl_seconds:
+            raise ValueError("ttl_seconds is above max_ttl_seconds")
+        return self
+
+
+class Dedup(Section):
+    sampled: bool = key(
+        False, "DEDUP_SAMPLED", "Coalesce sampled (temperature > 0) requests too.", reload=True
+    )
+    max_followers: int = key(
+        64, "DEDUP_MAX_FOLLOWERS", "Requests one backend call may serve.", ge=1, reload=True
+    )
+
+
+class Queue(Section):
+    aging_after_seconds: float = key(
+        60.0,
+        "QUEUE_AGING_AFTER_SECONDS",
+        "Pending this long moves up a tier (0: never).",
+        ge=0,
+        reload=True,
+    )
+    max_wait_seconds: float = key(
+        0.0,
+        "QUEUE_MAX_WAIT_SECONDS",
+        "Pending this long expires (0: the deadline only).",
+        ge=0,
+        reload=True,
+    )
+
+
+class Fairness(Section):
+    quantum_seconds: float = key(
+        1.0, "FAIRNESS_QUANTUM_SECONDS", "Fair share: one request's base cost.", gt=0, reload=True
+    )
+    tokens_per_quantum: int = key(
+        1000,
+        "FAIRNESS_TOKENS_PER_QUANTUM",
+        "Tokens that cost one quantum more.",
+        ge=1,
+        reload=True,
+    )
+
+
+class OpenAI(Section):
+    cancel_on_disconnect: bool = key(
+        True,
+        "OPENAI_CANCEL_ON_DISCONNECT",
+        "/v1: a dropped stream cancels its request.",
+        reload=True,
+    )
+    disconnect_grace_seconds: float = key(
+        5.0,
+        "OPENAI_DISCONNECT_GRACE_SECONDS",
+        "…unless a reader resumes within this.",
+        ge=0,
+        reload=True,
+    )
+    default_model: str = key(
+        "",
+        "OPENAI_DEFAULT_MODEL",
+        "/v1 model when none is named (empty: the default backend).",
+        reload=True,
+    )
+
+
 class Features(Section):
     """Feature flags' defaults; the admin overrides them at run time
     (``inference.flags``), per flag and for a percent of keys."""
@@ -316,6 +403,11 @@ class OrchestratorConfig(Section):
     models: Models = Models()
     resilience: Resilience = Resilience()
     pipeline: Pipeline = Pipeline()
+    cache: Cache = Cache()
+    dedup: Dedup = Dedup()
+    queue: Queue = Queue()
+    fairness: Fairness = Fairness()
+    openai: OpenAI = OpenAI()
     features: Features = Features()
     config: Reloading = Reloading()
 

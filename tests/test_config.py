@@ -35,9 +35,10 @@ def toml(tmp_path: Path, text: str) -> str:
             '[models.backends.x]\nclass = "a.B"\nfallbak = []\n',
             "models.backends.x.fallbak",
         ),
-        ("[cache]\nttl = 5\n", "cache"),
+        ("[cache]\nttl = 5\n", "cache.ttl"),
+        ("[metrics]\ntoken = 5\n", "metrics"),
     ],
-    ids=["top-level", "in-a-table", "nested", "unknown-table"],
+    ids=["top-level", "in-a-table", "nested", "in-a-new-section", "unknown-table"],
 )
 def test_an_unknown_key_at_any_depth_is_an_error_naming_its_path(
     tmp_path: Path, text: str, path: str
@@ -51,6 +52,11 @@ def test_an_unknown_or_misspelt_variable_is_reported() -> None:
     loaded = load("", environ={**environ, "ORCHESTRATOR_CONCURRENCY": "4"})
     assert loaded.unknown_env == sorted(environ)
     assert loaded.config.worker.concurrency == 4
+
+
+def test_cross_field_rules_name_their_section() -> None:
+    loaded = load("", environ={"ORCHESTRATOR_CACHE__TTL_SECONDS": "90000"})
+    assert loaded.errors == ["cache: Value error, ttl_seconds is above max_ttl_seconds"]
 
 
 def test_a_wrong_type_or_range_names_the_key() -> None:
