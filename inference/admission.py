@@ -128,11 +128,11 @@ def admit_call(caller: Caller) -> Quota | None:
     """Refuse a caller without access, or over its per-minute rate (a stream or
     a socket opening); else the rate quota (None: unlimited)."""
     if caller.refused is not None:
-        raise unauthenticated(caller.ip, caller.refused)
+        raise limit_unauthenticated(caller.ip, caller.refused)
     return count_call(caller)
 
 
-def unauthenticated(ip: str | None, refusal: Refusal) -> Refusal:
+def limit_unauthenticated(ip: str | None, refusal: Refusal) -> Refusal:
     """The answer to a call without a usable key: ``refusal`` itself (401), or a
     429 once its address has had ``ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE`` such
     calls this minute, so a flood without a key is bounded like one with."""

@@ -168,7 +168,7 @@ def authenticate_scope(
         raw = presented_key(scope_headers(scope))
         key = verify_key(raw) if raw else None
     except Refusal as refusal:
-        raise admission.unauthenticated(client[0], refusal) from None
+        raise admission.limit_unauthenticated(client[0], refusal) from None
     return caller_for(key, scope.get("user"), client[0])
 
 

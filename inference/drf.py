@@ -32,7 +32,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
                 return None
             key = verify_key(raw)
         except Refusal as failed:
-            refusal = admission.unauthenticated(request.META.get("REMOTE_ADDR"), failed)
+            refusal = admission.limit_unauthenticated(request.META.get("REMOTE_ADDR"), failed)
             if refusal is not failed:
                 raise refusal from None  # the address's 429
             # DRF's contract for authenticators (it adds WWW-Authenticate).
@@ -59,7 +59,7 @@ class IsPermittedCaller(permissions.BasePermission):
     def has_permission(self, request: Request, view: Any) -> bool:
         caller = caller_of(request)
         if caller.refused is not None:
-            raise admission.unauthenticated(caller.ip, caller.refused)
+            raise admission.limit_unauthenticated(caller.ip, caller.refused)
         return True
 
 
