@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -39,6 +39,7 @@ class Transport(models.TextChoices):
     WEBSOCKET = "ws", "WebSocket"
     CLI = "cli", "manage.py infer"
     ADMIN = "admin", "admin retry"
+    OPENAI = "openai", "OpenAI-compatible /v1"
 
 
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
@@ -71,6 +72,7 @@ class Outcome:
     passages: list[dict[str, Any]] = field(default_factory=list)
     messages: list[dict[str, str]] = field(default_factory=list)
     skipped_stages: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"
 
 
 class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
@@ -162,6 +164,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 passages=outcome.passages,
                 messages=outcome.messages,
                 skipped_stages=outcome.skipped_stages,
+                finish_reason=outcome.finish_reason,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
@@ -195,9 +198,14 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             )
         )
 
-    def cancel(self, pk: uuid.UUID) -> bool:
+    def cancel(self, pk: uuid.UUID, detached_at: datetime | None = None) -> bool:
+        """Cancel an active request; with ``detached_at``, only if it is still
+        the abandoned stream of that moment (no reader came back since)."""
+        rows = self.filter(pk=pk, status__in=ACTIVE_STATUSES)
+        if detached_at is not None:
+            rows = rows.filter(detached_at=detached_at)
         return bool(
-            self.filter(pk=pk, status__in=ACTIVE_STATUSES).update(
+            rows.update(
                 status=Status.CANCELLED,
                 error_code=ErrorCode.CANCELLED,
                 error="Cancelled by the client.",
@@ -296,6 +304,10 @@ class InferenceRequest(models.Model):
     )
     session_id = models.CharField(max_length=128, db_index=True)
     prompt = models.TextField()
+    # The chat messages a /v1 client sent (it owns the conversation): Assemble
+    # passes them on instead of building them from ``prompt`` and the session.
+    # Empty for the native API; ``prompt`` then holds the last user message.
+    conversation = models.JSONField(default=list, blank=True, db_default=[])
     metadata = models.JSONField(default=dict, blank=True)
     priority = models.SmallIntegerField(default=5)
     transport = models.CharField(max_length=16, choices=Transport.choices, default=Transport.REST)
@@ -335,6 +347,11 @@ class InferenceRequest(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # Why generation stopped: "stop" (the model ended), "length" (max_tokens).
+    finish_reason = models.CharField(max_length=16, blank=True, default="", db_default="")
+    # When the last /v1 reader dropped its connection: the request is cancelled
+    # after the disconnect grace unless a reader resumes (which clears this).
+    detached_at = models.DateTimeField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     client_ip = models.GenericIPAddressField(null=True, blank=True)

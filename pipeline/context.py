@@ -34,6 +34,7 @@ class RequestSnapshot:
     created_at: datetime | None = None
     api_key_id: str | None = None  # the owner: session history is per key
     rag: dict[str, Any] = field(default_factory=dict)
+    conversation: list[dict[str, str]] = field(default_factory=list)
 
     @classmethod
     def from_request(cls, request: InferenceRequest) -> RequestSnapshot:
@@ -48,6 +49,7 @@ class RequestSnapshot:
             api_key_id=request.api_key_id,
             rag=request.params.get("rag") or {},
             params=GenerationParams.from_params(request.params),
+            conversation=request.conversation,
         )
 
 

@@ -270,6 +270,7 @@ class Engine:
             passages=ctx.passages,
             messages=ctx.messages,
             skipped_stages=ctx.skipped,
+            finish_reason=ctx.usage.finish_reason or "stop",
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         if await complete(request.pk, request.attempt, outcome):

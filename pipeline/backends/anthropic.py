@@ -37,7 +37,7 @@ class AnthropicBackend(StreamingHttpBackend):
     def body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
         system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": params.model or self.model,  # (Anthropic has no seed)
             "messages": [m for m in messages if m["role"] != "system"],
             "max_tokens": params.max_tokens,
             "temperature": min(params.temperature, 1.0),  # Anthropic's range is 0-1

@@ -41,6 +41,10 @@ class GenerationParams:
     temperature: float = 0.7
     top_p: float = 1.0
     stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    # An upstream model other than the backend's configured one (``/v1``'s
+    # ``backend/model``); only the named backend uses it, never a fallback.
+    model: str = ""
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> GenerationParams:

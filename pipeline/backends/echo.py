@@ -36,7 +36,8 @@ class EchoBackend(Backend):
     ) -> AsyncIterator[str]:
         if self.failure_rate and random.random() < self.failure_rate:
             raise BackendError("injected fault", code="injected_fault", retryable=True)
-        prompt = next(m["content"] for m in reversed(messages) if m["role"] == "user")
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        prompt = users[-1] if users else messages[-1]["content"]
         words = split_words(prompt)
         usage.prompt_tokens = sum(len(split_words(m["content"])) for m in messages)
         usage.finish_reason = "length" if len(words) > params.max_tokens else "stop"

@@ -143,6 +143,7 @@ class LlamaCppBackend(Backend):
             temperature=params.temperature,
             top_p=params.top_p,
             stop=params.stop or None,
+            seed=params.seed,
             stream=True,
         )
         try:

@@ -35,7 +35,7 @@ class OpenAICompatBackend(StreamingHttpBackend):
 
     def body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self.model,
+            "model": params.model or self.model,
             "messages": messages,
             "stream": True,
             "stream_options": {"include_usage": True},
@@ -45,6 +45,8 @@ class OpenAICompatBackend(StreamingHttpBackend):
         }
         if params.stop:
             body["stop"] = params.stop
+        if params.seed is not None:
+            body["seed"] = params.seed
         return body
 
     def on_event(self, event: str, data: str, usage: Usage) -> list[str] | None:

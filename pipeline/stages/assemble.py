@@ -13,15 +13,28 @@ from pipeline.stages.base import Stage
 Message = dict[str, str]
 
 
+def sources_text(passages: list[dict[str, Any]]) -> str:
+    """The numbered sources the model may cite, in the RAG template."""
+    sources = "\n\n".join(
+        f"[{i}] {p['title']}: {p['text']}" for i, p in enumerate(passages, start=1)
+    )
+    return settings.ORCHESTRATOR_RAG_TEMPLATE.format(sources=sources)
+
+
 def system_message(passages: list[dict[str, Any]]) -> Message:
     """The system prompt, plus the numbered sources the model may cite."""
     content = settings.ORCHESTRATOR_SYSTEM_PROMPT
     if passages:
-        sources = "\n\n".join(
-            f"[{i}] {p['title']}: {p['text']}" for i, p in enumerate(passages, start=1)
-        )
-        content += "\n\n" + settings.ORCHESTRATOR_RAG_TEMPLATE.format(sources=sources)
+        content += "\n\n" + sources_text(passages)
     return {"role": "system", "content": content}
+
+
+def with_sources(conversation: list[Message], passages: list[dict[str, Any]]) -> list[Message]:
+    """A client's own conversation (``/v1``), as sent: no system prompt, no
+    session history; retrieved sources, if any, go first as a system message."""
+    if not passages:
+        return list(conversation)
+    return [{"role": "system", "content": sources_text(passages)}, *conversation]
 
 
 def starts_session(request: RequestSnapshot) -> bool:
@@ -68,7 +81,8 @@ def fit_to_budget(
 
 
 class AssembleStage(Stage):
-    """System prompt and cited passages, then the session's history, then the prompt.
+    """System prompt and cited passages, then the session's history, then the
+    prompt; or a ``/v1`` client's own messages, with the passages ahead of them.
 
     The result is stored on the request, so anyone can see what the model got.
     """
@@ -76,6 +90,9 @@ class AssembleStage(Stage):
     name = "assemble"
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
+        if ctx.request.conversation:
+            ctx.messages = with_sources(ctx.request.conversation, ctx.passages)
+            return ctx
         history = await database_sync_to_async(earlier_turns)(ctx.request)
         budget = settings.ORCHESTRATOR_CONTEXT_TOKENS - ctx.request.params.max_tokens
         ctx.messages = fit_to_budget(

@@ -3,6 +3,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import aclosing
+from dataclasses import replace
 
 from django.conf import settings
 
@@ -75,8 +76,11 @@ class InferenceStage(Stage):
             return
 
     async def _stream(self, ctx: PipelineContext, backend: Backend, parts: list[str]) -> None:
+        params = ctx.request.params
+        if backend.name != ctx.request.backend:  # a fallback runs its own model
+            params = replace(params, model="")
         # aclosing: a cancelled attempt closes the backend stream at once.
-        stream = backend.stream(ctx.messages, ctx.request.params, ctx.usage)
+        stream = backend.stream(ctx.messages, params, ctx.usage)
         async with aclosing(stream) as deltas:  # type: ignore[type-var]
             async for delta in deltas:
                 if not parts:
