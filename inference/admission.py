@@ -45,6 +45,9 @@ logger = logging.getLogger(__name__)
 WINDOW_SECONDS = 60
 # Seconds a client should wait before retrying while the database is unreachable.
 DATABASE_RETRY_AFTER = 5
+# The longest Retry-After for a refusal that clears by itself: the OpenAI SDKs
+# ignore (or give up on) longer ones, and two of their retries should be useful.
+MAX_RETRY_AFTER = 60
 
 
 @dataclass(frozen=True)
@@ -91,11 +94,13 @@ class Refusal(Exception):
         *,
         retry_after: int | None = None,
         quota: Quota | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.retry_after = retry_after
         self.quota = quota
+        self.param = param  # the request field it is about, if one
 
     @classmethod
     def from_database(cls, exc: DatabaseError, advice: str = "retry later") -> Refusal:
@@ -116,6 +121,7 @@ class Refusal(Exception):
         headers = quota_headers([*quotas, *([self.quota] if self.quota else [])])
         if self.retry_after is not None:
             headers["Retry-After"] = str(self.retry_after)
+            headers["retry-after-ms"] = str(self.retry_after * 1000)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="api"'
         return headers
@@ -208,7 +214,7 @@ def backlog_retry_after(waiting: int) -> int:
     """Seconds until ``waiting`` requests drain at the last minute's completion rate."""
     since = timezone.now() - timedelta(seconds=60)
     per_second = InferenceRequest.objects.filter(finished_at__gte=since).count() / 60
-    return int(min(max(waiting / per_second if per_second else 60, 1), 120))
+    return int(min(max(waiting / per_second if per_second else 60, 1), MAX_RETRY_AFTER))
 
 
 class PendingCount:

@@ -94,8 +94,11 @@ class StreamConsumer(SSEConsumer):
         token = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("token")
         caller = authenticate_scope(self.scope, token[0] if token else None, request_id)
         admission.admit_call(caller)
-        if not caller.requests().filter(pk=request_id).exists():
+        found = caller.requests().filter(pk=request_id).values_list("detached_at", flat=True)
+        if not (detached := list(found[:1])):
             raise Refusal(404, "not_found", NOT_FOUND)
+        if detached[0] is not None:  # a dropped /v1 stream, resumed here in time
+            services.resume_request(request_id)
         return caller
 
     async def follow(self, request_id: uuid.UUID) -> None:

@@ -26,6 +26,8 @@ ROUTES = (
     "/api/v1/stream",
     "/api/v1/documents",
     "/api/v1/sessions",
+    "/v1/chat/completions",
+    "/v1/models",
     "/api/schema",
     "/api/docs",
     "/health",

@@ -12,6 +12,7 @@ from inference.consumers import (
     StreamConsumer,
 )
 from inference.hosts import AllowedHosts
+from inference.openai_views import ChatCompletionsConsumer
 
 # SSE is a consumer, not a Django view: at 500 streams a streaming view's first
 # bytes came ~1 s late here, the consumer's in 24 ms (DESIGN §12).
@@ -21,6 +22,8 @@ http_urlpatterns = [
         "api/v1/stream/<str:request_id>",
         AllowedHosts(AuthMiddlewareStack(StreamConsumer.as_asgi())),  # type: ignore[arg-type]
     ),
+    # Keys only (no session middleware): a cookie would make it a CSRF target.
+    path("v1/chat/completions", AllowedHosts(ChatCompletionsConsumer.as_asgi())),  # type: ignore[arg-type]
     path(
         "dashboard/feed",
         AllowedHosts(AuthMiddlewareStack(DashboardFeedConsumer.as_asgi())),  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ class OrchestratorAutoSchema(AutoSchema):
         from inference.serializers import ErrorSerializer
 
         responses: dict[str, Any] = super()._get_response_bodies(direction)
-        if direction != "response" or not self.path.startswith("/api/v1/"):
+        if direction != "response" or not self.path.startswith(("/api/v1/", "/v1/")):
             return responses
         errors = dict(COMMON_ERRORS)
         if "{" in self.path:
@@ -94,9 +94,107 @@ SSE_EVENT = {
 }
 
 
+def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
+    """``POST /v1/chat/completions`` (a consumer): the fields it honours; others
+    are accepted and ignored, as OpenAI clients expect."""
+    from inference.openai_wire import model_ids
+
+    number = {"type": "number", "nullable": True}
+    text_part = {
+        "type": "object",
+        "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}},
+        "required": ["type", "text"],
+    }
+    message = {
+        "type": "object",
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+            "content": {
+                "oneOf": [{"type": "string"}, {"type": "array", "items": text_part, "minItems": 1}]
+            },
+        },
+        "required": ["role", "content"],
+    }
+    request = {
+        "type": "object",
+        "properties": {
+            "model": {"type": "string", "enum": model_ids()},
+            "messages": {"type": "array", "items": message, "minItems": 1},
+            "temperature": {**number, "minimum": 0, "maximum": 2},
+            "top_p": {**number, "minimum": 0, "maximum": 1},
+            "max_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+            "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+            "stop": {
+                "oneOf": [
+                    {"type": "string"},
+                    {"type": "array", "items": {"type": "string"}, "maxItems": 4},
+                ]
+            },
+            "seed": {"type": "integer", "nullable": True},
+            "stream": {
+                "type": "boolean",
+                "description": "true: Server-Sent Events (data: lines, then [DONE]).",
+            },
+            "user": {"type": "string", "maxLength": 256},
+            "priority": {
+                "type": "integer",
+                "minimum": -4,
+                "maximum": 5,
+                "description": "Extension (vLLM's polarity): lower runs sooner; 0 is normal.",
+            },
+            "rag": {
+                "type": "boolean",
+                "description": "Extension: retrieval from the document store (off by default).",
+            },
+            "deadline_seconds": {"type": "number", "minimum": 1, "description": "Extension."},
+            "session_id": {
+                "type": "string",
+                "maxLength": 128,
+                "description": "Extension: groups requests.",
+            },
+        },
+        "required": ["model", "messages"],
+    }
+    return {
+        "post": {
+            "operationId": "v1_chat_completions",
+            "summary": "Create a chat completion (OpenAI-compatible; a durable request)",
+            "description": (
+                "Streamed or not. Errors are OpenAI's envelope. The response's "
+                "`X-Orchestrator-Request-Id` resumes a dropped stream at "
+                "`GET /api/v1/stream/{id}` or fetches it at `GET /v1/chat/completions/{id}`."
+            ),
+            "tags": ["openai"],
+            "security": [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {}],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
+            "responses": {
+                "200": {
+                    "description": "A chat.completion, or its chunks as an event stream.",
+                    "content": {
+                        "application/json": {"schema": {"type": "object"}},
+                        "text/event-stream": {"schema": {"type": "string"}},
+                    },
+                },
+                **{
+                    code: {"description": description, "content": error}
+                    for code, description in {
+                        **COMMON_ERRORS,
+                        "404": "Unknown model (code model_not_found).",
+                        "409": "The request was cancelled.",
+                        "502": "The backend failed.",
+                        "504": "The deadline passed.",
+                    }.items()
+                },
+            },
+        }
+    }
+
+
 def add_streaming_routes(result: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-    """drf-spectacular POSTPROCESSING_HOOK: document ``GET /api/v1/stream/{id}``."""
+    """drf-spectacular POSTPROCESSING_HOOK: document the routes consumers serve,
+    ``GET /api/v1/stream/{id}`` and ``POST /v1/chat/completions``."""
     error = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    result["paths"]["/v1/chat/completions"] = chat_completions_operation(error)
     result["paths"]["/api/v1/stream/{request_id}"] = {
         "get": {
             "operationId": "stream",

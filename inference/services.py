@@ -7,21 +7,23 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from inference import admission, events, logs, metrics
 from inference.auth import Caller
 from inference.models import (
+    ACTIVE_STATUSES,
     Document,
     DocumentChunk,
     InferenceRequest,
@@ -39,6 +41,8 @@ class Submission:
     """A validated prompt submission (what the serializers produce)."""
 
     prompt: str
+    # A /v1 client's own messages (then ``prompt`` is the last user message).
+    conversation: list[dict[str, str]] = field(default_factory=list)
     session_id: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
     priority: int = 5
@@ -123,6 +127,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "id": request_id,
         "api_key_id": submission.caller.key_prefix,
         "prompt": submission.prompt,
+        "conversation": submission.conversation,
         # A new conversation is named after its first request, so the worker
         # knows it has no history without asking the database (earlier_turns).
         "session_id": submission.session_id or str(request_id),
@@ -139,13 +144,14 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
     }
 
 
-def cancel_request(request_id: uuid.UUID) -> InferenceRequest:
-    """Cancel a pending or running request; a terminal one is left as it is.
+def cancel_request(request_id: uuid.UUID, detached_at: datetime | None = None) -> InferenceRequest:
+    """Cancel a pending or running request; a terminal one is left as it is
+    (with ``detached_at``: only a stream still abandoned since then).
 
     Raises ``InferenceRequest.DoesNotExist`` for an unknown id.
     """
     with transaction.atomic():
-        cancelled = InferenceRequest.objects.cancel(request_id)
+        cancelled = InferenceRequest.objects.cancel(request_id, detached_at)
         request = InferenceRequest.objects.get(pk=request_id)
         if cancelled:
             metrics.REQUESTS.labels(request.transport, request.backend, Status.CANCELLED).inc()
@@ -153,6 +159,40 @@ def cancel_request(request_id: uuid.UUID) -> InferenceRequest:
             # lease_owner is the holding worker's control channel.
             _after_commit(events.tell_worker_to_cancel, request.lease_owner, request.pk)
     return request
+
+
+# Grace timers of abandoned streams, held so the event loop keeps them alive.
+_grace_timers: set[asyncio.Task[None]] = set()
+
+
+def abandon_request(request_id: uuid.UUID, grace: float) -> None:
+    """Its last reader dropped the connection (``/v1``): cancel the request in
+    ``grace`` seconds unless a reader resumes first (``resume_request``).
+
+    The timer lives in this process: if the process dies within the grace, the
+    request simply completes (and stays fetchable)."""
+    timer = asyncio.create_task(_cancel_if_still_abandoned(request_id, grace))
+    _grace_timers.add(timer)
+    timer.add_done_callback(_grace_timers.discard)
+
+
+async def _cancel_if_still_abandoned(request_id: uuid.UUID, grace: float) -> None:
+    stamp = timezone.now()
+    detach = InferenceRequest.objects.filter(pk=request_id, status__in=ACTIVE_STATUSES)
+    try:
+        if not await detach.aupdate(detached_at=stamp):
+            return  # finished meanwhile
+        await asyncio.sleep(grace)
+        await sync_to_async(cancel_request)(request_id, detached_at=stamp)
+    except DatabaseError:
+        logger.warning("cannot cancel the abandoned request %s", request_id, exc_info=True)
+
+
+def resume_request(request_id: uuid.UUID) -> None:
+    """A reader is back: an abandoned request is no longer cancelled."""
+    InferenceRequest.objects.filter(pk=request_id, detached_at__isnull=False).update(
+        detached_at=None
+    )
 
 
 def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:

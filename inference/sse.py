@@ -17,7 +17,7 @@ from channels.generic.http import AsyncHttpConsumer
 from django.conf import settings
 
 from inference.admission import Refusal
-from inference.errors import error_body
+from inference.errors import error_body, refusal_body
 
 # Consumers here need no channel of their own: each followed request has its
 # own subscription inside ``inference.streaming.follow``.
@@ -45,14 +45,25 @@ def parse_last_event_id(value: str | None) -> tuple[int, int | None]:
         return -1, None
 
 
-def cors_headers(scope: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-    """CORS for the stream, which bypasses Django's middleware."""
+def cors_headers(scope: dict[str, Any], preflight: bool = False) -> list[tuple[bytes, bytes]]:
+    """CORS for consumers, which bypass Django's middleware (django-cors-headers'
+    settings, so both agree); ``preflight``: the answer to an OPTIONS."""
     origin = dict(scope.get("headers", [])).get(b"origin", b"").decode("latin1")
     if settings.CORS_ALLOW_ALL_ORIGINS:
-        return [(b"access-control-allow-origin", b"*")]
-    if origin and origin in settings.CORS_ALLOWED_ORIGINS:
-        return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
-    return []
+        allowed = [(b"access-control-allow-origin", b"*")]
+    elif origin and origin in settings.CORS_ALLOWED_ORIGINS:
+        allowed = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin")]
+    else:
+        return []
+    if preflight:
+        return [
+            *allowed,
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", ", ".join(settings.CORS_ALLOW_HEADERS).encode()),
+            (b"access-control-max-age", b"86400"),
+        ]
+    exposed = ", ".join(settings.CORS_EXPOSE_HEADERS).encode()
+    return [*allowed, (b"access-control-expose-headers", exposed)]
 
 
 class SSEConsumer(AsyncHttpConsumer):
@@ -80,7 +91,8 @@ class SSEConsumer(AsyncHttpConsumer):
     async def stream(self) -> None:
         raise NotImplementedError
 
-    async def start_event_stream(self) -> None:
+    async def start_event_stream(self, headers: dict[str, str] | None = None) -> None:
+        raw = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
         await self.send_headers(
             status=200,
             headers=[
@@ -88,6 +100,7 @@ class SSEConsumer(AsyncHttpConsumer):
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),
                 *cors_headers(self.scope),
+                *raw,
             ],
         )
 
@@ -95,10 +108,14 @@ class SSEConsumer(AsyncHttpConsumer):
         self, status: int, message: str, code: str, headers: dict[str, str] | None = None
     ) -> None:
         """A JSON error response instead of a stream."""
-        body = json.dumps(error_body(message, status, code)).encode()
+        await self.send_json(status, error_body(message, status, code), headers)
+
+    async def send_json(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         raw = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
         all_headers = [(b"content-type", b"application/json"), *cors_headers(self.scope), *raw]
-        await self.send_response(status, body, headers=all_headers)
+        await self.send_response(status, json.dumps(body).encode(), headers=all_headers)
 
     async def send_refusal(self, refusal: Refusal) -> None:
-        await self.json_error(refusal.status, refusal.message, refusal.code, refusal.headers())
+        await self.send_json(refusal.status, refusal_body(refusal), refusal.headers())

@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -90,20 +91,22 @@ async def _subscription(request_id: uuid.UUID) -> AsyncIterator[str | None]:
                 await layer.group_discard(group, channel)
 
 
-async def _wait_for_event(channel: str | None, timeout: float) -> bool:
-    """True if a wake-up arrived, False on timeout (or while the layer is down)."""
+async def _wait_for_event(channel: str | None, timeout: float) -> dict[str, Any] | None:
+    """The wake-up that arrived, or None on timeout (or while the layer is down)."""
     if channel is None:
         await asyncio.sleep(min(timeout, LAYER_DOWN_POLL_SECONDS))
-        return False
+        return None
     try:
-        await asyncio.wait_for(get_channel_layer().receive(channel), timeout)
+        message: dict[str, Any] = await asyncio.wait_for(
+            get_channel_layer().receive(channel), timeout
+        )
     except TimeoutError:
-        return False
+        return None
     except Exception:
         logger.warning("channel layer receive failed; polling", exc_info=True)
         await asyncio.sleep(min(timeout, LAYER_DOWN_POLL_SECONDS))
-        return False
-    return True
+        return None
+    return message
 
 
 async def follow(
@@ -134,24 +137,34 @@ async def follow(
             if snap.request.status in TERMINAL_STATUSES:
                 yield Finished(snap.request)
                 return
-            if not await _wait_for_event(channel, poll):
+            if await _wait_for_event(channel, poll) is None:
                 yield Idle()
 
 
-async def wait_until_finished(request_id: uuid.UUID, timeout: float) -> InferenceRequest:
+async def wait_until_finished(
+    request_id: uuid.UUID,
+    timeout: float,
+    read: Callable[..., Awaitable[InferenceRequest]] | None = None,
+) -> InferenceRequest:
     """The request once terminal, or as it is when ``timeout`` runs out.
 
-    For views: ``aget`` runs on the request's own thread and connection.
+    Only the finish wakes a waiter: chunk events are skipped without reading
+    the row (a long-poll used to cost a read per chunk batch, more than the
+    stream it waited on). ``read`` loads the row: by default ``aget``, which
+    runs on a view's own thread and connection; consumers pass one wrapped in
+    ``database_sync_to_async``.
     """
-    read = InferenceRequest.objects.aget
+    read = read or InferenceRequest.objects.aget
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    poll = settings.ORCHESTRATOR_STREAM_POLL_SECONDS
     async with _subscription(request_id) as channel:
-        while True:
-            request = await read(pk=request_id)
+        request = await read(pk=request_id)
+        while not request.is_terminal:
             remaining = deadline - loop.time()
-            if request.is_terminal or remaining <= 0:
-                return request
-            await _wait_for_event(
-                channel, min(remaining, settings.ORCHESTRATOR_STREAM_POLL_SECONDS)
-            )
+            if remaining <= 0:
+                break
+            message = await _wait_for_event(channel, min(remaining, poll))
+            if message is None or message.get("type") == events.REQUEST_FINISHED:
+                request = await read(pk=request_id)
+        return request

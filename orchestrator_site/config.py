@@ -186,6 +186,10 @@ class Backend(Section):
     class_: str = Field(alias="class", description="The backend class's dotted path.")
     options: dict[str, Any] = Field(default_factory=dict)
     fallback: list[str] = Field(default_factory=list)
+    models: list[str] = Field(
+        default_factory=list,
+        description="Upstream models /v1 may name as 'backend/model' ('*': any).",
+    )
 
 
 class Models(Section):
@@ -376,7 +380,7 @@ class Features(Section):
         False, "FEATURE_FAIR_QUEUEING", "Per-key fair share (not built yet).", reload=True
     )
     openai_api: bool = key(
-        False, "FEATURE_OPENAI_API", "The /v1 surface (not built yet).", reload=True
+        True, "FEATURE_OPENAI_API", "The OpenAI-compatible /v1 API answers.", reload=True
     )
     refresh_seconds: float = key(
         5.0, "FEATURES_REFRESH_SECONDS", "Processes re-read the flag table this often.", gt=0

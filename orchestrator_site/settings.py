@@ -220,10 +220,23 @@ RATE_LIMIT_HEADERS = [
     "x-ratelimit-remaining-requests",
     "x-ratelimit-reset-requests",
 ]
-CORS_EXPOSE_HEADERS = ["Location", "Retry-After", *RATE_LIMIT_HEADERS]
+CORS_EXPOSE_HEADERS = [
+    *("Location", "Retry-After", "retry-after-ms", "x-should-retry", "x-request-id"),
+    *("X-Orchestrator-Request-Id", "X-Orchestrator-Ignored-Params", *RATE_LIMIT_HEADERS),
+]
+# The OpenAI JS SDK in a browser sends these on every call (django-cors-headers
+# has no prefix wildcard, so each is named).
+OPENAI_SDK_HEADERS = [
+    *("openai-organization", "openai-project", "openai-beta", "x-stainless-arch"),
+    *("x-stainless-async", "x-stainless-lang", "x-stainless-os"),
+    *("x-stainless-package-version", "x-stainless-runtime", "x-stainless-runtime-version"),
+    *("x-stainless-retry-count", "x-stainless-read-timeout", "x-stainless-timeout"),
+    *("x-stainless-helper-method", "x-stainless-poll-helper", "x-stainless-custom-poll-interval"),
+]
 CORS_ALLOW_HEADERS = [
     *("accept", "authorization", "content-type", "user-agent", "x-csrftoken"),
-    *("x-requested-with", "x-api-key", "idempotency-key", "last-event-id"),
+    *("x-requested-with", "x-api-key", "idempotency-key", "last-event-id", "x-request-id"),
+    *OPENAI_SDK_HEADERS,
 ]
 
 # --- Behind a TLS-terminating proxy (all off by default: `make run` is plain HTTP) ---

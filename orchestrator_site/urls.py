@@ -12,6 +12,7 @@ urlpatterns = [
     path("", views.ChatPageView.as_view(), name="chat"),
     path("dashboard/", views.DashboardView.as_view(), name="dashboard"),
     path("api/v1/", include("inference.urls")),
+    path("v1/", include("inference.openai_urls")),
     path("health", views.HealthView.as_view(), name="health"),
     path("health/live", views.LivenessView.as_view(), name="health-live"),
     path("metrics", metrics_view, name="metrics"),

@@ -1,4 +1,4 @@
-"""A tiny SSE client over Channels' ApplicationCommunicator (no network)."""
+"""A tiny SSE (and HTTP) client over Channels' ApplicationCommunicator (no network)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ class Event:
 class SSEClient:
     path: str
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    method: str = "GET"
+    body: bytes = b""
     status: int = 0
     response_headers: dict[bytes, bytes] = field(default_factory=dict)
     raw: str = ""
@@ -32,7 +34,7 @@ class SSEClient:
         path, _, query = self.path.partition("?")
         scope = {
             "type": "http",
-            "method": "GET",
+            "method": self.method,
             "path": path,
             "query_string": query.encode(),
             "headers": self.headers,
@@ -41,7 +43,7 @@ class SSEClient:
         }
         self.communicator = ApplicationCommunicator(URLRouter(http_urlpatterns), scope)
         await self.communicator.send_input(
-            {"type": "http.request", "body": b"", "more_body": False}
+            {"type": "http.request", "body": self.body, "more_body": False}
         )
         start = await self.communicator.receive_output(timeout)
         self.status = start["status"]

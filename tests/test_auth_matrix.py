@@ -84,9 +84,9 @@ def kind(route: Route) -> str:
         return "public"
     if route.name in STAFF_PAGES or route.pattern.startswith("admin/"):
         return "staff"
-    if route.pattern == "api/v1/^.*$":
+    if route.pattern in ("api/v1/^.*$", "v1/^.*$"):
         return "no-route"
-    if route.name.startswith("inference:"):
+    if route.name.startswith(("inference:", "openai:")):
         return "api"
     raise AssertionError(f"unclassified route {route.pattern!r}: add it to the matrix")
 
@@ -104,7 +104,9 @@ def expected_api(route: Route, method: str, who: str) -> set[int]:
         return {401}
     if route.name in STAFF_API:
         return {200} if who == "staff" else {403}
-    targets_a_request = "request_id" in route.pattern or "session_id" in route.pattern
+    targets_a_request = any(
+        name in route.pattern for name in ("request_id", "session_id", "completion_id")
+    )
     if who == "other" and targets_a_request:
         return {404}
     if who == "other" and route.name.startswith("inference:documents") and method != "GET":
@@ -133,6 +135,8 @@ class Targets:
     def values(self) -> dict[str, str]:
         return {
             "request_id": str(self.request.pk),
+            "completion_id": f"chatcmpl-{self.request.pk.hex}",
+            "model_id": "echo",
             "session_id": self.request.session_id,
             "pk": str(self.document.pk),
             "object_id": str(self.document.pk),
@@ -194,7 +198,8 @@ def test_the_matrix_covers_the_api() -> None:
     names = {r.name for r in ROUTES}
     assert {"inference:infer", "inference:status", "inference:result"} <= names
     assert {"inference:requests-detail", "inference:documents-list", "inference:session"} <= names
-    assert sum(kind(r) == "api" for r in ROUTES) >= 9
+    assert {"openai:models", "openai:model", "openai:completion"} <= names
+    assert sum(kind(r) == "api" for r in ROUTES) >= 12
 
 
 # --- Channels routes: SSE and WebSocket --------------------------------------------------
@@ -207,6 +212,7 @@ def channels_routes() -> list[str]:
 def test_the_channels_routes_are_all_in_the_matrix() -> None:
     assert channels_routes() == [
         "api/v1/stream/<str:request_id>",
+        "v1/chat/completions",
         "dashboard/feed",
         "api/v1/ws",
         "",
@@ -234,6 +240,23 @@ async def test_the_sse_stream_answers_every_principal_as_expected() -> None:
             assert events[-1].event == "complete"
         seen[who] = stream.status
     assert seen == expected
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("keys_required")
+async def test_chat_completions_take_keys_only(engine) -> None:  # type: ignore[no-untyped-def]
+    """A staff session is refused too: a cookie would let any page post here."""
+    from channels.db import database_sync_to_async
+
+    principals = await database_sync_to_async(Principals.create)()
+    body = json.dumps({"model": "echo", "messages": [{"role": "user", "content": "hi"}]})
+    seen = {}
+    for who in WHO:
+        headers = raw_headers({**principals.headers(who), "Content-Type": "application/json"})
+        client = SSEClient("/v1/chat/completions", headers, method="POST", body=body.encode())
+        seen[who] = (await client.open()).status
+        await client.events()
+    assert seen == {who: 401 for who in [*REFUSED, "staff"]} | {"other": 200, "own": 200}
 
 
 @pytest.mark.django_db(transaction=True)

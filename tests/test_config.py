@@ -119,7 +119,12 @@ def test_lists_and_tables_come_from_the_environment_as_json_or_commas() -> None:
     assert loaded.config.connections.trusted_proxies == ["10.0.0.1", "10.0.0.2"]
     values = loaded.settings(debug=True, redis_url="")
     assert values["ORCHESTRATOR_BACKENDS"] == {
-        "e": {"class": "pipeline.backends.echo.EchoBackend", "options": {}, "fallback": []}
+        "e": {
+            "class": "pipeline.backends.echo.EchoBackend",
+            "options": {},
+            "fallback": [],
+            "models": [],
+        }
     }
 
 

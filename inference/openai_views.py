@@ -1,0 +1,294 @@
+"""The OpenAI-compatible ``/v1`` API: every call is a durable request.
+
+``POST /v1/chat/completions`` is a Channels consumer (like the native SSE
+stream, and for the same reason: first bytes on time under load); it streams
+the request's chunks as ``chat.completion.chunk`` events or waits for the end
+and answers one ``chat.completion``. The ``GET`` routes are DRF views. The wire
+format lives in ``inference.openai_wire``.
+
+A client that drops its connection leaves the request running for
+``ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS``: a reader that resumes in time
+(``GET /api/v1/stream/<id>`` or ``GET /v1/chat/completions/<id>``) keeps it,
+otherwise it is cancelled and its upstream call closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import DatabaseError
+from django.http import Http404
+from django.utils import timezone
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from inference import admission, flags, metrics, services
+from inference.admission import Refusal, open_streams
+from inference.auth import Caller, ConnectionTerm, authenticate_scope, scope_headers
+from inference.drf import caller_of
+from inference.errors import error_body, validation_error_body
+from inference.models import InferenceRequest, Status, Transport
+from inference.openai_wire import (
+    ChatCompletionResponseSerializer,
+    ChatCompletionSerializer,
+    ChunkWriter,
+    ModelListSerializer,
+    ModelSerializer,
+    completion_body,
+    error_line,
+    failure_of,
+    model_ids,
+    model_object,
+    resolve_model,
+)
+from inference.serializers import ErrorSerializer, idempotency_key_of
+from inference.sse import SSEConsumer, cors_headers
+from inference.streaming import Finished, Idle, Reset, Token, follow, wait_until_finished
+from inference.views import APIView, get_request_or_404
+
+FLAG = "openai_api"
+TURNED_OFF = "The OpenAI-compatible API is turned off."
+# A retried failure would fail the same way: the worker already retried it.
+NO_RETRY = {"x-should-retry": "false"}
+
+
+def request_headers(request: InferenceRequest, ignored: list[str]) -> dict[str, str]:
+    headers = {"X-Orchestrator-Request-Id": str(request.pk)}
+    if ignored:
+        headers["X-Orchestrator-Ignored-Params"] = ", ".join(ignored)
+    return headers
+
+
+class ChatCompletionsConsumer(SSEConsumer):
+    """``POST /v1/chat/completions``, streamed (``stream: true``) or not."""
+
+    request: InferenceRequest | None = None
+    answered = False  # the response is complete: a disconnect now abandons nothing
+
+    async def http_request(self, message: dict[str, Any]) -> None:
+        self.body.append(message.get("body", b""))  # (AsyncHttpConsumer's list)
+        if message.get("more_body"):
+            return
+        method = self.scope["method"]
+        if method == "OPTIONS":
+            await self.send_response(204, b"", headers=cors_headers(self.scope, preflight=True))
+        elif method != "POST":
+            headers = {"Allow": "POST"}
+            await self.json_error(405, "Use POST.", "method_not_allowed", headers)
+        else:
+            self.streaming = asyncio.create_task(self.respond())
+
+    async def http_disconnect(self, message: dict[str, Any]) -> None:
+        request = self.request
+        if (
+            request is not None
+            and not self.answered
+            and settings.ORCHESTRATOR_OPENAI_CANCEL_ON_DISCONNECT
+        ):
+            services.abandon_request(
+                request.pk, settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS
+            )
+        await super().http_disconnect(message)
+
+    async def respond(self) -> None:
+        try:
+            await self._respond()
+        except Refusal as refusal:
+            await self.send_refusal(refusal)
+        except ValidationError as exc:
+            await self.send_json(400, validation_error_body(exc))
+        except DatabaseError as exc:
+            await self.send_refusal(Refusal.from_database(exc))
+
+    async def _respond(self) -> None:
+        caller = await database_sync_to_async(self.authorize)()
+        if not await flags.aenabled(FLAG, caller.key_prefix):
+            raise Refusal(404, "not_found", TURNED_OFF)
+        serializer = ChatCompletionSerializer(data=self.parse_body())
+        serializer.is_valid(raise_exception=True)
+        headers = scope_headers(self.scope)
+        submission = serializer.to_submission(
+            transport=Transport.OPENAI,
+            caller=caller,
+            idempotency_key=idempotency_key_of(headers.get("idempotency-key")),
+        )
+        stream = bool(serializer.validated_data.get("stream"))
+        if stream:
+            open_streams.open(caller)
+        try:
+            self.request, _ = await services.asubmit_request(submission, database_sync_to_async)
+            extra = request_headers(self.request, serializer.ignored_params())
+            if stream:
+                await self.stream_chunks(caller, extra, serializer.include_usage)
+            else:
+                await self.wait(extra)
+        finally:
+            if stream:
+                open_streams.close(caller)
+
+    def authorize(self) -> Caller:
+        """Keys only: a session cookie would let any web page post here (no CSRF)."""
+        caller = authenticate_scope(self.scope)
+        admission.admit_call(caller)
+        return caller
+
+    def parse_body(self) -> Any:
+        try:
+            return json.loads(b"".join(self.body))
+        except (ValueError, RecursionError):
+            raise ValidationError({"body": ["The body is not valid JSON."]}) from None
+
+    async def wait(self, headers: dict[str, str]) -> None:
+        """Non-streamed: the ``chat.completion`` once the request has finished."""
+        assert self.request is not None
+        deadline = self.request.deadline_at or timezone.now()
+        seconds = (deadline - timezone.now()).total_seconds() + 1
+        read = database_sync_to_async(InferenceRequest.objects.get)
+        request = await wait_until_finished(self.request.pk, seconds, read)
+        self.answered = True
+        if request.status == Status.COMPLETED:
+            return await self.send_json(200, completion_body(request), headers)
+        status, code, message = failure_of(request)
+        await self.send_json(status, error_body(message, status, code), {**headers, **NO_RETRY})
+
+    async def stream_chunks(
+        self, caller: Caller, headers: dict[str, str], include_usage: bool
+    ) -> None:
+        """Streamed: a role chunk, content chunks, the last chunk, ``[DONE]``."""
+        request = self.request
+        assert request is not None
+        writer = ChunkWriter(request, include_usage)
+        term = ConnectionTerm(caller)
+        metrics.CONNECTIONS_OPEN.labels("openai").inc()
+        try:
+            await self.start_event_stream(headers)
+            # The comment flushes the headers at once (time to first byte).
+            await self.send_body(b": keep-alive\n\n" + writer.role(request), more_body=True)
+            ending = await self.relay(request.pk, writer, term)
+            self.answered = True
+            await self.send_body(ending, more_body=False)
+        finally:
+            metrics.CONNECTIONS_OPEN.labels("openai").dec()
+
+    async def relay(
+        self, request_id: uuid.UUID, writer: ChunkWriter, term: ConnectionTerm
+    ) -> bytes:
+        """Send the chunks as they come; return the stream's last bytes."""
+        keepalive = settings.ORCHESTRATOR_SSE_KEEPALIVE_SECONDS
+        last_sent, sent_text = time.monotonic(), False
+        async for event in follow(request_id):
+            payload = b""
+            if isinstance(event, Token):
+                payload, sent_text = writer.content(event.text), True
+            elif isinstance(event, Reset) and sent_text:
+                # A worker was lost mid-answer: the new attempt cannot be spliced on.
+                fetch = f"/v1/chat/completions/{writer.head['id']}"
+                message = f"The answer was interrupted and restarted; fetch {fetch}."
+                return error_line(502, message, "stream_interrupted")
+            elif isinstance(event, Idle) and time.monotonic() - last_sent >= keepalive:
+                payload = b": keep-alive\n\n"
+            elif isinstance(event, Finished):
+                if event.request.status == Status.COMPLETED:
+                    return writer.end(event.request)
+                return error_line(*failure_of(event.request))
+            if payload:
+                await self.send_body(payload, more_body=True)
+                last_sent = time.monotonic()
+            try:
+                await term.check()
+            except Refusal as refusal:
+                return error_line(refusal.status, refusal.message, refusal.code)
+        return error_line(404, "The request is gone.", "not_found")
+
+
+# --- the GET routes (DRF) ----------------------------------------------------------
+
+
+async def require_enabled(request: Request) -> None:
+    # sync_to_async, not flags.aenabled: a view's thread manages its own connection.
+    if not await sync_to_async(flags.enabled)(FLAG, caller_of(request).key_prefix):
+        raise NotFound(TURNED_OFF)
+
+
+class ModelListView(APIView):
+    @extend_schema(
+        operation_id="v1_models",
+        summary="The models /v1 accepts",
+        tags=["openai"],
+        responses={200: ModelListSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        await require_enabled(request)
+        return Response({"object": "list", "data": [model_object(m) for m in model_ids()]})
+
+
+class ModelView(APIView):
+    @extend_schema(
+        operation_id="v1_model",
+        summary="One model",
+        tags=["openai"],
+        responses={
+            200: ModelSerializer,
+            404: OpenApiResponse(ErrorSerializer, description="No such model."),
+        },
+    )
+    async def get(self, request: Request, model_id: str) -> Response:
+        await require_enabled(request)
+        resolve_model(model_id)  # 404 model_not_found
+        return Response(model_object(model_id))
+
+
+def parse_completion_id(value: str) -> str:
+    """``chatcmpl-<hex>`` (or the bare request id) -> the request id."""
+    raw = value.removeprefix("chatcmpl-")
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise Http404("No completion with that id.") from None
+
+
+class CompletionView(APIView):
+    """``GET /v1/chat/completions/<id>``: a stored completion (OpenAI's shape).
+    Fetching an abandoned request counts as resuming it; while it still runs,
+    this waits up to ``ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS``, then answers 409
+    (which the SDKs retry)."""
+
+    @extend_schema(
+        operation_id="v1_completion",
+        summary="A stored chat completion",
+        tags=["openai"],
+        responses={
+            200: ChatCompletionResponseSerializer,
+            409: OpenApiResponse(ErrorSerializer, description="Still running, or cancelled."),
+            502: OpenApiResponse(ErrorSerializer, description="The backend failed."),
+            504: OpenApiResponse(ErrorSerializer, description="The deadline passed."),
+        },
+    )
+    async def get(self, request: Request, completion_id: str) -> Response:
+        await require_enabled(request)
+        row = await get_request_or_404(caller_of(request), parse_completion_id(completion_id))
+        if row.detached_at is not None:
+            await sync_to_async(services.resume_request)(row.pk)
+        if not row.is_terminal:
+            row = await wait_until_finished(row.pk, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
+        headers = {"X-Orchestrator-Request-Id": str(row.pk)}
+        if row.status == Status.COMPLETED:
+            return Response(completion_body(row), headers=headers)
+        if not row.is_terminal:
+            body = error_body(
+                "The completion is still being generated.", 409, "request_in_progress"
+            )
+            return Response(body, status=409, headers={**headers, "Retry-After": "1"})
+        status, code, message = failure_of(row)
+        return Response(
+            error_body(message, status, code), status=status, headers={**headers, **NO_RETRY}
+        )
