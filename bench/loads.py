@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from bench.rawhttp import Connection, HTTPStatusError
 
 INFER = "/api/v1/infer"
+CHAT = "/v1/chat/completions"
 
 
 @dataclass
@@ -29,7 +30,7 @@ class Samples:
     """What a load saw: latencies of the successful operations, and the rest."""
 
     latencies: list[float] = field(default_factory=list)  # seconds
-    statuses: Counter[int] = field(default_factory=Counter)
+    statuses: Counter[int] = field(default_factory=Counter)  # of POST /api/v1/infer
     errors: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
 
@@ -40,6 +41,12 @@ class Samples:
     @property
     def rate(self) -> float:
         return self.ok / self.elapsed if self.elapsed else 0.0
+
+    @property
+    def failed(self) -> int:
+        """Operations that went wrong: errors, and submits not accepted (202)."""
+        refused = sum(n for status, n in self.statuses.items() if status != 202)
+        return sum(self.errors.values()) + refused
 
     def percentile_ms(self, p: float) -> float:
         return percentile(self.latencies, p) * 1000
@@ -83,8 +90,11 @@ async def closed_loop(
                 budget[0] -= 1
                 try:
                     await operation(connection, samples)
-                except (OSError, asyncio.IncompleteReadError, HTTPStatusError, ValueError) as exc:
-                    samples.errors[type(exc).__name__] += 1
+                except (OSError, asyncio.IncompleteReadError, HTTPStatusError) as exc:
+                    samples.errors[_error_name(exc)] += 1
+                    await connection.close()
+                except (ValueError, LookupError, TypeError) as exc:  # a malformed answer
+                    samples.errors[f"malformed answer ({type(exc).__name__})"] += 1
                     await connection.close()
         finally:
             await connection.close()
@@ -93,6 +103,10 @@ async def closed_loop(
     await asyncio.gather(*(run(i) for i in range(connections)))
     samples.elapsed = time.perf_counter() - began
     return samples
+
+
+def _error_name(exc: Exception) -> str:
+    return f"HTTP {exc.status}" if isinstance(exc, HTTPStatusError) else type(exc).__name__
 
 
 def submit(body: dict[str, Any]) -> Operation:
@@ -108,6 +122,27 @@ def submit(body: dict[str, Any]) -> Operation:
     return operation
 
 
+async def _submitted(connection: Connection, samples: Samples, body: dict[str, Any]) -> str | None:
+    """``POST /api/v1/infer``: the request id if accepted (202), else None."""
+    response = await connection.request("POST", INFER, body)
+    samples.statuses[response.status] += 1
+    return str(response.json()["request_id"]) if response.status == 202 else None
+
+
+def _check(
+    samples: Samples, began: float, expected: str, failure: str | None, **answers: Any
+) -> None:
+    """Count one finished operation: its latency since ``began`` if nothing failed
+    and every answer is the echoed prompt, else what went wrong."""
+    wrong = [name for name, answer in answers.items() if answer != expected]
+    if failure is None and wrong:
+        failure = f"{' and '.join(wrong)} not the prompt"
+    if failure is None:
+        samples.latencies.append(time.perf_counter() - began)
+    else:
+        samples.errors[failure] += 1
+
+
 def submit_and_stream(body: dict[str, Any]) -> Operation:
     """Submit, then read ``GET /api/v1/stream/<id>`` to its ``complete`` event:
     end-to-end latency, checked against the echoed prompt."""
@@ -115,25 +150,118 @@ def submit_and_stream(body: dict[str, Any]) -> Operation:
 
     async def operation(connection: Connection, samples: Samples) -> None:
         began = time.perf_counter()
-        response = await connection.request("POST", INFER, body)
-        samples.statuses[response.status] += 1
-        if response.status != 202:
+        request_id = await _submitted(connection, samples, body)
+        if request_id is None:
             return
-        request_id = response.json()["request_id"]
-        text, final = "", None
+        text, ending, final = "", None, {}
         async for event, data in connection.events(f"/api/v1/stream/{request_id}"):
             if event == "token":
                 text += json.loads(data)["data"]
             elif event in ("complete", "error"):
-                final = (event, json.loads(data))
-        if final is None or final[0] != "complete" or final[1]["result"] != expected:
-            samples.errors[f"stream ended {final and final[0]}"] += 1
-        elif text != expected:
-            samples.errors["tokens differ from the result"] += 1
-        else:
-            samples.latencies.append(time.perf_counter() - began)
+                ending, final = event, json.loads(data)
+        failure = None if ending == "complete" else f"stream ended {ending}"
+        _check(samples, began, expected, failure, tokens=text, result=final.get("result"))
 
     return operation
+
+
+def submit_and_poll(body: dict[str, Any]) -> Operation:
+    """Submit, then long-poll ``GET /api/v1/result/<id>?wait=10`` once (the echo
+    backend finishes well within it): the native path without streaming."""
+    expected = body["prompt"]
+
+    async def operation(connection: Connection, samples: Samples) -> None:
+        began = time.perf_counter()
+        request_id = await _submitted(connection, samples, body)
+        if request_id is None:
+            return
+        response = await connection.request("GET", f"/api/v1/result/{request_id}?wait=10")
+        answer = response.json()
+        status = answer.get("status")
+        failure = None if status == "completed" else f"result: HTTP {response.status} {status}"
+        _check(samples, began, expected, failure, result=answer.get("result"))
+
+    return operation
+
+
+def chat_body(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
+    """A native ``/api/v1/infer`` body as a ``/v1/chat/completions`` one."""
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": body["prompt"]}],
+        "stream": stream,
+    }
+    if "max_tokens" in body:
+        payload["max_tokens"] = body["max_tokens"]
+    return payload
+
+
+def chat_completion(body: dict[str, Any], model: str = "echo") -> Operation:
+    """``POST /v1/chat/completions`` unstreamed: one ``chat.completion`` once finished."""
+    expected, payload = body["prompt"], chat_body(body, model, stream=False)
+
+    async def operation(connection: Connection, samples: Samples) -> None:
+        began = time.perf_counter()
+        response = await connection.request("POST", CHAT, payload)
+        if response.status != 200:
+            raise HTTPStatusError(response.status, response.body)
+        content = response.json()["choices"][0]["message"]["content"]
+        _check(samples, began, expected, None, content=content)
+
+    return operation
+
+
+def chat_stream(body: dict[str, Any], model: str = "echo") -> Operation:
+    """``POST /v1/chat/completions`` streamed, read to ``data: [DONE]``."""
+    expected, payload = body["prompt"], chat_body(body, model, stream=True)
+
+    async def operation(connection: Connection, samples: Samples) -> None:
+        began = time.perf_counter()
+        stream = await read_chat_stream(connection, payload)
+        _check(samples, began, expected, stream.failure, content=stream.text)
+
+    return operation
+
+
+@dataclass
+class ChatStream:
+    """A streamed chat completion as received: its content deltas joined, when the
+    first arrived, and what was wrong with the stream (None: nothing)."""
+
+    text: str = ""
+    first_content: float | None = None  # time.perf_counter()
+    failure: str | None = None
+
+
+async def read_chat_stream(connection: Connection, payload: dict[str, Any]) -> ChatStream:
+    """POST a streamed chat completion and read it to the end of the response
+    (``HTTPStatusError`` if the answer is not a 200 stream)."""
+    stream, chunks = ChatStream(), []
+    async for _event, data in connection.events(CHAT, payload, "POST"):
+        chunk = data if data == "[DONE]" else json.loads(data)
+        chunks.append(chunk)
+        for choice in chunk.get("choices", []) if isinstance(chunk, dict) else []:
+            if content := choice["delta"].get("content"):
+                stream.first_content = stream.first_content or time.perf_counter()
+                stream.text += content
+    stream.failure = _chat_failure(chunks)
+    return stream
+
+
+def _chat_failure(chunks: list[Any]) -> str | None:
+    """What is wrong with a stream's chunks: an error, no role chunk first, no
+    ``finish_reason``, not ending with ``[DONE]``; None if nothing."""
+    errors = [c["error"].get("code") for c in chunks if isinstance(c, dict) and "error" in c]
+    if errors:
+        return f"stream error {errors[0]}"
+    if chunks.count("[DONE]") != 1 or chunks[-1] != "[DONE]":
+        return "stream not ended by one [DONE]"
+    chunks = chunks[:-1]
+    if not chunks or "role" not in chunks[0]["choices"][0]["delta"]:
+        return "no role chunk first"
+    if not any(c["choices"] and c["choices"][0].get("finish_reason") for c in chunks):
+        return "no finish_reason"
+    return None
 
 
 async def first_token_sse(base_url: str, body: dict[str, Any], count: int) -> Samples:
@@ -143,9 +271,9 @@ async def first_token_sse(base_url: str, body: dict[str, Any], count: int) -> Sa
     try:
         for _ in range(count):
             began = time.perf_counter()
-            response = await connection.request("POST", INFER, body)
-            samples.statuses[response.status] += 1
-            request_id = response.json()["request_id"]
+            request_id = await _submitted(connection, samples, body)
+            if request_id is None:
+                continue
             first = None
             async for event, _data in connection.events(f"/api/v1/stream/{request_id}"):
                 if event == "token" and first is None:
@@ -154,6 +282,24 @@ async def first_token_sse(base_url: str, body: dict[str, Any], count: int) -> Sa
                     samples.errors[f"stream error {_data[:80]}"] += 1
             if first is not None:
                 samples.latencies.append(first)
+    finally:
+        await connection.close()
+    return samples
+
+
+async def first_token_chat(base_url: str, payload: dict[str, Any], count: int) -> Samples:
+    """``/v1`` streamed, one at a time on one connection: from sending the POST to
+    the first content delta (not the role chunk)."""
+    samples = Samples()
+    connection = Connection(base_url)
+    try:
+        for _ in range(count):
+            began = time.perf_counter()
+            stream = await read_chat_stream(connection, payload)
+            if stream.failure is not None:
+                samples.errors[stream.failure] += 1
+            elif stream.first_content is not None:
+                samples.latencies.append(stream.first_content - began)
     finally:
         await connection.close()
     return samples

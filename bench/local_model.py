@@ -17,6 +17,8 @@ import os
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
+from typing import Any, cast
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "orchestrator_site.settings")
 os.environ.setdefault("ORCHESTRATOR_DATA_DIR", tempfile.mkdtemp(prefix="bench-local-"))
@@ -39,15 +41,19 @@ PROMPT = "Explain in a few paragraphs how a bicycle works."
 
 
 def direct(llama: Llama, max_tokens: int) -> tuple[int, float]:
-    messages = [
+    messages: list[Any] = [
         {"role": "system", "content": settings.ORCHESTRATOR_SYSTEM_PROMPT},
         {"role": "user", "content": PROMPT},
     ]
     began = time.perf_counter()
     tokens = 0
-    for chunk in llama.create_chat_completion(
-        messages=messages, max_tokens=max_tokens, temperature=0, stream=True
-    ):
+    chunks = cast(
+        Iterator[Any],
+        llama.create_chat_completion(
+            messages=messages, max_tokens=max_tokens, temperature=0, stream=True
+        ),
+    )
+    for chunk in chunks:
         if chunk["choices"][0]["delta"].get("content"):
             tokens += 1
     return tokens, time.perf_counter() - began

@@ -24,6 +24,7 @@ import threading
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any, cast
 
 from bench.loads import closed_loop, submit_and_stream
 from bench.scenarios import STREAM_BODY
@@ -103,7 +104,9 @@ def print_report(args: argparse.Namespace, report: dict[str, object]) -> None:
         print(f"problems: {report['problems']}")
     if "run" not in report:
         return
-    (before, rss_before, _), (after, rss_after, ran) = report["warm-up"], report["run"]  # type: ignore[misc]
+    snapshot = tuple[Any, float, int]  # (tracemalloc snapshot, RSS MB, requests run)
+    before, rss_before, _ = cast(snapshot, report["warm-up"])
+    after, rss_after, ran = cast(snapshot, report["run"])
     stats = after.compare_to(before, "traceback")
     traced = sum(s.size_diff for s in stats) / 2**20
     per_10k = 10_000 / ran

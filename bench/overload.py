@@ -71,7 +71,7 @@ def _drain_rate(url: str, count: int) -> float:
             first, last, done = conn.execute(
                 "SELECT min(started_at), max(finished_at), count(finished_at) "
                 "FROM inference_inferencerequest WHERE metadata->>'step' = 'capacity'"
-            ).fetchone()
+            ).fetchone() or (None, None, 0)
             if done == count:
                 return count / (last - first).total_seconds()
             time.sleep(0.2)
@@ -124,8 +124,8 @@ def goodput(url: str, tag: str, deadline: float, seconds: float) -> tuple[float,
                 "SELECT count(*) FROM inference_inferencerequest "
                 "WHERE metadata->>'step' = %s AND status IN ('pending', 'processing')",
                 (tag,),
-            ).fetchone()[0]
-            if not active:
+            ).fetchone() or (0,)
+            if not active[0]:
                 break
             time.sleep(0.2)
         latencies = [

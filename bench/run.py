@@ -4,8 +4,9 @@
                                   [--profile] [--json PATH]
 
   a. durable submit throughput and latency (POST /api/v1/infer -> 202)
-  b. orchestration overhead: submit -> SSE `complete` with the echo backend at 0 ms/token
-  c. time to first token added over an OpenAI-compatible upstream's own (SSE and WebSocket)
+  b. orchestration overhead: submit -> the whole answer with the echo backend at 0 ms/token
+     (native SSE and long-poll, /v1/chat/completions streamed and not)
+  c. time to first token added over an OpenAI-compatible upstream's own (SSE, WebSocket, /v1)
   d. WebSocket capacity of one web process: KB per idle socket, then many streaming at once
   e. memory growth per 10,000 requests (web, worker, embedded server)
   f. local model tokens/s through the pipeline vs llama-cpp-python direct

@@ -24,11 +24,16 @@ from bench.loads import (
     Operation,
     Samples,
     SocketSwarm,
+    chat_body,
+    chat_completion,
+    chat_stream,
     closed_loop,
+    first_token_chat,
     first_token_direct,
     first_token_sse,
     first_token_ws,
     percentile,
+    submit_and_poll,
     submit_and_stream,
 )
 from bench.report import Table
@@ -54,6 +59,8 @@ class Plan:
     latency_seconds: float
     throughput_seconds: float
     throughput_connections: int
+    path_latency_seconds: float  # b's other client paths (long-poll, /v1): shorter
+    path_throughput_seconds: float
     first_tokens: int
     idle_sockets: int
     streaming_sockets: int
@@ -72,6 +79,8 @@ FULL = Plan(
     latency_seconds=8,
     throughput_seconds=10,
     throughput_connections=64,
+    path_latency_seconds=4,
+    path_throughput_seconds=6,
     first_tokens=40,
     idle_sockets=10_000,
     streaming_sockets=1_000,
@@ -89,6 +98,8 @@ SMOKE = Plan(
     latency_seconds=1,
     throughput_seconds=1,
     throughput_connections=16,
+    path_latency_seconds=1,
+    path_throughput_seconds=1,
     first_tokens=5,
     idle_sockets=200,
     streaming_sockets=50,
@@ -215,60 +226,97 @@ def _submit_target(config: str, top: bool, rate: float, p99: float) -> tuple[str
 # --- b. orchestration overhead ----------------------------------------------------------
 
 
+NATIVE_SSE = "native SSE"
+NOT_STREAMED = ("native long-poll", "/v1 non-stream")
+
+
 def orchestration_overhead(workspace: Workspace, plan: Plan, options: Options) -> Table:
     table = Table(
         "b",
-        "Orchestration overhead: submit, then SSE until `complete` (echo backend, 0 ms/token)",
-        ["config", "load", "completed/s", "p50 ms", "p99 ms", "failed"],
+        "Orchestration overhead: submit -> the whole answer (echo backend, 0 ms/token)",
+        ["config", "path", "load", "completed/s", "p50 ms", "p99 ms", "failed"],
         notes=[
-            "Client: the bench's raw-asyncio HTTP/1.1 client (Python, same box); each "
-            "connection POSTs, then reads GET /api/v1/stream/<id> on the same keep-alive "
-            "connection; 8 echo tokens per request; prompt checked against tokens and result.",
+            "Client: the bench's raw-asyncio HTTP/1.1 client (Python, same box), one "
+            "keep-alive connection per closed-loop worker; 8 echo tokens per request, the "
+            "answer checked against the prompt. Paths: native SSE = POST /api/v1/infer, "
+            "then GET /api/v1/stream/<id> to `complete` (tokens and result checked); "
+            "native long-poll = POST, then GET /api/v1/result/<id>?wait=10; /v1 stream = "
+            "POST /v1/chat/completions `stream: true` to `data: [DONE]` (deltas joined); "
+            "/v1 non-stream = the same POST unstreamed (`message.content`).",
+            f"Native SSE: {plan.warmup_seconds:g} s warm-up, {plan.latency_seconds:g} s at 1 "
+            f"connection, {plan.throughput_seconds:g} s at many; the other paths "
+            f"{plan.warmup_seconds / 2:g} s, {plan.path_latency_seconds:g} s, "
+            f"{plan.path_throughput_seconds:g} s, in the table's order on the same stack.",
         ],
     )
-    operation = submit_and_stream(STREAM_BODY)
+    paths = {
+        NATIVE_SSE: submit_and_stream(STREAM_BODY),
+        "native long-poll": submit_and_poll(STREAM_BODY),
+        "/v1 stream": chat_stream(STREAM_BODY),
+        "/v1 non-stream": chat_completion(STREAM_BODY),
+    }
     for config in CONFIGS:
         with workspace.stack(config) as stack:
-            urls = stack.web_urls
-            asyncio.run(closed_loop(urls, 1, operation, seconds=plan.warmup_seconds))
-            low = asyncio.run(closed_loop(urls, 1, operation, seconds=plan.latency_seconds))
-            high = asyncio.run(
-                closed_loop(
-                    urls, plan.throughput_connections, operation, seconds=plan.throughput_seconds
-                )
-            )
+            measured = {
+                path: _overhead_loads(stack.web_urls, operation, plan, path == NATIVE_SSE)
+                for path, operation in paths.items()
+            }
             check_alive(stack, table)
-        p50 = low.percentile_ms(50)
-        table.add(
-            "p50 ≤10 ms",
-            p50 <= 10,
-            config=config,
-            load="1 connection, one at a time",
-            **_latency_cells(low),
-        )
-        scaled = config == "scaled"
-        table.add(
-            "≥1000 completed/s" if scaled else "",
-            high.rate >= 1000 if scaled else None,
-            config=config,
-            load=f"{plan.throughput_connections} connections",
-            **_latency_cells(high),
-        )
-        for name, samples in (("1 connection", low), ("many connections", high)):
-            table.problems += [f"{config} {name}: {p}" for p in samples.problems()]
+        for path, loads in measured.items():
+            _overhead_rows(table, config, path, loads, measured[NATIVE_SSE][-1].rate, plan)
     return table
 
 
-def _latency_cells(samples: Samples) -> dict[str, float | int]:
-    failed = sum(samples.errors.values()) + sum(
-        n for status, n in samples.statuses.items() if status != 202
+def _overhead_loads(
+    urls: list[str], operation: Operation, plan: Plan, native: bool
+) -> tuple[Samples, Samples]:
+    """Warm-up, then one connection at a time, then many connections."""
+    warm, low, high = (
+        (plan.warmup_seconds, plan.latency_seconds, plan.throughput_seconds)
+        if native
+        else (plan.warmup_seconds / 2, plan.path_latency_seconds, plan.path_throughput_seconds)
     )
-    return {
-        "completed/s": samples.rate,
-        "p50 ms": samples.percentile_ms(50),
-        "p99 ms": samples.percentile_ms(99),
-        "failed": failed,
-    }
+
+    def run(connections: int, seconds: float) -> Samples:
+        return asyncio.run(closed_loop(urls, connections, operation, seconds=seconds))
+
+    run(1, warm)
+    return run(1, low), run(plan.throughput_connections, high)
+
+
+def _overhead_rows(
+    table: Table,
+    config: str,
+    path: str,
+    loads: tuple[Samples, Samples],
+    streamed_rate: float,
+    plan: Plan,
+) -> None:
+    labels = ("1 connection, one at a time", f"{plan.throughput_connections} connections")
+    for many, (load, samples) in enumerate(zip(labels, loads, strict=True)):
+        target, met = _overhead_target(config, path, bool(many), samples, streamed_rate)
+        table.add(
+            target,
+            met,
+            config=config,
+            path=path,
+            load=load,
+            **{"completed/s": samples.rate, "p50 ms": samples.percentile_ms(50)},
+            **{"p99 ms": samples.percentile_ms(99), "failed": samples.failed},
+        )
+        table.problems += [f"{config} {path} {load}: {p}" for p in samples.problems()]
+
+
+def _overhead_target(
+    config: str, path: str, many: bool, samples: Samples, streamed_rate: float
+) -> tuple[str, bool | None]:
+    if path == NATIVE_SSE and not many:
+        return "p50 ≤10 ms", samples.percentile_ms(50) <= 10
+    if path == NATIVE_SSE and config == "scaled":
+        return "≥1000 completed/s", samples.rate >= 1000
+    if path in NOT_STREAMED and many:
+        return "≥ native SSE's completed/s", samples.rate >= streamed_rate
+    return "", None
 
 
 # --- c. time to first token -------------------------------------------------------------
@@ -311,20 +359,18 @@ def first_token(workspace: Workspace, plan: Plan, options: Options) -> Table:
             f"Upstream: harness/fake_llm_server.py (OpenAI streaming format) in its own process, "
             f"model `{MODEL}`: first token {delay_ms:.0f} ms after the request. `openai` backend, "
             "one request at a time, max_tokens 1. TTFT: client sends the prompt -> first token "
-            "arrives; added = TTFT - the direct path's p50 (same client, straight to the "
-            "upstream).",
+            "arrives (/v1 stream: POST /v1/chat/completions, model `openai`, -> the first "
+            "`delta.content` chunk, not the role chunk); added = TTFT - the direct path's p50 "
+            "(same client, straight to the upstream).",
         ],
     )
-    direct_body = {
-        "model": MODEL,
-        "stream": True,
-        "max_tokens": 1,
-        "messages": [{"role": "user", "content": TTFT_BODY["prompt"]}],
-    }
     with upstream() as upstream_url:
+        direct_body = chat_body(TTFT_BODY, MODEL, stream=True)
         direct = asyncio.run(first_token_direct(upstream_url, direct_body, plan.first_tokens))
         baseline = direct.percentile_ms(50)
         table.add(
+            "",
+            None,
             config="—",
             path="direct to upstream",
             requests=direct.ok,
@@ -348,10 +394,13 @@ def first_token(workspace: Workspace, plan: Plan, options: Options) -> Table:
 async def _first_tokens(stack: Stack, count: int) -> dict[str, Samples]:
     url = stack.web_urls[0]
     ws_url, origin = ws_endpoint(url)
+    chat = chat_body(TTFT_BODY, "openai", stream=True)  # /v1's model: the backend's name
     await first_token_sse(url, TTFT_BODY, 3)  # warm-up
+    await first_token_chat(url, chat, 3)
     return {
         "SSE": await first_token_sse(url, TTFT_BODY, count),
         "WebSocket": await first_token_ws(ws_url, origin, TTFT_BODY, count),
+        "/v1 stream": await first_token_chat(url, chat, count),
     }
 
 

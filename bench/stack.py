@@ -116,7 +116,7 @@ class Stack:
                 raise TimeoutError(f"{self.config}: requests still active after {timeout:.0f} s")
             for process in self.processes().values():
                 if process.poll() is not None:
-                    raise RuntimeError(f"{self.config}: a process exited ({process.args})")
+                    raise RuntimeError(f"{self.config}: a process exited ({process.args!r})")
             time.sleep(0.2)
         return time.monotonic() - began
 
@@ -198,9 +198,9 @@ def wait_for_line(log: Path, text: str, process: subprocess.Popen[bytes], timeou
         if log.exists() and text in log.read_text(errors="replace"):
             return
         if process.poll() is not None:
-            raise RuntimeError(f"{process.args} exited with {process.returncode}; see {log}")
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}; see {log}")
         time.sleep(0.1)
-    raise TimeoutError(f"{process.args} did not print {text!r} in {timeout:.0f} s; see {log}")
+    raise TimeoutError(f"{process.args!r} did not print {text!r} in {timeout:.0f} s; see {log}")
 
 
 class Workspace:
