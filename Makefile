@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
+.PHONY: run extras test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -22,6 +22,13 @@ $(VENV)/.installed: requirements.txt
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
+
+$(VENV)/.installed-extras: $(VENV)/.installed-dev requirements-extras.txt
+	$(PY) -m pip install --quiet -r requirements-extras.txt
+	touch $@
+
+## extras: optional integrations whose tests `make test` then runs too (LangChain)
+extras: $(VENV)/.installed-extras
 
 ## run: serve on $(HOST):$(PORT) with the pipeline worker inside (SQLite, zero config)
 run: $(VENV)/.installed

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from typing import Any
@@ -55,6 +56,8 @@ from inference.sse import SSEConsumer, cors_headers
 from inference.streaming import Finished, Idle, Reset, Token, follow, wait_until_finished
 from inference.views import APIView, get_request_or_404
 
+logger = logging.getLogger(__name__)
+
 FLAG = "openai_api"
 TURNED_OFF = "The OpenAI-compatible API is turned off."
 # A retried failure would fail the same way: the worker already retried it.
@@ -72,6 +75,7 @@ class ChatCompletionsConsumer(SSEConsumer):
     """``POST /v1/chat/completions``, streamed (``stream: true``) or not."""
 
     request: InferenceRequest | None = None
+    started = False  # the event stream's headers are sent
     answered = False  # the response is complete: a disconnect now abandons nothing
 
     async def http_request(self, message: dict[str, Any]) -> None:
@@ -107,7 +111,18 @@ class ChatCompletionsConsumer(SSEConsumer):
         except ValidationError as exc:
             await self.send_json(400, validation_error_body(exc))
         except DatabaseError as exc:
-            await self.send_refusal(Refusal.from_database(exc))
+            await self.fail(Refusal.from_database(exc))
+        except Exception:  # a bug: answer (a client must not hang), and log it
+            logger.exception("chat completion failed")
+            await self.fail(Refusal(500, "internal_error", "Internal server error."))
+
+    async def fail(self, refusal: Refusal) -> None:
+        """An error as a response, or as the stream's last event once it began."""
+        self.answered = True
+        if self.started:
+            line = error_line(refusal.status, refusal.message, refusal.code)
+            return await self.send_body(line, more_body=False)
+        await self.send_refusal(refusal)
 
     async def _respond(self) -> None:
         caller = await database_sync_to_async(self.authorize)()
@@ -171,6 +186,7 @@ class ChatCompletionsConsumer(SSEConsumer):
         metrics.CONNECTIONS_OPEN.labels("openai").inc()
         try:
             await self.start_event_stream(headers)
+            self.started = True
             # The comment flushes the headers at once (time to first byte).
             await self.send_body(b": keep-alive\n\n" + writer.role(request), more_body=True)
             ending = await self.relay(request.pk, writer, term)

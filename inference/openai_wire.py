@@ -8,6 +8,7 @@ functions over rows and bodies; ``inference.openai_views`` moves the bytes.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from django.conf import settings
@@ -23,6 +24,7 @@ from inference.serializers import (
     StrictFloatField,
     StrictIntegerField,
     UsageSerializer,
+    unstorable,
 )
 from inference.services import Submission
 
@@ -103,6 +105,8 @@ def model_object(model_id: str) -> dict[str, Any]:
 def _text_of(content: Any, where: str) -> str:
     """A message's content: a string, or a list of text parts joined."""
     if isinstance(content, str):
+        if why := unstorable(content):
+            raise _invalid(where, f"It {why}.", "unstorable")
         return content
     if isinstance(content, list) and content:
         texts = []
@@ -112,7 +116,7 @@ def _text_of(content: Any, where: str) -> str:
             if not isinstance(part.get("text"), str):
                 raise _invalid(f"{where}.{i}.text", "A text part needs a string 'text'.")
             texts.append(part["text"])
-        return "".join(texts)
+        return _text_of("".join(texts), where)
     raise _invalid(where, "Content must be a string or a list of text parts.")
 
 
@@ -133,7 +137,7 @@ class MessagesField(serializers.Field):
         messages = []
         for i, message in enumerate(data):
             role = message.get("role") if isinstance(message, dict) else None
-            if role not in ROLES:
+            if not isinstance(role, str) or role not in ROLES:
                 why = "tools are not supported" if role in ("tool", "function") else "unknown"
                 raise _invalid(f"{i}.role", f"Role {role!r}: {why}. Use {', '.join(ROLES)}.")
             if message.get("tool_calls"):
@@ -149,7 +153,7 @@ class MessagesField(serializers.Field):
             )
         return messages
 
-    default_error_messages = {"invalid": "A non-empty list of {role, content} messages."}
+    default_error_messages = {"invalid": "A non-empty list of {{role, content}} messages."}
 
 
 class StopField(serializers.Field):
@@ -161,9 +165,8 @@ class StopField(serializers.Field):
         stops = [data] if isinstance(data, str) else data
         if not (isinstance(stops, list) and len(stops) <= 4):
             self.fail("invalid")
-        return [
-            StrictCharField(max_length=64, trim_whitespace=False).run_validation(s) for s in stops
-        ]
+        each = StrictCharField(max_length=64, trim_whitespace=False, allow_blank=True)
+        return [stop for stop in map(each.run_validation, stops) if stop]  # "" stops nothing
 
 
 # OpenAI clients send null for "not set".
@@ -172,6 +175,10 @@ OPTIONAL: dict[str, Any] = {"required": False, "allow_null": True}
 
 # Fields the service cannot honour: a 400 naming them beats a silently wrong answer.
 JSON_SCHEMA_UNSUPPORTED = "'response_format' of type 'json_schema' is not supported with this model"
+
+
+PARAM_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_NAMED = 20
 
 
 class ChatCompletionSerializer(serializers.Serializer):
@@ -243,7 +250,12 @@ class ChatCompletionSerializer(serializers.Serializer):
         return f"'response_format' of type '{kind}' is not supported with this model"
 
     def ignored_params(self) -> list[str]:
-        return sorted(set(self.initial_data) - set(self.fields))
+        """Unknown top-level fields, as a header can carry them: names that are
+        not plain identifiers are counted, not echoed."""
+        ignored = sorted(set(self.initial_data) - set(self.fields))
+        named = [name for name in ignored if PARAM_NAME.fullmatch(name)][:MAX_NAMED]
+        unnamed = len(ignored) - len(named)
+        return [*named, f"({unnamed} more)"] if unnamed else named
 
     @property
     def include_usage(self) -> bool:
@@ -272,7 +284,7 @@ class ChatCompletionSerializer(serializers.Serializer):
             metadata={"user": user} if user else {},
             priority=PRIORITY_NORMAL if priority is None else native_priority(priority),
             backend=backend,
-            params={name: value for name, value in params.items() if value not in (None, "")},
+            params={name: value for name, value in params.items() if value not in (None, "", [])},
             deadline_seconds=data.get("deadline_seconds"),
             **context,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from drf_spectacular.extensions import (
     OpenApiAuthenticationExtension,
     OpenApiSerializerFieldExtension,
@@ -94,10 +95,19 @@ SSE_EVENT = {
 }
 
 
+# One event of a /v1 stream as parsed off the wire: only data lines.
+CHAT_CHUNK_EVENT = {
+    "type": "object",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    "required": ["data"],
+}
+
+
 def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/chat/completions`` (a consumer): the fields it honours; others
     are accepted and ignored, as OpenAI clients expect."""
     from inference.openai_wire import model_ids
+    from inference.serializers import NOT_BLANK, RAG_OPTIONS_SCHEMA
 
     number = {"type": "number", "nullable": True}
     text_part = {
@@ -115,45 +125,69 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
         },
         "required": ["role", "content"],
     }
+    max_tokens = {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": settings.ORCHESTRATOR_MAX_TOKENS_CEILING,
+        "nullable": True,
+    }
+    stop = {"type": "string", "maxLength": 64}
     request = {
         "type": "object",
         "properties": {
-            "model": {"type": "string", "enum": model_ids()},
+            "model": {
+                "type": "string",
+                "enum": model_ids(),
+                "description": "Left out: openai.default_model (else the default backend).",
+            },
             "messages": {"type": "array", "items": message, "minItems": 1},
             "temperature": {**number, "minimum": 0, "maximum": 2},
             "top_p": {**number, "minimum": 0, "maximum": 1},
-            "max_tokens": {"type": "integer", "minimum": 1, "nullable": True},
-            "max_completion_tokens": {"type": "integer", "minimum": 1, "nullable": True},
+            "max_tokens": max_tokens,
+            "max_completion_tokens": max_tokens,
             "stop": {
-                "oneOf": [
-                    {"type": "string"},
-                    {"type": "array", "items": {"type": "string"}, "maxItems": 4},
-                ]
+                "oneOf": [stop, {"type": "array", "items": stop, "maxItems": 4}],
+                "nullable": True,
             },
-            "seed": {"type": "integer", "nullable": True},
+            "seed": {
+                "type": "integer",
+                "minimum": -(2**63),
+                "maximum": 2**63 - 1,
+                "nullable": True,
+            },
             "stream": {
                 "type": "boolean",
-                "description": "true: Server-Sent Events (data: lines, then [DONE]).",
+                "nullable": True,
+                "description": (
+                    "true: Server-Sent Events (data: lines, then [DONE]); "
+                    "stream_options.include_usage adds a usage chunk."
+                ),
             },
-            "user": {"type": "string", "maxLength": 256},
+            "user": {"type": "string", "maxLength": 256, "nullable": True},
             "priority": {
                 "type": "integer",
                 "minimum": -4,
                 "maximum": 5,
+                "nullable": True,
                 "description": "Extension (vLLM's polarity): lower runs sooner; 0 is normal.",
             },
-            "rag": {
-                "type": "boolean",
-                "description": "Extension: retrieval from the document store (off by default).",
+            "rag": {**RAG_OPTIONS_SCHEMA, "description": "Extension: retrieval (off by default)."},
+            "deadline_seconds": {
+                "type": "number",
+                "minimum": 1,
+                "maximum": settings.ORCHESTRATOR_MAX_DEADLINE_SECONDS,
+                "nullable": True,
+                "description": "Extension.",
             },
-            "deadline_seconds": {"type": "number", "minimum": 1, "description": "Extension."},
             "session_id": {
                 "type": "string",
                 "maxLength": 128,
+                "pattern": NOT_BLANK.regex.pattern,
+                "nullable": True,
                 "description": "Extension: groups requests.",
             },
         },
-        "required": ["model", "messages"],
+        "required": ["messages"],
     }
     return {
         "post": {
@@ -172,7 +206,7 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
                     "description": "A chat.completion, or its chunks as an event stream.",
                     "content": {
                         "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": CHAT_CHUNK_EVENT},
                     },
                 },
                 **{

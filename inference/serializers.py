@@ -160,27 +160,28 @@ def is_row_id(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63
 
 
-@extend_schema_field(
-    {
-        "oneOf": [
-            {"type": "boolean"},
-            {
-                "type": "object",
-                "properties": {
-                    "enabled": {"type": "boolean"},
-                    "top_k": {"type": "integer", "minimum": 0, "maximum": 20},
-                    "documents": {
-                        "type": "array",
-                        "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-                        "maxItems": MAX_RAG_DOCUMENTS,
-                    },
+RAG_OPTIONS_SCHEMA = {
+    "oneOf": [
+        {"type": "boolean"},
+        {
+            "type": "object",
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "top_k": {"type": "integer", "minimum": 0, "maximum": 20},
+                "documents": {
+                    "type": "array",
+                    "items": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+                    "maxItems": MAX_RAG_DOCUMENTS,
                 },
-                "additionalProperties": False,
             },
-        ],
-        "description": "Retrieval: false turns it off; an object sets top_k / document ids.",
-    }
-)
+            "additionalProperties": False,
+        },
+    ],
+    "description": "Retrieval: false turns it off; an object sets top_k / document ids.",
+}
+
+
+@extend_schema_field(RAG_OPTIONS_SCHEMA)
 class RagOptionsField(serializers.Field):
     default_error_messages = {
         "invalid": (
@@ -215,7 +216,8 @@ class RagOptionsField(serializers.Field):
 class InferRequestSerializer(serializers.Serializer):
     """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
 
-    prompt = StrictCharField(trim_whitespace=False)
+    # NOT_BLANK puts "some non-space character" in the schema too.
+    prompt = StrictCharField(trim_whitespace=False, validators=[NOT_BLANK])
     session_id = StrictCharField(required=False, max_length=128, allow_blank=False)
     metadata = serializers.DictField(required=False, default=dict)
     stream = StrictBooleanField(required=False, default=False)
@@ -407,7 +409,7 @@ class DocumentSerializer(serializers.ModelSerializer):
 
 
 class DocumentDetailSerializer(DocumentSerializer):
-    text = StrictCharField(read_only=True)
+    text = serializers.CharField(read_only=True)  # as stored: no input rules in its schema
 
 
 class SessionTurnSerializer(serializers.ModelSerializer):

@@ -36,6 +36,8 @@ def server_env(data_dir: Path) -> dict[str, str]:
         # turn most of them into (correct, documented) 429s and hide the rest.
         ORCHESTRATOR_REQUESTS_PER_MINUTE="0",
         ORCHESTRATOR_MAX_IN_FLIGHT="0",
+        # ...and its checks of wrong credentials would trip the per-address limit.
+        ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE="0",
         # Echo only: a request on the local model may stream for longer than the
         # fuzzer's read timeout when it opens that request's SSE stream.
         ORCHESTRATOR_BACKENDS=json.dumps({"echo": {"class": "pipeline.backends.echo.EchoBackend"}}),

@@ -114,6 +114,18 @@ def test_the_clients_messages_become_the_conversation() -> None:
     assert submission(rag=True).params["rag"] == {"enabled": True}
 
 
+def test_a_role_that_is_not_a_string_is_a_400_not_a_crash() -> None:
+    with pytest.raises(ValidationError):
+        submission(messages=[{"role": {}, "content": ""}])
+    with pytest.raises(ValidationError):
+        submission(messages=[])
+
+
+def test_empty_stop_strings_stop_nothing() -> None:
+    assert "stop" not in submission(stop="").params
+    assert submission(stop=["", "END"]).params["stop"] == ["END"]
+
+
 def test_null_means_not_set() -> None:
     made = submission(temperature=None, max_tokens=None, stop=None, n=1, tools=None)
     assert made.params == {"rag": {"enabled": False}}
@@ -130,6 +142,10 @@ def test_unknown_fields_are_named_not_refused() -> None:
     )
     assert serializer.is_valid()
     assert serializer.ignored_params() == ["alpha", "zeta"]
+    odd = ChatCompletionSerializer(
+        data={"model": "echo", "messages": [{"role": "user", "content": "x"}], "\x0b\u00e9": 1}
+    )
+    assert odd.is_valid() and odd.ignored_params() == ["(1 more)"]  # a header cannot hold it
 
 
 # --- the pipeline with a client's conversation -----------------------------------------
