@@ -56,6 +56,31 @@ async def sse_read(
     return into
 
 
+async def chat_read(
+    client: httpx.AsyncClient, body: dict, headers: dict[str, str], into: Received
+) -> str:
+    """POST a streamed ``/v1`` chat completion, its deltas into ``into``; returns
+    the request id. ``into.final``: ``complete`` on ``[DONE]``, ``error`` on an
+    error chunk, None if the connection ended first."""
+    async with client.stream(
+        "POST", "/v1/chat/completions", json=body, headers=headers
+    ) as response:
+        if response.status_code != 200:
+            await response.aread()
+            message = f"/v1 answered {response.status_code}: {response.text}"
+            raise httpx.HTTPStatusError(message, request=response.request, response=response)
+        async for line in response.aiter_lines():
+            if line == "data: [DONE]":
+                into.final = {"event": "complete"}
+            elif line.startswith("data: "):
+                chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    into.final = {"event": "error", **chunk}
+                for choice in chunk.get("choices", []):
+                    into.text += choice["delta"].get("content") or ""
+        return response.headers["x-orchestrator-request-id"]
+
+
 async def ws_run(ws_url: str, origin: str, prompt: str, drop_after: int | None = None) -> Received:
     """Submit over a WebSocket; optionally drop it mid-stream and resume on a new one."""
     received = Received()

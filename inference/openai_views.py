@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.http import Http404
 from django.utils import timezone
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -54,7 +54,7 @@ from inference.openai_wire import (
 from inference.serializers import ErrorSerializer, idempotency_key_of
 from inference.sse import SSEConsumer, cors_headers
 from inference.streaming import Finished, Idle, Reset, Token, follow, wait_until_finished
-from inference.views import APIView, get_request_or_404
+from inference.views import APIView, get_request_or_404, wait_seconds
 
 logger = logging.getLogger(__name__)
 
@@ -275,13 +275,20 @@ def parse_completion_id(value: str) -> str:
 class CompletionView(APIView):
     """``GET /v1/chat/completions/<id>``: a stored completion (OpenAI's shape).
     Fetching an abandoned request counts as resuming it; while it still runs,
-    this waits up to ``ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS``, then answers 409
-    (which the SDKs retry)."""
+    this waits (``?wait=`` seconds, by default as long as the server allows: the
+    SDK knows no long-poll), then answers 409 (which the SDKs retry)."""
 
     @extend_schema(
         operation_id="v1_completion",
         summary="A stored chat completion",
         tags=["openai"],
+        parameters=[
+            OpenApiParameter(
+                "wait",
+                {"type": "number", "minimum": 0},
+                description="Seconds to wait for a running request (default and cap: the server's).",
+            )
+        ],
         responses={
             200: ChatCompletionResponseSerializer,
             409: OpenApiResponse(ErrorSerializer, description="Still running, or cancelled."),
@@ -294,8 +301,10 @@ class CompletionView(APIView):
         row = await get_request_or_404(caller_of(request), parse_completion_id(completion_id))
         if row.detached_at is not None:
             await sync_to_async(services.resume_request)(row.pk)
-        if not row.is_terminal:
-            row = await wait_until_finished(row.pk, settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
+        longest = str(settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
+        wait = wait_seconds(request.query_params.get("wait", longest))
+        if wait > 0 and not row.is_terminal:
+            row = await wait_until_finished(row.pk, wait)
         headers = {"X-Orchestrator-Request-Id": str(row.pk)}
         if row.status == Status.COMPLETED:
             return Response(completion_body(row), headers=headers)

@@ -150,14 +150,16 @@ class ResultView(APIView):
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
-        wait = _wait_seconds(request.query_params.get("wait"))
+        if row.detached_at is not None:  # a dropped /v1 call, fetched here in time
+            await sync_to_async(services.resume_request)(row.pk)
+        wait = wait_seconds(request.query_params.get("wait"))
         if wait > 0 and not row.is_terminal:
             row = await wait_until_finished(row.pk, wait)
         body = InferenceRequestSerializer(row).data
         return Response(body, status=200 if row.is_terminal else 202)
 
 
-def _wait_seconds(raw: str | None) -> float:
+def wait_seconds(raw: str | None) -> float:
     """``?wait=`` as seconds, capped by the server; not a number >= 0 is a 400."""
     try:
         wait = float(raw) if raw is not None else 0.0

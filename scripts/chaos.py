@@ -6,8 +6,9 @@ PostgreSQL restart.
 Starts web (`manage.py serve`) and three `run_pipeline` workers on PostgreSQL +
 Redis with the echo backend (random lengths, injected retryable faults), drives
 the requests from async clients (10% resubmitted with the same Idempotency-Key,
-30% streamed over SSE with one drop and a Last-Event-ID resume, 10% over a
-WebSocket with one drop and a resume, the rest long-polled), SIGKILLs a random
+25% streamed over SSE with one drop and a Last-Event-ID resume, 10% over a
+WebSocket with one drop and a resume, 10% through the OpenAI-compatible /v1 and
+10% streamed through it, the rest long-polled), SIGKILLs a random
 worker every K seconds (and restarts it), restarts Redis once and PostgreSQL
 once, drains, then checks what the clients saw against the database and prints
 one table. Exits non-zero unless lost = duplicated = unexpected = stream
@@ -34,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from harness.clients import Received, sse_read, ws_run
+from harness.clients import Received, chat_read, sse_read, ws_run
 from harness.outages import restart_redis, start_postgres, stop_postgres
 from harness.processes import (
     OPEN_ACCESS,
@@ -182,6 +183,43 @@ async def result_of(client: httpx.AsyncClient, request_id: str) -> dict:
             await asyncio.sleep(0.5)
 
 
+async def chat(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> None:
+    """``/v1``, streamed or not, with an Idempotency-Key: a retry after an outage
+    is the same request. A stream that ends without ``[DONE]`` (a worker died
+    mid-answer, the database restarted) is left to ``result_of``, a reader that
+    keeps the request from being cancelled as abandoned."""
+    stream = outcome.mode == "v1-stream"
+    body = {"model": "echo", "messages": [{"role": "user", "content": outcome.prompt}]}
+    headers = {"Idempotency-Key": outcome.key}
+    while time.monotonic() < deadline:
+        try:
+            if stream:
+                received = Received()
+                outcome.request_id = await chat_read(
+                    client, {**body, "stream": True}, headers, received
+                )
+                if received.final == {"event": "complete"}:
+                    outcome.stream = received
+                return
+            response = await client.post(
+                "/v1/chat/completions", json=body, headers=headers, timeout=120
+            )
+        except httpx.HTTPStatusError as refused:
+            response = refused.response
+        except httpx.HTTPError:
+            await asyncio.sleep(0.5)
+            continue
+        if response.status_code in (429, 503):
+            outcome.rejections += 1
+            if "retry-after" not in response.headers:
+                outcome.rejections_without_retry_after += 1
+            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 2))
+            continue
+        # 200, or a request that ended without an answer (its error, with its id).
+        outcome.request_id = response.headers["x-orchestrator-request-id"]
+        return
+
+
 async def one_client(
     cluster: Cluster, client: httpx.AsyncClient, outcome: Outcome, deadline: float
 ) -> None:
@@ -196,6 +234,8 @@ async def one_client(
                 break
             except Exception:  # an outage during the WS exchange: try again
                 await asyncio.sleep(0.5)
+    elif outcome.mode.startswith("v1"):
+        await chat(client, outcome, deadline)
     else:
         outcome.request_id = await submit(client, outcome, deadline)
         if outcome.request_id is None:
@@ -215,7 +255,8 @@ def plan(count: int) -> list[Outcome]:
     for i in range(count):
         words = " ".join(f"c{i}w{j}" for j in range(random.randint(5, 40)))
         roll = random.random()
-        mode = "resubmit" if roll < 0.1 else "sse" if roll < 0.4 else "ws" if roll < 0.5 else "poll"
+        modes = [(0.1, "resubmit"), (0.35, "sse"), (0.45, "ws"), (0.55, "v1"), (0.65, "v1-stream")]
+        mode = next((name for share, name in modes if roll < share), "poll")
         outcomes.append(Outcome(prompt=f"chaos {i}: {words}", mode=mode, key=str(uuid.uuid4())))
     return outcomes
 
@@ -360,6 +401,11 @@ def verdict(
         ("UNEXPECTED", len(unexpected)),
         ("re-executions (extra attempts)", sum(max(row[5] - 1, 0) for row in rows)),
         ("visible resets (stream clients)", sum(o.stream.resets for o in outcomes if o.stream)),
+        (
+            "through /v1 (streams read to [DONE])",
+            f"{sum(o.mode.startswith('v1') for o in accepted)} "
+            f"({sum(o.mode == 'v1-stream' and o.stream is not None for o in accepted)})",
+        ),
         ("STREAM MISMATCHES", len(mismatches)),
         (
             "worker kills (requests running at the kills)",

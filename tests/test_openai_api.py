@@ -340,3 +340,17 @@ async def test_a_long_poll_reads_the_row_only_when_it_finishes(engine) -> None: 
 
     row = await wait_until_finished(submitted.pk, 10, read)
     assert row.status == Status.COMPLETED and reads <= 3
+
+
+@pytest.mark.django_db
+def test_any_reader_of_an_abandoned_request_resumes_it(client: Client) -> None:
+    """The native long-poll and the stored completion count as readers too."""
+    from django.utils import timezone
+
+    from tests.conftest import submit
+
+    for path in ("/api/v1/result/{}", "/v1/chat/completions/chatcmpl-{}"):
+        row = submit(backend="echo")
+        InferenceRequest.objects.filter(pk=row.pk).update(detached_at=timezone.now())
+        client.get(path.format(row.pk.hex if "chatcmpl" in path else row.pk) + "?wait=0")
+        assert InferenceRequest.objects.get(pk=row.pk).detached_at is None, path
