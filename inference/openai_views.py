@@ -286,7 +286,7 @@ class CompletionView(APIView):
             OpenApiParameter(
                 "wait",
                 {"type": "number", "minimum": 0},
-                description="Seconds to wait for a running request (default and cap: the server's).",
+                description="Seconds to wait while it runs (default and cap: the server's).",
             )
         ],
         responses={
