@@ -35,6 +35,14 @@ def json_display(value: Any) -> str:
     return format_html('<pre style="white-space:pre-wrap">{}</pre>', json.dumps(value, indent=2))
 
 
+def messages_html(messages: list[dict[str, str]]) -> str:
+    rows = ((m["role"], m["content"]) for m in messages)
+    html = format_html_join(
+        "", '<div><code>{}</code><pre style="white-space:pre-wrap">{}</pre></div>', rows
+    )
+    return html or "—"
+
+
 class BackendFilter(admin.SimpleListFilter):
     title = "backend"
     parameter_name = "backend"
@@ -119,14 +127,17 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "finished_at",
         "timeline",
         "passages_display",
+        "conversation_display",
         "messages_display",
         "prompt_tokens",
         "completion_tokens",
+        "finish_reason",
+        "detached_at",
         "api_key",
         "idempotency_key",
         "client_ip",
     )
-    exclude = ("timings", "passages", "messages", "metadata", "params")
+    exclude = ("timings", "passages", "messages", "conversation", "metadata", "params")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -157,11 +168,11 @@ class InferenceRequestAdmin(admin.ModelAdmin):
 
     @admin.display(description="messages sent to the model")
     def messages_display(self, obj: InferenceRequest) -> str:
-        rows = ((m["role"], m["content"]) for m in obj.messages)
-        html = format_html_join(
-            "", '<div><code>{}</code><pre style="white-space:pre-wrap">{}</pre></div>', rows
-        )
-        return html or "—"
+        return messages_html(obj.messages)
+
+    @admin.display(description="the client's messages (/v1)")
+    def conversation_display(self, obj: InferenceRequest) -> str:
+        return messages_html(obj.conversation)
 
     @admin.display(description="duration")
     def duration_display(self, obj: InferenceRequest) -> str:

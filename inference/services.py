@@ -60,6 +60,7 @@ class Submission:
         fields = {
             "caller": Caller(key=request.api_key),
             "prompt": request.prompt,
+            "conversation": request.conversation,
             "session_id": request.session_id,
             "metadata": request.metadata,
             "priority": request.priority,

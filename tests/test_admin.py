@@ -87,6 +87,16 @@ def test_the_retry_action_resubmits_finished_requests(admin_client: Client) -> N
     )
 
 
+def test_a_v1_request_shows_and_retries_with_the_clients_messages(admin_client: Client) -> None:
+    conversation = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]
+    done = completed("hi")
+    InferenceRequest.objects.filter(pk=done.pk).update(conversation=conversation)
+    page = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
+    assert "messages (/v1)" in page and "Be terse." in page
+    admin_client.post(URL, {"action": "retry_selected", "_selected_action": [str(done.pk)]})
+    assert InferenceRequest.objects.exclude(pk=done.pk).get().conversation == conversation
+
+
 KEYS_URL = "/admin/inference/apikey/"
 
 
