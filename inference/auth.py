@@ -132,6 +132,20 @@ def verify_key(raw: str) -> ApiKey:
     return key
 
 
+def key_from(headers: Mapping[str, str], lenient: bool = False) -> ApiKey | None:
+    """The verified key in ``headers`` (None: none sent); a 401 Refusal for a bad
+    one, unless ``lenient`` while keys are not required: OpenAI clients always
+    send a key (the SDKs insist on one), and vLLM's and Ollama's servers ignore
+    it when they need none."""
+    try:
+        raw = presented_key(headers)
+        return verify_key(raw) if raw else None
+    except Refusal:
+        if lenient and not settings.ORCHESTRATOR_AUTH_REQUIRED:
+            return None
+        raise
+
+
 def caller_for(key: ApiKey | None, user: Any, ip: str | None) -> Caller:
     """The caller behind a verified key (or none), a session user and an address."""
     if key is not None:
@@ -155,7 +169,10 @@ def scope_headers(scope: Mapping[str, Any]) -> dict[str, str]:
 
 
 def authenticate_scope(
-    scope: Mapping[str, Any], token: str | None = None, request_id: uuid.UUID | None = None
+    scope: Mapping[str, Any],
+    token: str | None = None,
+    request_id: uuid.UUID | None = None,
+    lenient: bool = False,
 ) -> Caller:
     """The caller of a WebSocket or SSE connection: a stream ``token`` for
     ``request_id`` (SSE from a browser), else a key header or the session user
@@ -165,8 +182,7 @@ def authenticate_scope(
     try:
         if token is not None and request_id is not None:
             return verify_stream_token(token, request_id)
-        raw = presented_key(scope_headers(scope))
-        key = verify_key(raw) if raw else None
+        key = key_from(scope_headers(scope), lenient)
     except Refusal as refusal:
         raise admission.limit_unauthenticated(client[0], refusal) from None
     return caller_for(key, scope.get("user"), client[0])

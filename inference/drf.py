@@ -18,19 +18,20 @@ from rest_framework.throttling import BaseThrottle
 
 from inference import admission
 from inference.admission import Quota, Refusal
-from inference.auth import Caller, caller_for, presented_key, verify_key
+from inference.auth import Caller, caller_for, key_from
 from inference.models import ApiKey
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):
     """``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
 
+    lenient = False  # see auth.key_from
+
     def authenticate(self, request: Request) -> tuple[Any, ApiKey] | None:
         try:
-            raw = presented_key(request.headers)
-            if raw is None:
+            key = key_from(request.headers, self.lenient)
+            if key is None:
                 return None
-            key = verify_key(raw)
         except Refusal as failed:
             refusal = admission.limit_unauthenticated(request.META.get("REMOTE_ADDR"), failed)
             if refusal is not failed:
@@ -41,6 +42,13 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
+
+
+class OpenAIKeyAuthentication(ApiKeyAuthentication):
+    """``/v1``: keys only (no session), and a key that does not verify is
+    ignored while keys are not required, as OpenAI-compatible servers do."""
+
+    lenient = True
 
 
 def caller_of(request: Request) -> Caller:

@@ -35,7 +35,7 @@ from rest_framework.response import Response
 from inference import admission, flags, metrics, services
 from inference.admission import Refusal, open_streams
 from inference.auth import Caller, ConnectionTerm, authenticate_scope, scope_headers
-from inference.drf import caller_of
+from inference.drf import OpenAIKeyAuthentication, caller_of
 from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status, Transport
 from inference.openai_wire import (
@@ -152,7 +152,7 @@ class ChatCompletionsConsumer(SSEConsumer):
 
     def authorize(self) -> Caller:
         """Keys only: a session cookie would let any web page post here (no CSRF)."""
-        caller = authenticate_scope(self.scope)
+        caller = authenticate_scope(self.scope, lenient=True)
         admission.admit_call(caller)
         return caller
 
@@ -235,7 +235,11 @@ async def require_enabled(request: Request) -> None:
         raise NotFound(TURNED_OFF)
 
 
-class ModelListView(APIView):
+class V1View(APIView):
+    authentication_classes = (OpenAIKeyAuthentication,)
+
+
+class ModelListView(V1View):
     @extend_schema(
         operation_id="v1_models",
         summary="The models /v1 accepts",
@@ -247,7 +251,7 @@ class ModelListView(APIView):
         return Response({"object": "list", "data": [model_object(m) for m in model_ids()]})
 
 
-class ModelView(APIView):
+class ModelView(V1View):
     @extend_schema(
         operation_id="v1_model",
         summary="One model",
@@ -272,7 +276,7 @@ def parse_completion_id(value: str) -> str:
         raise Http404("No completion with that id.") from None
 
 
-class CompletionView(APIView):
+class CompletionView(V1View):
     """``GET /v1/chat/completions/<id>``: a stored completion (OpenAI's shape).
     Fetching an abandoned request counts as resuming it; while it still runs,
     this waits (``?wait=`` seconds, by default as long as the server allows: the

@@ -100,8 +100,8 @@ def concrete(pattern: str, values: dict[str, str]) -> str:
 
 
 def expected_api(route: Route, method: str, who: str) -> set[int]:
-    if who in REFUSED:
-        return {401}
+    if who in REFUSED or (who == "staff" and route.name.startswith("openai:")):
+        return {401}  # /v1 takes keys only
     if route.name in STAFF_API:
         return {200} if who == "staff" else {403}
     targets_a_request = any(

@@ -354,3 +354,22 @@ def test_any_reader_of_an_abandoned_request_resumes_it(client: Client) -> None:
         InferenceRequest.objects.filter(pk=row.pk).update(detached_at=timezone.now())
         client.get(path.format(row.pk.hex if "chatcmpl" in path else row.pk) + "?wait=0")
         assert InferenceRequest.objects.get(pk=row.pk).detached_at is None, path
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_without_keys_required_any_key_an_sdk_sends_is_ignored(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """OpenAI clients always send one ("EMPTY", "sk-no-key"): vLLM and Ollama
+    ignore it when they need none. The native API still refuses a bad key."""
+    settings.ORCHESTRATOR_AUTH_REQUIRED = False
+    client = await post(chat("echo"), authorization="Bearer sk-no-key-required").open()
+    await client.events()
+    assert client.status == 200
+    http = Client()
+    bogus = {"Authorization": "Bearer EMPTY"}
+    assert (await database_sync_to_async(http.get)("/v1/models", headers=bogus)).status_code == 200
+    native = await database_sync_to_async(http.get)("/api/v1/requests/", headers=bogus)
+    assert native.status_code == 401
+    settings.ORCHESTRATOR_AUTH_REQUIRED = True
+    refused = await post(chat("echo"), authorization="Bearer sk-no-key-required").open()
+    await refused.events()
+    assert refused.status == 401
