@@ -239,9 +239,14 @@ class V1View(APIView):
     authentication_classes = (OpenAIKeyAuthentication,)
 
 
+# The schema's security for them: ApiKeyAuthentication's schemes (no session).
+KEYS_ONLY: list[dict[str, list[str]]] = [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {}]
+
+
 class ModelListView(V1View):
     @extend_schema(
         operation_id="v1_models",
+        auth=KEYS_ONLY,
         summary="The models /v1 accepts",
         tags=["openai"],
         responses={200: ModelListSerializer},
@@ -254,6 +259,7 @@ class ModelListView(V1View):
 class ModelView(V1View):
     @extend_schema(
         operation_id="v1_model",
+        auth=KEYS_ONLY,
         summary="One model",
         tags=["openai"],
         responses={
@@ -284,6 +290,7 @@ class CompletionView(V1View):
 
     @extend_schema(
         operation_id="v1_completion",
+        auth=KEYS_ONLY,
         summary="A stored chat completion",
         tags=["openai"],
         parameters=[

@@ -107,7 +107,7 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/chat/completions`` (a consumer): the fields it honours; others
     are accepted and ignored, as OpenAI clients expect."""
     from inference.openai_wire import model_ids
-    from inference.serializers import NOT_BLANK, RAG_OPTIONS_SCHEMA
+    from inference.serializers import NOT_BLANK_PATTERN, RAG_OPTIONS_SCHEMA
 
     number = {"type": "number", "nullable": True}
     text_part = {
@@ -182,7 +182,7 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
             "session_id": {
                 "type": "string",
                 "maxLength": 128,
-                "pattern": NOT_BLANK.regex.pattern,
+                "pattern": NOT_BLANK_PATTERN,
                 "nullable": True,
                 "description": "Extension: groups requests.",
             },

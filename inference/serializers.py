@@ -82,11 +82,8 @@ class PriorityField(serializers.Field):
 
 # Some character that is not whitespace as Python's str.strip() sees it (which DRF
 # trims with), spelled out so that the schema's pattern means the same in ECMA regex.
-NOT_BLANK = RegexValidator(
-    r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]",
-    "This field may not be blank.",
-    code="blank",
-)
+NOT_BLANK_PATTERN = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+NOT_BLANK = RegexValidator(NOT_BLANK_PATTERN, "This field may not be blank.", code="blank")
 
 
 class StrictCharField(serializers.CharField):
@@ -409,7 +406,8 @@ class DocumentSerializer(serializers.ModelSerializer):
 
 
 class DocumentDetailSerializer(DocumentSerializer):
-    text = serializers.CharField(read_only=True)  # as stored: no input rules in its schema
+    # As stored: no input rules in its schema.
+    text = serializers.CharField(read_only=True)  # type: ignore[assignment]
 
 
 class SessionTurnSerializer(serializers.ModelSerializer):

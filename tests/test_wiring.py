@@ -93,3 +93,30 @@ async def test_the_doorbell_wakes_the_engine_itself(settings) -> None:  # type: 
         await asyncio.wait_for(woken, timeout=2)
     finally:
         await host.stop(grace=0)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_each_request_runs_on_a_thread_an_earlier_request_left_idle() -> None:
+    """Django would start a thread (and open a database connection) per request."""
+    import threading
+
+    from channels.testing import HttpCommunicator
+
+    from orchestrator_site.middleware import RequestThreads
+
+    handler = ASGIHandler()
+    handler.threads = RequestThreads(keep=1)
+    seen = []
+    for _ in range(3):
+        request = HttpCommunicator(handler, "GET", "/health", headers=[(b"host", b"testserver")])
+        response = await request.get_response()
+        assert response["status"] in (200, 503)
+        await request.wait()  # the handler finishes after the response
+        executor = handler.threads.idle[0]
+        seen.append(executor.submit(threading.get_ident).result())
+    assert len(set(seen)) == 1 and len(handler.threads.idle) == 1
+    two = [handler.threads.take(), handler.threads.take()]  # busy at once: two threads
+    assert two[0] is not two[1]
+    for executor in two:
+        handler.threads.give_back(executor)
+    assert len(handler.threads.idle) == 1  # beyond ``keep``, an idle thread ends
