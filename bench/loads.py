@@ -13,7 +13,7 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,17 @@ class Samples:
     statuses: Counter[int] = field(default_factory=Counter)  # of POST /api/v1/infer
     errors: Counter[str] = field(default_factory=Counter)
     elapsed: float = 0.0
+
+    @classmethod
+    def merged(cls, runs: Iterable[Samples]) -> Samples:
+        """Several runs of one load as one (their rates weighted by their time)."""
+        merged = cls()
+        for run in runs:
+            merged.latencies += run.latencies
+            merged.statuses.update(run.statuses)
+            merged.errors.update(run.errors)
+            merged.elapsed += run.elapsed
+        return merged
 
     @property
     def ok(self) -> int:

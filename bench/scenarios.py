@@ -56,11 +56,12 @@ class Plan:
     warmup_seconds: float
     submit_seconds: float
     submit_connections: tuple[int, ...]
+    throughput_connections: int
+    # b: each client path, in interleaved rounds (a path measured last on a fuller
+    # database would look slower than one measured first).
+    overhead_rounds: int
     latency_seconds: float
     throughput_seconds: float
-    throughput_connections: int
-    path_latency_seconds: float  # b's other client paths (long-poll, /v1): shorter
-    path_throughput_seconds: float
     first_tokens: int
     idle_sockets: int
     streaming_sockets: int
@@ -76,11 +77,10 @@ FULL = Plan(
     warmup_seconds=2,
     submit_seconds=10,
     submit_connections=(1, 16, 64),
-    latency_seconds=8,
-    throughput_seconds=10,
     throughput_connections=64,
-    path_latency_seconds=4,
-    path_throughput_seconds=6,
+    overhead_rounds=2,
+    latency_seconds=3,
+    throughput_seconds=5,
     first_tokens=40,
     idle_sockets=10_000,
     streaming_sockets=1_000,
@@ -95,11 +95,10 @@ SMOKE = Plan(
     warmup_seconds=1,
     submit_seconds=1,
     submit_connections=(4,),
+    throughput_connections=16,
+    overhead_rounds=1,
     latency_seconds=1,
     throughput_seconds=1,
-    throughput_connections=16,
-    path_latency_seconds=1,
-    path_throughput_seconds=1,
     first_tokens=5,
     idle_sockets=200,
     streaming_sockets=50,
@@ -243,10 +242,10 @@ def orchestration_overhead(workspace: Workspace, plan: Plan, options: Options) -
             "native long-poll = POST, then GET /api/v1/result/<id>?wait=10; /v1 stream = "
             "POST /v1/chat/completions `stream: true` to `data: [DONE]` (deltas joined); "
             "/v1 non-stream = the same POST unstreamed (`message.content`).",
-            f"Native SSE: {plan.warmup_seconds:g} s warm-up, {plan.latency_seconds:g} s at 1 "
-            f"connection, {plan.throughput_seconds:g} s at many; the other paths "
-            f"{plan.warmup_seconds / 2:g} s, {plan.path_latency_seconds:g} s, "
-            f"{plan.path_throughput_seconds:g} s, in the table's order on the same stack.",
+            f"Each path: {plan.warmup_seconds / 2:g} s warm-up, then {plan.overhead_rounds} "
+            f"rounds of {plan.latency_seconds:g} s at 1 connection and "
+            f"{plan.throughput_seconds:g} s at many, path after path on the same stack, in "
+            "reverse order every other round (rows merge the rounds).",
         ],
     )
     paths = {
@@ -257,10 +256,7 @@ def orchestration_overhead(workspace: Workspace, plan: Plan, options: Options) -
     }
     for config in CONFIGS:
         with workspace.stack(config) as stack:
-            measured = {
-                path: _overhead_loads(stack.web_urls, operation, plan, path == NATIVE_SSE)
-                for path, operation in paths.items()
-            }
+            measured = _overhead_loads(stack.web_urls, paths, plan)
             check_alive(stack, table)
         for path, loads in measured.items():
             _overhead_rows(table, config, path, loads, measured[NATIVE_SSE][-1].rate, plan)
@@ -268,20 +264,27 @@ def orchestration_overhead(workspace: Workspace, plan: Plan, options: Options) -
 
 
 def _overhead_loads(
-    urls: list[str], operation: Operation, plan: Plan, native: bool
-) -> tuple[Samples, Samples]:
-    """Warm-up, then one connection at a time, then many connections."""
-    warm, low, high = (
-        (plan.warmup_seconds, plan.latency_seconds, plan.throughput_seconds)
-        if native
-        else (plan.warmup_seconds / 2, plan.path_latency_seconds, plan.path_throughput_seconds)
-    )
+    urls: list[str], paths: dict[str, Operation], plan: Plan
+) -> dict[str, tuple[Samples, Samples]]:
+    """Each path warmed up, then rounds of one connection at a time and many
+    connections, path after path; each path's rounds merged."""
 
-    def run(connections: int, seconds: float) -> Samples:
+    def run(operation: Operation, connections: int, seconds: float) -> Samples:
         return asyncio.run(closed_loop(urls, connections, operation, seconds=seconds))
 
-    run(1, warm)
-    return run(1, low), run(plan.throughput_connections, high)
+    for operation in paths.values():
+        run(operation, 1, plan.warmup_seconds / 2)
+    rounds: dict[str, list[tuple[Samples, Samples]]] = {path: [] for path in paths}
+    for number in range(plan.overhead_rounds):
+        order = list(paths.items())
+        for path, operation in order[::-1] if number % 2 else order:  # first and last alike
+            low = run(operation, 1, plan.latency_seconds)
+            high = run(operation, plan.throughput_connections, plan.throughput_seconds)
+            rounds[path].append((low, high))
+    return {
+        path: (Samples.merged(low for low, _ in runs), Samples.merged(high for _, high in runs))
+        for path, runs in rounds.items()
+    }
 
 
 def _overhead_rows(

@@ -156,7 +156,7 @@ class ANTHROPIC:
 
     @classmethod
     def start(cls, body: dict) -> list[str]:
-        message = {
+        message: dict[str, Any] = {
             "id": "msg_fake",
             "type": "message",
             "role": "assistant",
