@@ -340,6 +340,40 @@ class InferenceRequestSerializer(serializers.Serializer):
     config_hash = serializers.CharField(read_only=True)
     skipped_stages = serializers.ListField(child=serializers.CharField(), read_only=True)
 
+    def to_representation(self, instance: InferenceRequest) -> dict[str, Any]:
+        """The fields above, without DRF deep-copying all of them for every
+        instance: that copy was half of a status or result call's CPU in the
+        view. tests/test_api_status_result.py pins it to DRF's own rendering."""
+        request, when = instance, _DATETIME.to_representation
+        return {
+            "request_id": str(request.pk),
+            "session_id": request.session_id,
+            "status": request.status,
+            "result": request.result,
+            "error": request.error,
+            "error_code": request.error_code,
+            "metadata": request.metadata,
+            "priority": request.priority,
+            "backend": request.backend,
+            "backend_used": request.backend_used,
+            "params": request.params,
+            "attempt": request.attempt,
+            "created_at": when(request.created_at),
+            "started_at": when(request.started_at) if request.started_at else None,
+            "finished_at": when(request.finished_at) if request.finished_at else None,
+            "deadline_at": when(request.deadline_at) if request.deadline_at else None,
+            "usage": request.usage,
+            "timings": {stage: float(seconds) for stage, seconds in request.timings.items()},
+            "passages": request.passages,
+            "messages": request.messages,
+            "config_hash": request.config_hash,
+            "skipped_stages": [str(stage) for stage in request.skipped_stages],
+        }
+
+
+# Stateless when only rendering: one instance serves every call.
+_DATETIME = serializers.DateTimeField()
+
 
 class StreamableRequestSerializer(InferenceRequestSerializer):
     """A request plus the token that opens its SSE stream without a header
@@ -349,6 +383,9 @@ class StreamableRequestSerializer(InferenceRequestSerializer):
 
     def get_stream_token(self, request: InferenceRequest) -> str:
         return stream_token(request)
+
+    def to_representation(self, instance: InferenceRequest) -> dict[str, Any]:
+        return {**super().to_representation(instance), "stream_token": stream_token(instance)}
 
 
 class ErrorDetailSerializer(serializers.Serializer):
