@@ -125,6 +125,14 @@ class Cluster:
 # --- the clients ----------------------------------------------------------------------
 
 
+async def back_off(outcome: Outcome, refused: httpx.Response) -> None:
+    """A 429/503: counted (it must say when to come back), then honoured."""
+    outcome.rejections += 1
+    if "retry-after" not in refused.headers:
+        outcome.rejections_without_retry_after += 1
+    await asyncio.sleep(min(float(refused.headers.get("retry-after", 1)), 2))
+
+
 async def submit(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> str | None:
     """POST until accepted; outages and refusals are retried with the same key."""
     while time.monotonic() < deadline:
@@ -140,10 +148,7 @@ async def submit(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -
         if response.status_code in (200, 202):
             return response.json()["request_id"]
         if response.status_code in (429, 503):
-            outcome.rejections += 1
-            if "retry-after" not in response.headers:
-                outcome.rejections_without_retry_after += 1
-            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 2))
+            await back_off(outcome, response)
             continue
         raise AssertionError(f"unexpected {response.status_code}: {response.text}")
     return None
@@ -210,10 +215,7 @@ async def chat(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> 
             await asyncio.sleep(0.5)
             continue
         if response.status_code in (429, 503):
-            outcome.rejections += 1
-            if "retry-after" not in response.headers:
-                outcome.rejections_without_retry_after += 1
-            await asyncio.sleep(min(float(response.headers.get("retry-after", 1)), 2))
+            await back_off(outcome, response)
             continue
         # 200, or a request that ended without an answer (its error, with its id).
         outcome.request_id = response.headers["x-orchestrator-request-id"]
