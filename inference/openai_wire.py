@@ -423,7 +423,10 @@ def error_line(status: int, message: str, code: str) -> bytes:
 
 
 def failure_of(request: InferenceRequest) -> tuple[int, str, str]:
-    """(status, code, message) of a request that ended without an answer."""
+    """(status, code, message) of a request that ended without an answer (or
+    is still running when its caller's wait is over)."""
+    if not request.is_terminal:
+        return 504, "timeout", "The request did not finish in time; fetch it later."
     statuses = {Status.EXPIRED.value: 504, Status.CANCELLED.value: 409}
     status = statuses.get(request.status, 502)
     code = request.error_code or str(request.status)
