@@ -13,8 +13,10 @@ import asyncio
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,6 +85,7 @@ class Engine:
         self._stopping = asyncio.Event()
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._stop_reasons: dict[uuid.UUID, str] = {}
+        self.beat = -math.inf  # monotonic time of the last heartbeat (``alive``)
 
     # --- lifecycle -----------------------------------------------------------
     async def run(self) -> None:
@@ -96,6 +99,7 @@ class Engine:
             asyncio.create_task(self._listen(settings.PIPELINE_CHANNEL, self._on_doorbell)),
             asyncio.create_task(self._listen(self.control_channel, self._on_control)),
             asyncio.create_task(self._reap_loop()),
+            asyncio.create_task(self._beat_loop()),
         ]
         try:
             await self._stopping.wait()
@@ -121,6 +125,16 @@ class Engine:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    def alive(self) -> bool:
+        """The engine runs and its event loop turns (for a liveness probe; safe
+        to call from another thread)."""
+        return time.monotonic() - self.beat < 3 * self.config.poll_interval
+
+    async def _beat_loop(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(self.config.poll_interval)
 
     # --- claiming --------------------------------------------------------------
     async def _claim_loop(self) -> None:

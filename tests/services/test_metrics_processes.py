@@ -37,4 +37,5 @@ def test_worker_metrics_are_served_on_the_worker_port_and_http_metrics_by_web(st
     assert total(web, "orchestrator_http_requests_total", route="/api/v1/infer", status="202") >= 20
     assert total(web, "orchestrator_requests_submitted_total", transport="rest") >= 20
     assert "orchestrator_queue_depth" in web
+    assert httpx.get(f"http://127.0.0.1:{port}/healthz").text == "ok\n"  # the liveness probe
     stack.stop_workers()

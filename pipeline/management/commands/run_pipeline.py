@@ -8,9 +8,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from prometheus_client import start_http_server
 
 from pipeline.host import PipelineHost
+from pipeline.status_port import serve_status
 from pipeline.worker import EngineConfig
 
 
@@ -32,7 +32,10 @@ class Command(BaseCommand):
             "--metrics-port",
             type=int,
             default=0,
-            help="Serve this worker's Prometheus metrics on this port (0: off).",
+            help=(
+                "Serve this worker's Prometheus /metrics and its liveness /healthz "
+                "on this port (0: off)."
+            ),
         )
         parser.add_argument(
             "--grace",
@@ -45,9 +48,11 @@ class Command(BaseCommand):
         config = EngineConfig.from_settings(options["concurrency"])
         if options["grace"] is not None:
             config = EngineConfig(**{**config.__dict__, "grace_seconds": options["grace"]})
+        host = PipelineHost(config)
         if options["metrics_port"]:
-            start_http_server(options["metrics_port"], addr=settings.ORCHESTRATOR_METRICS_ADDR)
-        asyncio.run(self._serve(PipelineHost(config)))
+            addr = settings.ORCHESTRATOR_METRICS_ADDR
+            serve_status(options["metrics_port"], addr, host.engine.alive)
+        asyncio.run(self._serve(host))
 
     async def _serve(self, host: PipelineHost) -> None:
         stop = asyncio.Event()
