@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run extras test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
+.PHONY: run extras k8s-render k8s-apply test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -98,3 +98,14 @@ check: $(VENV)/.installed-dev
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache .mypy_cache
+
+## k8s-render: the Kubernetes manifests of an overlay, as they would be applied (ENV=dev|prod)
+ENV ?= dev
+k8s-render:
+	kubectl kustomize deploy/k8s/overlays/$(ENV)
+
+## k8s-apply: apply an overlay to the current kubectl context; the migrate Job is replaced (its spec is immutable)
+k8s-apply:
+	kubectl delete job orchestrator-migrate -n $(if $(filter prod,$(ENV)),orchestrator,orchestrator-$(ENV)) --ignore-not-found
+	kubectl apply -k deploy/k8s/overlays/$(ENV)
+	kubectl wait --for=condition=complete --timeout=300s job/orchestrator-migrate -n $(if $(filter prod,$(ENV)),orchestrator,orchestrator-$(ENV))

@@ -17,7 +17,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 
 class QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+    def log_message(self, format: str, *args: Any) -> None:
         pass  # a probe every few seconds is not news
 
 
