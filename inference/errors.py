@@ -29,6 +29,7 @@ _TYPES = {
     406: "invalid_request_error",
     413: "request_too_large",
     415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
     500: "api_error",
     503: "service_unavailable",

@@ -354,6 +354,9 @@ class InferenceRequest(models.Model):
     detached_at = models.DateTimeField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
+    # SHA-256 of what the request asked for (Submission.fingerprint): a repeated
+    # key with another request is refused (422) instead of answered with this one.
+    idempotency_fingerprint = models.CharField(max_length=64, blank=True, default="", db_default="")
     client_ip = models.GenericIPAddressField(null=True, blank=True)
 
     objects = InferenceRequestQuerySet.as_manager()

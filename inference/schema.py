@@ -214,6 +214,7 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
                     for code, description in {
                         **COMMON_ERRORS,
                         "404": "Unknown model (code model_not_found).",
+                        "422": "An Idempotency-Key reused for another request.",
                         "409": "The request was cancelled.",
                         "502": "The backend failed.",
                         "504": "The deadline passed.",

@@ -8,6 +8,8 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -53,6 +55,22 @@ class Submission:
     idempotency_key: str | None = None
     caller: Caller = field(default_factory=Caller)
 
+    def fingerprint(self) -> str:
+        """What the request asks for, hashed: a repeated Idempotency-Key must come
+        with the same (the transport it arrives on does not count)."""
+        asked = {
+            "prompt": self.prompt,
+            "conversation": self.conversation,
+            "session_id": self.session_id,
+            "metadata": self.metadata,
+            "priority": self.priority,
+            "backend": self.backend,
+            "params": self.params,
+            "deadline_seconds": self.deadline_seconds,
+        }
+        canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
         """The same prompt and options as a stored request, submitted again by
@@ -87,7 +105,7 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     mine = InferenceRequest.objects.owned_by(submission.caller.key_prefix)
     key = submission.idempotency_key
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
-        return existing, False
+        return _replayed(existing, submission), False
     fields = _row_fields(submission)
     admission.admit_submission(submission.caller, fields["id"], fields["deadline_at"])
     try:
@@ -100,11 +118,22 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
         if not (key and isinstance(exc, IntegrityError)):
             raise
         # Lost a race with the same key: the winner's row is the answer.
-        return mine.get(idempotency_key=key), False
+        return _replayed(mine.get(idempotency_key=key), submission), False
     metrics.SUBMITTED.labels(submission.transport).inc()
     logs.REQUEST_ID.set(str(request.pk))
     logger.info("accepted %s request", submission.transport)
     return request, True
+
+
+def _replayed(existing: InferenceRequest, submission: Submission) -> InferenceRequest:
+    """The request first stored under an Idempotency-Key, if this one asks for the
+    same; a different request under the same key is a client bug: 422 (the IETF
+    draft), rather than silently answering with the first."""
+    stored = existing.idempotency_fingerprint
+    if stored and stored != submission.fingerprint():
+        message = "This Idempotency-Key was already used for a different request."
+        raise admission.Refusal(422, "idempotency_key_reused", message)
+    return existing
 
 
 async def asubmit_request(
@@ -138,6 +167,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "params": submission.params,
         "transport": submission.transport,
         "idempotency_key": submission.idempotency_key or None,
+        "idempotency_fingerprint": submission.fingerprint() if submission.idempotency_key else "",
         "client_ip": submission.caller.ip,
         "max_attempts": settings.ORCHESTRATOR_MAX_ATTEMPTS,
         "created_at": now,

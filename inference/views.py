@@ -100,13 +100,19 @@ class InferView(APIView):
                 "Idempotency-Key",
                 {"type": "string", "maxLength": 255},
                 OpenApiParameter.HEADER,
-                description="Resubmitting with the same key returns the first request (200).",
+                description=(
+                    "Resubmitting with the same key returns the first request (200); "
+                    "with another request under it, a 422."
+                ),
             )
         ],
         responses={
             202: OpenApiResponse(StreamableRequestSerializer, description="Accepted (committed)."),
             200: OpenApiResponse(StreamableRequestSerializer, description="Idempotent replay."),
             413: TOO_LARGE,
+            422: OpenApiResponse(
+                ErrorSerializer, description="The Idempotency-Key was used for another request."
+            ),
         },
     )
     async def post(self, request: Request) -> Response:

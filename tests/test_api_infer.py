@@ -77,6 +77,18 @@ def test_the_same_idempotency_key_returns_the_first_request(client: Client) -> N
     assert InferenceRequest.objects.count() == 1
 
 
+def test_the_same_idempotency_key_with_another_request_is_a_422(client: Client) -> None:
+    """The IETF draft's rule: answering with the first request would hide a client bug."""
+    first = post(client, {"prompt": "once", "max_tokens": 5}, **{"Idempotency-Key": "k-2"})
+    for changed in ({"prompt": "twice", "max_tokens": 5}, {"prompt": "once", "max_tokens": 6}):
+        refused = post(client, changed, **{"Idempotency-Key": "k-2"})
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "idempotency_key_reused"
+    again = post(client, {"max_tokens": 5, "prompt": "once"}, **{"Idempotency-Key": "k-2"})
+    assert again.status_code == 200 and again.json()["request_id"] == first.json()["request_id"]
+    assert InferenceRequest.objects.count() == 1
+
+
 def test_an_unknown_backend_is_a_400_listing_the_valid_ones(client: Client) -> None:
     error = assert_error_shape(post(client, {"prompt": "x", "backend": "gpt-9"}), 400, "backend")
     assert "echo" in error["message"]

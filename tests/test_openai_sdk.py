@@ -235,6 +235,18 @@ def test_unknown_fields_are_ignored_and_named(server: Server) -> None:
     assert raw.headers["x-orchestrator-ignored-params"] == "frequency_penalty, frobnicate"
 
 
+def test_an_idempotency_key_replays_the_same_request_and_refuses_another(server: Server) -> None:
+    client = server.client()
+    key = {"Idempotency-Key": "chat-order-1"}
+    first = client.chat.completions.create(model="echo", messages=MESSAGES, extra_headers=key)
+    again = client.chat.completions.create(model="echo", messages=MESSAGES, extra_headers=key)
+    assert again.id == first.id
+    other = [{"role": "user", "content": "something else"}]
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        client.chat.completions.create(model="echo", messages=other, extra_headers=key)
+    assert raised.value.code == "idempotency_key_reused"
+
+
 def test_other_openai_routes_are_404_in_the_envelope(server: Server) -> None:
     with pytest.raises(openai.NotFoundError):
         server.client(max_retries=0).embeddings.create(model="echo", input="x")

@@ -94,6 +94,18 @@ async def test_stream_false_sends_only_the_result(engine: Engine) -> None:
     await socket.disconnect()
 
 
+async def test_an_idempotency_key_reused_for_another_prompt_is_refused(engine: Engine) -> None:
+    socket = await connected()
+    await socket.send_json_to({"prompt": PROMPT, "stream": False, "idempotency_key": "ws-1"})
+    first = await socket.receive_json_from()
+    await until_final(socket, first["request_id"])
+    await socket.send_json_to({"prompt": "another", "stream": False, "idempotency_key": "ws-1"})
+    refused = await socket.receive_json_from()
+    assert refused["type"] == "error" and refused["error"]["code"] == "idempotency_key_reused"
+    assert await InferenceRequest.objects.acount() == 1
+    await socket.disconnect()
+
+
 async def test_cancel_ends_the_request_and_reports_it(engine: Engine) -> None:
     socket = await connected()
     await socket.send_json_to({"prompt": "x", "backend": "endless"})
