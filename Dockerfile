@@ -52,8 +52,11 @@ COPY pipeline ./pipeline
 COPY templates ./templates
 COPY deploy ./deploy
 # Static files at build time, with throwaway settings: no secret is baked in.
+# (Its data directory is a throwaway too: /tmp/orchestrator must stay the runtime
+# user's to create, for a plain `docker run` on SQLite.)
 RUN DEBUG=false SECRET_KEY=collectstatic-at-build-time-only ALLOWED_HOSTS=localhost \
-    python manage.py collectstatic --noinput --verbosity 0
+    ORCHESTRATOR_DATA_DIR=/tmp/build-data python manage.py collectstatic --noinput --verbosity 0 \
+    && rm -rf /tmp/build-data
 USER 10001:10001
 EXPOSE 8000 9100
 STOPSIGNAL SIGTERM

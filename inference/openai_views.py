@@ -215,7 +215,8 @@ class ChatCompletionsConsumer(SSEConsumer):
             elif isinstance(event, Finished):
                 if event.request.status == Status.COMPLETED:
                     return writer.end(event.request)
-                return error_line(*failure_of(event.request))
+                status, code, message = failure_of(event.request)
+                return error_line(status, message, code)
             if payload:
                 await self.send_body(payload, more_body=True)
                 last_sent = time.monotonic()

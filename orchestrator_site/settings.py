@@ -28,6 +28,10 @@ DEV_SECRET_KEY = "dev-insecure-prompt-orchestrator-key-change-me-in-production"
 SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
 DEBUG = env_bool("DEBUG", True)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+# Kubernetes: the pod's own IP (downward API), which is the Host a Prometheus
+# scraping pods by address sends (deploy/k8s/base/web.yaml).
+if POD_IP := env_str("POD_IP"):
+    ALLOWED_HOSTS.append(POD_IP)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 CSRF_FAILURE_VIEW = "inference.errors.csrf_failure"
 

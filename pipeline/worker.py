@@ -284,7 +284,8 @@ class Engine:
             passages=ctx.passages,
             messages=ctx.messages,
             skipped_stages=ctx.skipped,
-            finish_reason=ctx.usage.finish_reason or "stop",
+            # (the column's width: an upstream may invent longer reasons)
+            finish_reason=(ctx.usage.finish_reason or "stop")[:16],
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         if await complete(request.pk, request.attempt, outcome):

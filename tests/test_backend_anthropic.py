@@ -42,7 +42,7 @@ async def test_streams_text_deltas_with_usage_and_stop_reason(upstream: FakeLLMS
     assert (usage.prompt_tokens, usage.completion_tokens, usage.finish_reason) == (
         13,
         4,
-        "end_turn",
+        "stop",  # Anthropic's end_turn, in OpenAI's words
     )
 
 

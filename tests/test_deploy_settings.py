@@ -69,3 +69,18 @@ def test_production_settings_secure_the_cookies_and_trust_the_proxy() -> None:
     )
     expected = "True True ('HTTP_X_FORWARDED_PROTO', 'https') True False staff-7f3a/"
     assert result.stdout.strip() == expected
+
+
+def test_a_pods_own_ip_joins_the_allowed_hosts() -> None:
+    """Prometheus scrapes Kubernetes pods by address: that Host must pass Django."""
+    code = "from django.conf import settings as s; print(s.ALLOWED_HOSTS)"
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-v", "0", "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **production_env(), "POD_IP": "10.244.1.7"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert result.stdout.strip() == "['orchestrator.example.com', '10.244.1.7']"

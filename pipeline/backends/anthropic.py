@@ -11,6 +11,16 @@ API_VERSION = "2023-06-01"
 RETRYABLE_ERRORS = ("overloaded_error", "api_error")
 
 
+# Anthropic's stop reasons in OpenAI's words (what /v1 clients and the row expect).
+FINISH_REASONS = {
+    "end_turn": "stop",
+    "stop_sequence": "stop",
+    "max_tokens": "length",
+    "tool_use": "tool_calls",
+    "refusal": "content_filter",
+}
+
+
 class AnthropicBackend(StreamingHttpBackend):
     def __init__(
         self,
@@ -60,7 +70,8 @@ class AnthropicBackend(StreamingHttpBackend):
             text = (payload.get("delta") or {}).get("text")
             return [text] if text else []
         elif kind == "message_delta":
-            usage.finish_reason = (payload.get("delta") or {}).get("stop_reason") or ""
+            reason = (payload.get("delta") or {}).get("stop_reason") or ""
+            usage.finish_reason = FINISH_REASONS.get(reason, reason)
             usage.completion_tokens = (payload.get("usage") or {}).get("output_tokens", 0)
         elif kind == "message_stop":
             return None

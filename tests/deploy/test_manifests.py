@@ -181,6 +181,9 @@ def test_probe_paths_exist_and_send_a_host_django_allows(objects: tuple[Obj, ...
         resolve(probe["path"])  # a Resolver404 fails the test
         assert {h["name"]: h["value"] for h in probe["httpHeaders"]}["Host"] in allowed
     assert web["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/health"
+    # ...and Prometheus, scraping the pod by address, sends its IP: settings add it.
+    (pod_ip,) = web["containers"][0]["env"]
+    assert pod_ip == {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}
     assert web["containers"][0]["livenessProbe"]["httpGet"]["path"] == "/health/live"
 
 
