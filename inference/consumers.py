@@ -76,7 +76,7 @@ class StreamConsumer(SSEConsumer):
         if request_id is None:
             return await self.json_error(404, NOT_FOUND, "not_found")
         try:
-            caller = await database_sync_to_async(self.authorize)(request_id)
+            caller, request = await database_sync_to_async(self.authorize)(request_id)
             open_streams.open(caller)
         except Refusal as refusal:
             return await self.send_refusal(refusal)
@@ -84,24 +84,25 @@ class StreamConsumer(SSEConsumer):
             return await self.send_refusal(Refusal.from_database(exc))
         self.term = ConnectionTerm(caller)
         try:
-            await self.follow(request_id)
+            # Resuming a dropped /v1 call keeps it from being cancelled as abandoned.
+            counts = request.is_open_to_readers
+            async with services.reading(request_id, counts, False, database_sync_to_async) as stay:
+                await self.follow(request_id, stay)
         finally:
             open_streams.close(caller)
 
-    def authorize(self, request_id: uuid.UUID) -> Caller:
-        """The caller, if it may stream this request: a stream token in the query
-        (browsers), else a key header or a staff session."""
+    def authorize(self, request_id: uuid.UUID) -> tuple[Caller, InferenceRequest]:
+        """The caller, if it may stream this request (a stream token in the query
+        for browsers, else a key header or a staff session), and the request."""
         token = parse_qs(self.scope.get("query_string", b"").decode("latin1")).get("token")
         caller = authenticate_scope(self.scope, token[0] if token else None, request_id)
         admission.admit_call(caller)
-        found = caller.requests().filter(pk=request_id).values_list("detached_at", flat=True)
-        if not (detached := list(found[:1])):
+        request = caller.requests().only("transport", "status").filter(pk=request_id).first()
+        if request is None:
             raise Refusal(404, "not_found", NOT_FOUND)
-        if detached[0] is not None:  # a dropped /v1 stream, resumed here in time
-            services.resume_request(request_id)
-        return caller
+        return caller, request
 
-    async def follow(self, request_id: uuid.UUID) -> None:
+    async def follow(self, request_id: uuid.UUID, stay: services.Reading) -> None:
         headers = dict(self.scope.get("headers", []))
         after, attempt = parse_last_event_id(headers.get(b"last-event-id", b"").decode())
         events = follow(request_id, after, attempt)
@@ -114,10 +115,14 @@ class StreamConsumer(SSEConsumer):
         await self.start_event_stream()
         start = sse("start", {"request_id": str(request_id)})
         await self.send_body(b"retry: 3000\n\n" + start, more_body=True)
-        await self.relay(first, events, attempt or 1)
+        await self.relay(first, events, attempt or 1, stay)
 
     async def relay(
-        self, event: StreamEvent | None, events: AsyncIterator[StreamEvent], attempt: int
+        self,
+        event: StreamEvent | None,
+        events: AsyncIterator[StreamEvent],
+        attempt: int,
+        stay: services.Reading,
     ) -> None:
         keepalive = settings.ORCHESTRATOR_SSE_KEEPALIVE_SECONDS
         last_sent = time.monotonic()
@@ -133,6 +138,7 @@ class StreamConsumer(SSEConsumer):
                 if time.monotonic() - last_sent >= keepalive:
                     payload = b": keepalive\n\n"
             else:
+                stay.answered = True
                 await self.send_body(self.final_event(event), more_body=False)
                 return
             if payload:

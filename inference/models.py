@@ -349,8 +349,10 @@ class InferenceRequest(models.Model):
     completion_tokens = models.PositiveIntegerField(default=0)
     # Why generation stopped: "stop" (the model ended), "length" (max_tokens).
     finish_reason = models.CharField(max_length=16, blank=True, default="", db_default="")
-    # When the last /v1 reader dropped its connection: the request is cancelled
-    # after the disconnect grace unless a reader resumes (which clears this).
+    # /v1 requests: their live readers (inference.services.reading), and when the
+    # last one left without the answer: cancelled after the disconnect grace unless
+    # a reader comes back (which clears this).
+    readers = models.PositiveIntegerField(default=0, db_default=0)
     detached_at = models.DateTimeField(null=True, blank=True)
 
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
@@ -417,6 +419,11 @@ class InferenceRequest(models.Model):
         if self.started_at and self.finished_at:
             return self.finished_at - self.started_at
         return None
+
+    @property
+    def is_open_to_readers(self) -> bool:
+        """A /v1 request still running: its readers are counted (``services.reading``)."""
+        return self.transport == Transport.OPENAI and not self.is_terminal
 
     @property
     def usage(self) -> dict[str, int]:

@@ -76,7 +76,6 @@ class ChatCompletionsConsumer(SSEConsumer):
 
     request: InferenceRequest | None = None
     started = False  # the event stream's headers are sent
-    answered = False  # the response is complete: a disconnect now abandons nothing
 
     async def http_request(self, message: dict[str, Any]) -> None:
         self.body.append(message.get("body", b""))  # (AsyncHttpConsumer's list)
@@ -89,19 +88,8 @@ class ChatCompletionsConsumer(SSEConsumer):
             headers = {"Allow": "POST"}
             await self.json_error(405, "Use POST.", "method_not_allowed", headers)
         else:
+            # A disconnect cancels this task: the request's reading ends unanswered.
             self.streaming = asyncio.create_task(self.respond())
-
-    async def http_disconnect(self, message: dict[str, Any]) -> None:
-        request = self.request
-        if (
-            request is not None
-            and not self.answered
-            and settings.ORCHESTRATOR_OPENAI_CANCEL_ON_DISCONNECT
-        ):
-            services.abandon_request(
-                request.pk, settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS
-            )
-        await super().http_disconnect(message)
 
     async def respond(self) -> None:
         try:
@@ -118,7 +106,6 @@ class ChatCompletionsConsumer(SSEConsumer):
 
     async def fail(self, refusal: Refusal) -> None:
         """An error as a response, or as the stream's last event once it began."""
-        self.answered = True
         if self.started:
             line = error_line(refusal.status, refusal.message, refusal.code)
             return await self.send_body(line, more_body=False)
@@ -140,12 +127,16 @@ class ChatCompletionsConsumer(SSEConsumer):
         if stream:
             open_streams.open(caller)
         try:
-            self.request, _ = await services.asubmit_request(submission, database_sync_to_async)
-            extra = request_headers(self.request, serializer.ignored_params())
-            if stream:
-                await self.stream_chunks(caller, extra, serializer.include_usage)
-            else:
-                await self.wait(extra)
+            request, created = await services.asubmit_request(submission, database_sync_to_async)
+            self.request = request
+            extra = request_headers(request, serializer.ignored_params())
+            async with services.reading(
+                request.pk, not request.is_terminal, created, database_sync_to_async
+            ) as stay:
+                if stream:
+                    await self.stream_chunks(caller, extra, serializer.include_usage, stay)
+                else:
+                    await self.wait(extra, stay)
         finally:
             if stream:
                 open_streams.close(caller)
@@ -162,21 +153,21 @@ class ChatCompletionsConsumer(SSEConsumer):
         except (ValueError, RecursionError):
             raise ValidationError({"body": ["The body is not valid JSON."]}) from None
 
-    async def wait(self, headers: dict[str, str]) -> None:
+    async def wait(self, headers: dict[str, str], stay: services.Reading) -> None:
         """Non-streamed: the ``chat.completion`` once the request has finished."""
         assert self.request is not None
         deadline = self.request.deadline_at or timezone.now()
         seconds = (deadline - timezone.now()).total_seconds() + 1
         read = database_sync_to_async(InferenceRequest.objects.get)
         request = await wait_until_finished(self.request.pk, seconds, read)
-        self.answered = True
+        stay.answered = request.is_terminal
         if request.status == Status.COMPLETED:
             return await self.send_json(200, completion_body(request), headers)
         status, code, message = failure_of(request)
         await self.send_json(status, error_body(message, status, code), {**headers, **NO_RETRY})
 
     async def stream_chunks(
-        self, caller: Caller, headers: dict[str, str], include_usage: bool
+        self, caller: Caller, headers: dict[str, str], include_usage: bool, stay: services.Reading
     ) -> None:
         """Streamed: a role chunk, content chunks, the last chunk, ``[DONE]``."""
         request = self.request
@@ -189,16 +180,20 @@ class ChatCompletionsConsumer(SSEConsumer):
             self.started = True
             # The comment flushes the headers at once (time to first byte).
             await self.send_body(b": keep-alive\n\n" + writer.role(request), more_body=True)
-            ending = await self.relay(request.pk, writer, term)
-            self.answered = True
+            ending = await self.relay(request.pk, writer, term, stay)
             await self.send_body(ending, more_body=False)
         finally:
             metrics.CONNECTIONS_OPEN.labels("openai").dec()
 
     async def relay(
-        self, request_id: uuid.UUID, writer: ChunkWriter, term: ConnectionTerm
+        self,
+        request_id: uuid.UUID,
+        writer: ChunkWriter,
+        term: ConnectionTerm,
+        stay: services.Reading,
     ) -> bytes:
-        """Send the chunks as they come; return the stream's last bytes."""
+        """Send the chunks as they come; return the stream's last bytes (the answer
+        when the request finished; else an error, and the request runs on)."""
         keepalive = settings.ORCHESTRATOR_SSE_KEEPALIVE_SECONDS
         last_sent, sent_text = time.monotonic(), False
         async for event in follow(request_id):
@@ -213,6 +208,7 @@ class ChatCompletionsConsumer(SSEConsumer):
             elif isinstance(event, Idle) and time.monotonic() - last_sent >= keepalive:
                 payload = b": keep-alive\n\n"
             elif isinstance(event, Finished):
+                stay.answered = True
                 if event.request.status == Status.COMPLETED:
                     return writer.end(event.request)
                 status, code, message = failure_of(event.request)
@@ -312,12 +308,12 @@ class CompletionView(V1View):
     async def get(self, request: Request, completion_id: str) -> Response:
         await require_enabled(request)
         row = await get_request_or_404(caller_of(request), parse_completion_id(completion_id))
-        if row.detached_at is not None:
-            await sync_to_async(services.resume_request)(row.pk)
         longest = str(settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
         wait = wait_seconds(request.query_params.get("wait", longest))
-        if wait > 0 and not row.is_terminal:
-            row = await wait_until_finished(row.pk, wait)
+        async with services.reading(row.pk, row.is_open_to_readers) as stay:
+            if wait > 0 and not row.is_terminal:
+                row = await wait_until_finished(row.pk, wait)
+            stay.answered = row.is_terminal
         headers = {"X-Orchestrator-Request-Id": str(row.pk)}
         if row.status == Status.COMPLETED:
             return Response(completion_body(row), headers=headers)

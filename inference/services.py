@@ -8,18 +8,22 @@ announces a row a reader cannot see yet, and "accepted" always means committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
+from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from inference import admission, events, logs, metrics
@@ -158,6 +162,8 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "api_key_id": submission.caller.key_prefix,
         "prompt": submission.prompt,
         "conversation": submission.conversation,
+        # A /v1 call reads its own answer: it is the request's first reader.
+        "readers": 1 if submission.transport == Transport.OPENAI else 0,
         # A new conversation is named after its first request, so the worker
         # knows it has no history without asking the database (earlier_turns).
         "session_id": submission.session_id or str(request_id),
@@ -192,38 +198,81 @@ def cancel_request(request_id: uuid.UUID, detached_at: datetime | None = None) -
     return request
 
 
-# Grace timers of abandoned streams, held so the event loop keeps them alive.
+# --- readers of /v1 requests and the disconnect grace --------------------------------
+#
+# A /v1 request is cancelled once nobody is reading it any more (after
+# ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS), so an upstream is not paid for tokens
+# no one reads. Readers are counted on the row: the /v1 call itself (it is created
+# with one), a replay of it, a resumed stream, a waiting fetch. A process that dies
+# holding a count leaves the request to complete, and stay fetchable.
+
+
+@dataclass
+class Reading:
+    """One reader's stay; it sets ``answered`` once it has delivered the answer."""
+
+    answered: bool = False
+
+
+@contextlib.asynccontextmanager
+async def reading(
+    request_id: uuid.UUID,
+    counts: bool,
+    counted: bool = False,
+    to_thread: Callable[..., Any] = sync_to_async,
+) -> AsyncIterator[Reading]:
+    """Be one of the request's readers while inside (``counts``: a /v1 request not
+    finished yet; ``counted``: the row was created with this reader). Leaving
+    without the answer may start the grace. ``to_thread`` as in ``asubmit_request``."""
+    stay = Reading()
+    if counts and not counted:
+        await to_thread(join_request)(request_id)
+    try:
+        yield stay
+    finally:
+        if counts and not stay.answered:
+            stamp = await to_thread(leave_request)(request_id)
+            if stamp is not None:
+                _start_grace(request_id, stamp)
+
+
+def join_request(request_id: uuid.UUID) -> None:
+    InferenceRequest.objects.filter(pk=request_id).update(
+        readers=F("readers") + 1, detached_at=None
+    )
+
+
+def leave_request(request_id: uuid.UUID) -> datetime | None:
+    """One reader fewer. When it was the last and abandoned requests are cancelled,
+    the time it left (the grace's start), else None."""
+    rows = InferenceRequest.objects.filter(pk=request_id)
+    stamp = timezone.now()
+    with transaction.atomic():
+        rows.filter(readers__gt=0).update(readers=F("readers") - 1)
+        if not settings.ORCHESTRATOR_OPENAI_CANCEL_ON_DISCONNECT:
+            return None
+        abandoned = rows.filter(readers=0, status__in=ACTIVE_STATUSES).update(detached_at=stamp)
+    return stamp if abandoned else None
+
+
+# The grace timers, held so that the event loop keeps them alive.
 _grace_timers: set[asyncio.Task[None]] = set()
 
 
-def abandon_request(request_id: uuid.UUID, grace: float) -> None:
-    """Its last reader dropped the connection (``/v1``): cancel the request in
-    ``grace`` seconds unless a reader resumes first (``resume_request``).
-
-    The timer lives in this process: if the process dies within the grace, the
-    request simply completes (and stays fetchable)."""
-    timer = asyncio.create_task(_cancel_if_still_abandoned(request_id, grace))
+def _start_grace(request_id: uuid.UUID, stamp: datetime) -> None:
+    # A context of its own: a task started from a view would otherwise inherit the
+    # view's thread, which is gone once the view returns.
+    timer = asyncio.create_task(_cancel_if_still_abandoned(request_id, stamp), context=Context())
     _grace_timers.add(timer)
     timer.add_done_callback(_grace_timers.discard)
 
 
-async def _cancel_if_still_abandoned(request_id: uuid.UUID, grace: float) -> None:
-    stamp = timezone.now()
-    detach = InferenceRequest.objects.filter(pk=request_id, status__in=ACTIVE_STATUSES)
-    try:
-        if not await detach.aupdate(detached_at=stamp):
-            return  # finished meanwhile
-        await asyncio.sleep(grace)
-        await sync_to_async(cancel_request)(request_id, detached_at=stamp)
-    except DatabaseError:
+async def _cancel_if_still_abandoned(request_id: uuid.UUID, stamp: datetime) -> None:
+    await asyncio.sleep(settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS)
+    try:  # a reader who came back cleared the stamp: nothing happens
+        await database_sync_to_async(cancel_request)(request_id, detached_at=stamp)
+    except (DatabaseError, InferenceRequest.DoesNotExist):
         logger.warning("cannot cancel the abandoned request %s", request_id, exc_info=True)
-
-
-def resume_request(request_id: uuid.UUID) -> None:
-    """A reader is back: an abandoned request is no longer cancelled."""
-    InferenceRequest.objects.filter(pk=request_id, detached_at__isnull=False).update(
-        detached_at=None
-    )
 
 
 def retry_request(request_id: uuid.UUID) -> InferenceRequest | None:

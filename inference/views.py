@@ -164,11 +164,12 @@ class ResultView(APIView):
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
-        if row.detached_at is not None:  # a dropped /v1 call, fetched here in time
-            await sync_to_async(services.resume_request)(row.pk)
         wait = wait_seconds(request.query_params.get("wait"))
-        if wait > 0 and not row.is_terminal:
-            row = await wait_until_finished(row.pk, wait)
+        # A waiter keeps a dropped /v1 call from being cancelled as abandoned.
+        async with services.reading(row.pk, row.is_open_to_readers and wait > 0) as stay:
+            if wait > 0 and not row.is_terminal:
+                row = await wait_until_finished(row.pk, wait)
+            stay.answered = row.is_terminal
         body = InferenceRequestSerializer(row).data
         return Response(body, status=200 if row.is_terminal else 202)
 

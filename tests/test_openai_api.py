@@ -342,18 +342,59 @@ async def test_a_long_poll_reads_the_row_only_when_it_finishes(engine) -> None: 
     assert row.status == Status.COMPLETED and reads <= 3
 
 
-@pytest.mark.django_db
-def test_any_reader_of_an_abandoned_request_resumes_it(client: Client) -> None:
-    """The native long-poll and the stored completion count as readers too."""
-    from django.utils import timezone
+async def dropped_stream(settings, idempotency_key: str = "") -> uuid.UUID:  # type: ignore[no-untyped-def]
+    """A streamed /v1 call on the endless backend, dropped after its first chunk."""
+    headers = {"idempotency-key": idempotency_key} if idempotency_key else {}
+    client = await post(chat("endless", stream=True), **headers).open()
+    await client.read_until(lambda _: '"content"' in client.raw)
+    await client.disconnect()
+    return request_id_of(client)
 
-    from tests.conftest import submit
 
-    for path in ("/api/v1/result/{}", "/v1/chat/completions/chatcmpl-{}"):
-        row = submit(backend="echo")
-        InferenceRequest.objects.filter(pk=row.pk).update(detached_at=timezone.now())
-        client.get(path.format(row.pk.hex if "chatcmpl" in path else row.pk) + "?wait=0")
-        assert InferenceRequest.objects.get(pk=row.pk).detached_at is None, path
+async def status_after_the_grace(request_id: uuid.UUID, settings) -> str:  # type: ignore[no-untyped-def]
+    await asyncio.sleep(settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS + 0.4)
+    return str((await InferenceRequest.objects.aget(pk=request_id)).status)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_reader_attached_before_the_call_drops_keeps_it(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    """Readers are counted: the call's own drop does not cancel under a resumed stream."""
+    settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS = 0.3
+    client = await post(chat("endless", stream=True)).open()
+    await client.read_until(lambda _: '"content"' in client.raw)
+    request_id = request_id_of(client)
+    watcher = await SSEClient(f"/api/v1/stream/{request_id}").open()
+    await watcher.read_chunk()
+    await client.disconnect()
+    assert await status_after_the_grace(request_id, settings) == Status.PROCESSING
+    await watcher.disconnect()  # now nobody reads it
+    assert await status_after_the_grace(request_id, settings) == Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_replaying_a_dropped_call_with_its_idempotency_key_keeps_it(engine, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS = 0.3
+    request_id = await dropped_stream(settings, idempotency_key="replay-1")
+    replay = await post(chat("endless", stream=True), **{"idempotency-key": "replay-1"}).open()
+    await replay.read_until(lambda _: '"content"' in replay.raw)
+    assert request_id_of(replay) == request_id
+    assert await status_after_the_grace(request_id, settings) == Status.PROCESSING
+    await replay.disconnect()
+    assert await status_after_the_grace(request_id, settings) == Status.CANCELLED
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("path", ["/api/v1/result/{}?wait=1", "/v1/chat/completions/{}?wait=1"])
+async def test_a_waiting_fetch_keeps_a_dropped_call_while_it_waits(engine, settings, path) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_OPENAI_DISCONNECT_GRACE_SECONDS = 0.3
+    from django.test import AsyncClient
+
+    request_id = await dropped_stream(settings)
+    fetched = await AsyncClient().get(path.format(request_id))
+    assert fetched.status_code in (202, 409)  # still running after the 1 s wait
+    row = await InferenceRequest.objects.aget(pk=request_id)
+    assert row.status == Status.PROCESSING  # 1 s > the grace: the wait kept it
+    assert await status_after_the_grace(request_id, settings) == Status.CANCELLED
 
 
 @pytest.mark.django_db(transaction=True)
