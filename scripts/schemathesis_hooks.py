@@ -4,7 +4,10 @@ for the refusals the API makes by design of data a schema cannot describe.
 Schema-valid strings may hold NUL or a lone surrogate, which no database or JSON
 encoder can store, and free-form ``metadata`` may nest without end: the API answers
 400 with ``param`` and a code saying why (``unstorable``, ``not_finite``,
-``max_depth``). Every other refusal of schema-valid data is still a failure.
+``max_depth``). An Idempotency-Key the fuzzer already sent with another body is a
+422 (``idempotency_key_reused``): a refusal that depends on what was sent before,
+which no schema can describe. Every other refusal of schema-valid data is still a
+failure.
 """
 
 from __future__ import annotations
@@ -15,11 +18,11 @@ from typing import Any
 import schemathesis
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-BY_DESIGN = {"unstorable", "not_finite", "max_depth"}
+BY_DESIGN = {"unstorable", "not_finite", "max_depth", "idempotency_key_reused"}
 
 
 def refused_by_design(response: Any) -> bool:
-    if response.status_code != 400:
+    if response.status_code not in (400, 422):
         return False
     try:
         return json.loads(response.text)["error"]["code"] in BY_DESIGN
