@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.fake_llm_server import FakeLLMServer
 from harness.processes import create_api_key, embedded_env, serving
@@ -252,6 +253,19 @@ def test_other_openai_routes_are_404_in_the_envelope(server: Server) -> None:
         server.client(max_retries=0).embeddings.create(model="echo", input="x")
 
 
+def refusals_seen(server: Server) -> float:
+    """The server's own count of 429s on the chat route (its /metrics)."""
+    text = httpx.get(f"{server.url}/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "orchestrator_http_requests_total"
+        and sample.labels.get("route") == "/v1/chat/completions"
+        and sample.labels.get("status") == "429"
+    )
+
+
 def test_the_sdk_retries_a_429_and_then_raises(server: Server) -> None:
     """One stream per key (MAX_STREAMS=1): a second is a 429 with Retry-After 1,
     which the SDK retries twice, honouring retry-after-ms."""
@@ -265,11 +279,13 @@ def test_the_sdk_retries_a_429_and_then_raises(server: Server) -> None:
         model="slow-echo", messages=[{"role": "user", "content": words(100)}], stream=True
     )
     next(iter(held))
+    refused_before = refusals_seen(server)
     began = time.monotonic()
     with pytest.raises(openai.RateLimitError) as raised:
         client.chat.completions.create(model="echo", messages=MESSAGES, stream=True)
     held.close()
     assert sent[1:] == ["0", "1", "2"]  # sent[0] opened the held stream
+    assert refusals_seen(server) - refused_before == 3  # ...and the server saw all three
     assert raised.value.code == "too_many_streams"
     assert raised.value.response.headers["retry-after"] == "1"
     assert raised.value.response.headers["retry-after-ms"] == "1000"
