@@ -309,11 +309,9 @@ class CompletionView(V1View):
         await require_enabled(request)
         row = await get_request_or_404(caller_of(request), parse_completion_id(completion_id))
         longest = str(settings.ORCHESTRATOR_RESULT_WAIT_MAX_SECONDS)
-        wait = wait_seconds(request.query_params.get("wait", longest))
-        async with services.reading(row.pk, row.is_open_to_readers) as stay:
-            if wait > 0 and not row.is_terminal:
-                row = await wait_until_finished(row.pk, wait)
-            stay.answered = row.is_terminal
+        row = await services.await_result(
+            row, wait_seconds(request.query_params.get("wait", longest))
+        )
         headers = {"X-Orchestrator-Request-Id": str(row.pk)}
         if row.status == Status.COMPLETED:
             return Response(completion_body(row), headers=headers)

@@ -38,6 +38,7 @@ from inference.models import (
     Transport,
     chunk_text,
 )
+from inference.streaming import wait_until_finished
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,18 @@ async def reading(
             stamp = await to_thread(leave_request)(request_id)
             if stamp is not None:
                 _start_grace(request_id, stamp)
+
+
+async def await_result(request: InferenceRequest, wait: float) -> InferenceRequest:
+    """The request once finished, or as it is after ``wait`` seconds (for views:
+    rows are read on the view's own thread). Meanwhile the waiter is one of a /v1
+    request's readers: it keeps a dropped call from being cancelled as abandoned."""
+    if wait <= 0 or request.is_terminal:
+        return request
+    async with reading(request.pk, request.is_open_to_readers) as stay:
+        request = await wait_until_finished(request.pk, wait)
+        stay.answered = request.is_terminal
+    return request
 
 
 def join_request(request_id: uuid.UUID) -> None:

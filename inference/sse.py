@@ -66,6 +66,11 @@ def cors_headers(scope: dict[str, Any], preflight: bool = False) -> list[tuple[b
     return [*allowed, (b"access-control-expose-headers", exposed)]
 
 
+def raw_headers(headers: dict[str, str] | None) -> list[tuple[bytes, bytes]]:
+    """Response headers as ASGI wants them."""
+    return [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
+
+
 class SSEConsumer(AsyncHttpConsumer):
     """An event stream produced by ``stream()`` in a task, so that this consumer
     keeps hearing ``http.disconnect`` (which cancels the task)."""
@@ -92,7 +97,6 @@ class SSEConsumer(AsyncHttpConsumer):
         raise NotImplementedError
 
     async def start_event_stream(self, headers: dict[str, str] | None = None) -> None:
-        raw = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
         await self.send_headers(
             status=200,
             headers=[
@@ -100,7 +104,7 @@ class SSEConsumer(AsyncHttpConsumer):
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),
                 *cors_headers(self.scope),
-                *raw,
+                *raw_headers(headers),
             ],
         )
 
@@ -113,8 +117,11 @@ class SSEConsumer(AsyncHttpConsumer):
     async def send_json(
         self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
     ) -> None:
-        raw = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
-        all_headers = [(b"content-type", b"application/json"), *cors_headers(self.scope), *raw]
+        all_headers = [
+            (b"content-type", b"application/json"),
+            *cors_headers(self.scope),
+            *raw_headers(headers),
+        ]
         await self.send_response(status, json.dumps(body).encode(), headers=all_headers)
 
     async def send_refusal(self, refusal: Refusal) -> None:

@@ -48,7 +48,6 @@ from inference.serializers import (
     StreamableRequestSerializer,
     idempotency_key_of,
 )
-from inference.streaming import wait_until_finished
 
 # Errors every API operation shares (401, 403, 429, 503, 400, 404) are added by
 # inference.schema.OrchestratorAutoSchema; views declare only their own.
@@ -164,12 +163,7 @@ class ResultView(APIView):
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
-        wait = wait_seconds(request.query_params.get("wait"))
-        # A waiter keeps a dropped /v1 call from being cancelled as abandoned.
-        async with services.reading(row.pk, row.is_open_to_readers and wait > 0) as stay:
-            if wait > 0 and not row.is_terminal:
-                row = await wait_until_finished(row.pk, wait)
-            stay.answered = row.is_terminal
+        row = await services.await_result(row, wait_seconds(request.query_params.get("wait")))
         body = InferenceRequestSerializer(row).data
         return Response(body, status=200 if row.is_terminal else 202)
 
