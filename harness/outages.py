@@ -41,8 +41,16 @@ def _wait(check: list[str], up: bool, timeout: float = 30) -> None:
 
 def restart_redis() -> None:
     """Redis keeps nothing on disk here: a restart loses every channel and group."""
+    stop_redis()
+    start_redis()
+
+
+def stop_redis() -> None:
     subprocess.run(["redis-cli", "-p", "6379", "shutdown", "nosave"], capture_output=True)
     _wait(["redis-cli", "-p", "6379", "ping"], up=False)
+
+
+def start_redis() -> None:
     os.makedirs("/var/lib/redis", exist_ok=True)
     os.makedirs("/var/log/redis", exist_ok=True)
     subprocess.run(REDIS_START, check=True)

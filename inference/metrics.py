@@ -99,7 +99,7 @@ def record_finished(request, status: str, timings: dict[str, float], usage=None)
     backend = request.backend_used or request.backend
     REQUESTS.labels(request.transport, request.backend, status).inc()
     REQUEST_DURATION.labels(backend).observe((timezone.now() - request.created_at).total_seconds())
-    for stage in ("rag", "assemble", "inference", "post", "stream"):
+    for stage in ("rag", "assemble", "cache", "inference", "post", "stream"):
         if stage in timings:
             STAGE_DURATION.labels(stage).observe(timings[stage])
     if usage is None:
@@ -112,3 +112,27 @@ def record_finished(request, status: str, timings: dict[str, float], usage=None)
     if usage.completion_tokens and "inference" in timings:
         per_token = timings["inference"] / usage.completion_tokens
         TIME_PER_OUTPUT_TOKEN.labels(backend, model).observe(per_token)
+
+
+# --- the response cache and in-flight dedup ---------------------------------------------
+CACHE_LOOKUPS = Counter(
+    "orchestrator_cache_lookups_total",
+    "What the cache did for a request: hit, miss, collapsed, bypass, ineligible",
+    ["result"],
+)
+CACHE_STORES = Counter(
+    "orchestrator_cache_stores_total", "Answers of cacheable requests", ["result"]
+)
+CACHE_ERRORS = Counter(
+    "orchestrator_cache_errors_total", "Cache operations that failed (served as misses)", ["op"]
+)
+SAVED_TOKENS = Counter(
+    "orchestrator_saved_tokens_total",
+    "Tokens answered without calling a backend (prompt + completion)",
+    ["backend", "via"],
+)
+DEDUP = Counter(
+    "orchestrator_dedup_total",
+    "In-flight dedup: leader, follower, overflow, detached, promoted",
+    ["outcome"],
+)

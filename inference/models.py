@@ -8,6 +8,8 @@ a stale worker can never overwrite a newer attempt or a terminal state.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -17,7 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey
@@ -44,6 +46,13 @@ class Transport(models.TextChoices):
 
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 ACTIVE_STATUSES = (Status.PENDING, Status.PROCESSING)
+
+
+def canonical_sha256(value: Any) -> str:
+    """Hex SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces): the
+    same data hashes the same whatever order its keys arrived in."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def backend_names() -> list[str]:
@@ -73,6 +82,40 @@ class Outcome:
     messages: list[dict[str, str]] = field(default_factory=list)
     skipped_stages: list[str] = field(default_factory=list)
     finish_reason: str = "stop"
+    # The response cache (pipeline/cache.py): the request's key, what the cache
+    # did for it, and until when this answer serves others (None: it does not).
+    cache_key: str | None = None
+    cache_status: str = ""
+    cache_expires_at: datetime | None = None
+
+
+class CacheStatus(models.TextChoices):
+    """What the response cache and in-flight dedup did for a request."""
+
+    HIT = "hit", "served from the cache"
+    COLLAPSED = "collapsed", "shared an identical request's backend call"
+    STORED = "stored", "generated, and stored for others"
+    MISS = "miss", "generated, not stored"
+    BYPASS = "bypass", "the client asked to skip the cache"
+    INELIGIBLE = "ineligible", "sampled (or the cache is off): generated"
+    DETACHED = "detached", "its leader failed: runs alone"
+
+
+def _answer(outcome: Outcome) -> dict[str, Any]:
+    """The columns a completion writes (for the request and its followers)."""
+    return {
+        "status": Status.COMPLETED,
+        "result": outcome.result,
+        "prompt_tokens": outcome.prompt_tokens,
+        "completion_tokens": outcome.completion_tokens,
+        "timings": outcome.timings,
+        "backend_used": outcome.backend_used,
+        "passages": outcome.passages,
+        "messages": outcome.messages,
+        "finish_reason": outcome.finish_reason,
+        "finished_at": timezone.now(),
+        "lease_expires_at": None,
+    }
 
 
 class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
@@ -140,35 +183,230 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         )
         held = InferenceRequest.objects.filter(pk__in=candidates, lease_owner=owner, started_at=now)
         taken = list(held.order_by("-priority", "created_at"))
+        restarted = [row.pk for row in taken]
+        # A leader run again (its worker was lost) keeps its followers: they
+        # start over with it (only a row claimed before can have any).
+        if again := [row.pk for row in taken if row.attempt > 1]:
+            followers = self.filter(coalesced_into__in=again, status=Status.PROCESSING)
+            restarted += followers.values_list("pk", flat=True)
+            followers.update(attempt=F("attempt") + 1, last_seq=-1)
         # A new attempt streams from seq 0; the previous attempt's chunks go.
-        StreamChunk.objects.filter(request_id__in=[row.pk for row in taken]).delete()
+        StreamChunk.objects.filter(request_id__in=restarted).delete()
         return taken
 
     def held_by(self, pk: uuid.UUID, attempt: int) -> InferenceRequestQuerySet:
-        """The row, only while this attempt still holds it."""
-        return self.filter(pk=pk, attempt=attempt, status=Status.PROCESSING)
+        """The row, only while this attempt still holds it (a follower is held by
+        no worker: its leader's attempt generates for it)."""
+        return self.filter(
+            pk=pk, attempt=attempt, status=Status.PROCESSING, coalesced_into__isnull=True
+        )
 
     def heartbeat(self, pk: uuid.UUID, attempt: int, lease_seconds: float) -> bool:
         expires = timezone.now() + timedelta(seconds=lease_seconds)
         return bool(self.held_by(pk, attempt).update(lease_expires_at=expires))
 
-    def complete(self, pk: uuid.UUID, attempt: int, outcome: Outcome) -> bool:
-        return bool(
-            self.held_by(pk, attempt).update(
-                status=Status.COMPLETED,
-                result=outcome.result,
-                prompt_tokens=outcome.prompt_tokens,
-                completion_tokens=outcome.completion_tokens,
-                timings=outcome.timings,
-                backend_used=outcome.backend_used,
-                passages=outcome.passages,
-                messages=outcome.messages,
+    def complete(
+        self, pk: uuid.UUID, attempt: int, outcome: Outcome
+    ) -> list[tuple[uuid.UUID, str]] | None:
+        """Store the answer, fenced on the attempt; the request's followers (in-flight
+        dedup) complete with it in the same transaction. Returns the followers
+        completed (id, transport), or None when the attempt no longer holds it."""
+        answer = _answer(outcome)
+        with transaction.atomic():
+            held = self.held_by(pk, attempt).update(
+                **answer,
                 skipped_stages=outcome.skipped_stages,
-                finish_reason=outcome.finish_reason,
-                finished_at=timezone.now(),
-                lease_expires_at=None,
+                cache_key=outcome.cache_key,
+                cache_status=outcome.cache_status,
+                cache_expires_at=outcome.cache_expires_at,
+            )
+            if not held:
+                return None
+            if not outcome.cache_key:  # not eligible: nobody can be following it
+                return []
+            followers = self.filter(coalesced_into=pk, status=Status.PROCESSING)
+            ids = list(followers.values_list("pk", "transport"))
+            if ids:
+                followers.update(**answer, cache_status=CacheStatus.COLLAPSED, cache_source=pk)
+        return ids
+
+    def serve_cached(
+        self, pk: uuid.UUID, attempt: int, source: InferenceRequest, outcome: Outcome
+    ) -> bool:
+        """Complete the request with a cache entry's answer (``outcome``) and a copy
+        of the source's stream (same chunks, under this request's attempt), fenced
+        like any completion: readers and resumes see an ordinary stream."""
+        chunks = list(
+            StreamChunk.objects.filter(request_id=source.pk, attempt=source.attempt)
+            .order_by("seq")
+            .values_list("seq", "text")
+        )
+        with transaction.atomic():
+            served = self.held_by(pk, attempt).update(
+                **_answer(outcome),
+                skipped_stages=outcome.skipped_stages,
+                cache_key=outcome.cache_key,
+                cache_status=CacheStatus.HIT,
+                cache_source=source.pk,
+                last_seq=chunks[-1][0] if chunks else -1,
+            )
+            if not served:
+                return False
+            StreamChunk.objects.bulk_create(
+                StreamChunk(request_id=pk, seq=seq, text=text, attempt=attempt)
+                for seq, text in chunks
+            )
+        return True
+
+    def cache_entry(self, key: str, max_age: float | None = None) -> InferenceRequest | None:
+        """The newest live answer stored under ``key`` (at most ``max_age`` s old)."""
+        now = timezone.now()
+        entries = self.filter(cache_key=key, cache_expires_at__gt=now, status=Status.COMPLETED)
+        if max_age is not None:
+            entries = entries.filter(finished_at__gte=now - timedelta(seconds=max_age))
+        return entries.order_by("-finished_at").first()
+
+    def forget_cached(self, key: str | None = None) -> int:
+        """Stop serving stored answers: those under ``key`` (scope the queryset to
+        an owner first), or all. Returns how many entries went."""
+        live = self.filter(cache_expires_at__gt=timezone.now())
+        if key is not None:
+            live = live.filter(cache_key=key)
+        return live.update(cache_expires_at=None)
+
+    # --- in-flight dedup: one backend call for identical requests ----------------
+    def lead_or_follow(
+        self, pk: uuid.UUID, attempt: int, key: str, max_followers: int
+    ) -> tuple[str, uuid.UUID | None]:
+        """Share one backend call among identical requests in flight. The database
+        decides who generates: a partial unique index admits one processing row
+        per ``dedup_key``. Returns one of
+
+        - ``("leader", None)``: this attempt generates, for its followers too;
+        - ``("follower", leader_id)``: attached to the leader, which completes it;
+        - ``("overflow", None)``: the leader serves enough already: run alone;
+        - ``("gone", None)``: the leader finished meanwhile (look in the cache again);
+        - ``("lost", None)``: this attempt no longer holds the request.
+        """
+        try:
+            with transaction.atomic():
+                if not self.held_by(pk, attempt).update(dedup_key=key, cache_key=key):
+                    return "lost", None
+            return "leader", None
+        except IntegrityError:
+            pass  # another processing request holds the key
+        with transaction.atomic():
+            # Locked, so the leader cannot complete (or write a batch) while this
+            # request attaches: it is completed and mirrored to, or not attached.
+            leader = (
+                self.select_for_update()
+                .filter(dedup_key=key, status=Status.PROCESSING)
+                .only("pk", "attempt", "last_seq")
+                .first()
+            )
+            if leader is None:
+                return "gone", None
+            busy = self.filter(coalesced_into=leader.pk, status=Status.PROCESSING).count()
+            if busy >= max_followers:
+                updated = self.held_by(pk, attempt).update(cache_key=key)
+                return ("overflow", None) if updated else ("lost", None)
+            if not self._attach(pk, attempt, leader, key):
+                return "lost", None
+        return "follower", leader.pk
+
+    def _attach(self, pk: uuid.UUID, attempt: int, leader: InferenceRequest, key: str) -> bool:
+        """Make this request (and any followers it had: a leader run again) follow
+        ``leader``, each with a copy of the leader's stream so far."""
+        mine = [
+            pk,
+            *self.filter(coalesced_into=pk, status=Status.PROCESSING).values_list("pk", flat=True),
+        ]
+        attached = self.held_by(pk, attempt).update(
+            coalesced_into=leader.pk,
+            lease_owner="",
+            lease_expires_at=None,
+            dedup_key=None,
+            cache_key=key,
+            cache_status=CacheStatus.COLLAPSED,
+        )
+        if not attached:
+            return False
+        followers = self.filter(pk__in=mine)
+        followers.update(coalesced_into=leader.pk, last_seq=leader.last_seq)
+        chunks = list(
+            StreamChunk.objects.filter(request_id=leader.pk, attempt=leader.attempt).values_list(
+                "seq", "text"
             )
         )
+        StreamChunk.objects.bulk_create(
+            StreamChunk(request_id=row_pk, seq=seq, text=text, attempt=row_attempt)
+            for row_pk, row_attempt in followers.values_list("pk", "attempt")
+            for seq, text in chunks
+        )
+        return True
+
+    def detach_followers(self, leaders: list[uuid.UUID]) -> int:
+        """Followers of leaders that will not answer them go back to the queue to
+        run on their own, never to join another leader (``detached``)."""
+        return self.filter(coalesced_into__in=leaders, status=Status.PROCESSING).update(
+            status=Status.PENDING,
+            coalesced_into=None,
+            cache_status=CacheStatus.DETACHED,
+            lease_owner="",
+            lease_expires_at=None,
+        )
+
+    def release_orphans(self) -> int:
+        """The reaper's sweep for followers whose leader ended without answering
+        them (expired, lost for good, cancelled with nobody to hand over to,
+        deleted): back to the queue, to run alone."""
+        leaderless = self.filter(status=Status.PROCESSING, lease_expires_at__isnull=True).filter(
+            Q(coalesced_into__isnull=True) | Q(coalesced_into__status__in=TERMINAL_STATUSES)
+        )
+        return self.filter(pk__in=list(leaderless.values_list("pk", flat=True))).update(
+            status=Status.PENDING, coalesced_into=None, cache_status=CacheStatus.DETACHED
+        )
+
+    def hand_over(self, leader: InferenceRequest) -> InferenceRequest | None:
+        """A running leader (as it was before its cancel) was just cancelled: its
+        oldest live follower takes over the generation (the worker's lease and the
+        dedup key), the others follow it, and the cancelled row points at it (see
+        ``successor``). The upstream call goes on. None when nobody followed."""
+        if not leader.dedup_key:
+            return None
+        followers = self.filter(coalesced_into=leader.pk, status=Status.PROCESSING)
+        successor = followers.order_by("created_at").first()
+        if successor is None:
+            return None
+        self.filter(pk=leader.pk).update(dedup_key=None, coalesced_into=successor.pk)
+        self.filter(pk=successor.pk).update(
+            coalesced_into=None,
+            dedup_key=leader.dedup_key,
+            lease_owner=leader.lease_owner,
+            lease_expires_at=leader.lease_expires_at,
+            cache_status="",
+        )
+        followers.update(coalesced_into=successor.pk)
+        successor.refresh_from_db()
+        return successor
+
+    def successor(self, pk: uuid.UUID, owner: str) -> InferenceRequest | None:
+        """The request now carrying a cancelled leader's generation, while the worker
+        ``owner`` still holds it (hand-overs may chain)."""
+        next_pk: uuid.UUID | None = pk
+        seen = set()
+        while next_pk is not None and next_pk not in seen:
+            seen.add(next_pk)
+            row = self.filter(pk=next_pk).first()
+            if row is None:
+                return None
+            if row.pk != pk and row.status == Status.PROCESSING:
+                held = row.coalesced_into_id is None and row.lease_owner == owner
+                return row if held else None
+            if row.status != Status.CANCELLED:
+                return None
+            next_pk = row.coalesced_into_id
+        return None
 
     def fail(
         self,
@@ -176,25 +414,37 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         attempt: int,
         code: str,
         message: str,
+        followers_fail: bool = False,
         **details: Any,
-    ) -> bool:
-        """``details``: what the attempt got to (timings, passages, messages)."""
-        return bool(
-            self.held_by(pk, attempt).update(
-                status=Status.FAILED,
-                error_code=code,
-                error=message[:2000],
-                **details,
-                finished_at=timezone.now(),
-                lease_expires_at=None,
-            )
-        )
+    ) -> list[tuple[uuid.UUID, str]] | None:
+        """``details``: what the attempt got to (timings, passages, messages).
+
+        The request's followers fail with it when the same call would fail again
+        (``followers_fail``); otherwise they go back to the queue to run alone.
+        Returns the followers failed, or None when the attempt no longer holds it."""
+        failure = {
+            "status": Status.FAILED,
+            "error_code": code,
+            "error": message[:2000],
+            "finished_at": timezone.now(),
+            "lease_expires_at": None,
+        }
+        with transaction.atomic():
+            if not self.held_by(pk, attempt).update(**failure, **details):
+                return None
+            if not followers_fail:
+                self.detach_followers([pk])
+                return []
+            followers = self.filter(coalesced_into=pk, status=Status.PROCESSING)
+            ids = list(followers.values_list("pk", "transport"))
+            followers.update(**failure)
+        return ids
 
     def release(self, pk: uuid.UUID, attempt: int) -> bool:
         """Hand a held row back to the queue (graceful shutdown)."""
         return bool(
             self.held_by(pk, attempt).update(
-                status=Status.PENDING, lease_owner="", lease_expires_at=None
+                status=Status.PENDING, lease_owner="", lease_expires_at=None, dedup_key=None
             )
         )
 
@@ -228,8 +478,10 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             finished_at=now,
             lease_expires_at=None,
         )
+        # A requeued leader keeps its followers, not its dedup key: the key admits
+        # processing rows only, and another request may take it meanwhile.
         requeued = lost.filter(attempt__lt=F("max_attempts")).update(
-            status=Status.PENDING, lease_owner="", lease_expires_at=None
+            status=Status.PENDING, lease_owner="", lease_expires_at=None, dedup_key=None
         )
         return requeued, failed
 
@@ -355,6 +607,28 @@ class InferenceRequest(models.Model):
     readers = models.PositiveIntegerField(default=0, db_default=0)
     detached_at = models.DateTimeField(null=True, blank=True)
 
+    # The response cache and in-flight dedup (pipeline/cache.py). ``cache_control``:
+    # the client's directives (mode, max_age, ttl), read when the worker decides.
+    cache_control = models.JSONField(default=dict, blank=True, db_default={})
+    # The canonical key of what determines the answer (null: not eligible).
+    cache_key = models.CharField(max_length=64, null=True, blank=True)
+    cache_status = models.CharField(
+        max_length=16, choices=CacheStatus.choices, blank=True, default="", db_default=""
+    )
+    # A completed answer serves identical requests until then (null: it does not).
+    cache_expires_at = models.DateTimeField(null=True, blank=True)
+    # Where a hit's or a follower's answer came from.
+    cache_source = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="served"
+    )
+    # Set while this request rides on an identical one's backend call (a follower);
+    # on a cancelled leader, the follower that took its generation over.
+    coalesced_into = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="followers"
+    )
+    # Set on the one processing request generating for this key (a leader).
+    dedup_key = models.CharField(max_length=64, null=True, blank=True)
+
     idempotency_key = models.CharField(max_length=255, null=True, blank=True)
     # SHA-256 of what the request asked for (Submission.fingerprint): a repeated
     # key with another request is refused (422) instead of answered with this one.
@@ -391,6 +665,19 @@ class InferenceRequest(models.Model):
                 condition=Q(status__in=["pending", "processing"]),
                 name="active_deadline_idx",
             ),
+            # Cache lookups: a key's live entries, newest first.
+            models.Index(
+                "cache_key",
+                F("finished_at").desc(),
+                condition=Q(cache_expires_at__isnull=False),
+                name="cache_lookup_idx",
+            ),
+            # Counting and flushing live entries.
+            models.Index(
+                fields=["cache_expires_at"],
+                condition=Q(cache_expires_at__isnull=False),
+                name="cache_expiry_idx",
+            ),
         ]
         # An Idempotency-Key is unique per key (two clients may pick the same
         # one); anonymous callers share one namespace.
@@ -404,6 +691,12 @@ class InferenceRequest(models.Model):
                 fields=["idempotency_key"],
                 condition=Q(idempotency_key__isnull=False, api_key__isnull=True),
                 name="unique_anonymous_idempotency_key",
+            ),
+            # In-flight dedup's leadership: one generating request per key.
+            models.UniqueConstraint(
+                fields=["dedup_key"],
+                condition=Q(status="processing", dedup_key__isnull=False),
+                name="one_dedup_leader_per_key",
             ),
         ]
 
@@ -433,22 +726,35 @@ class InferenceRequest(models.Model):
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
 
-    def append_chunks(self, first_seq: int, texts: list[str]) -> bool:
-        """Persist a batch of tokens for this attempt, fenced on the attempt.
+    def append_chunks(
+        self, first_seq: int, texts: list[str], mirror: bool = False
+    ) -> list[tuple[uuid.UUID, int]] | None:
+        """Persist a batch of tokens for this attempt, fenced on the attempt; with
+        ``mirror`` (a dedup leader), the same batch for each of its followers.
 
         The row update and the chunk insert commit together: a reclaimed attempt
-        updates 0 rows and writes nothing.
+        updates 0 rows and writes nothing. Returns the ``(request, attempt)`` rows
+        written (this one first), or None when the attempt no longer holds it.
         """
         last = first_seq + len(texts) - 1
         with transaction.atomic():
             held = InferenceRequest.objects.held_by(self.pk, self.attempt)
             if not held.update(last_seq=last):
-                return False
+                return None
+            rows = [(self.pk, self.attempt)]
+            if mirror:
+                followers = InferenceRequest.objects.filter(
+                    coalesced_into=self.pk, status=Status.PROCESSING
+                )
+                rows += followers.values_list("pk", "attempt")
+                if len(rows) > 1:
+                    followers.update(last_seq=last)
             StreamChunk.objects.bulk_create(
-                StreamChunk(request_id=self.pk, seq=first_seq + i, text=t, attempt=self.attempt)
+                StreamChunk(request_id=pk, seq=first_seq + i, text=t, attempt=attempt)
+                for pk, attempt in rows
                 for i, t in enumerate(texts)
             )
-        return True
+        return rows
 
 
 class StreamChunk(models.Model):
@@ -466,6 +772,29 @@ class StreamChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.request_id}#{self.seq}"
+
+
+class CacheEpoch(models.Model):
+    """The response cache's generation, part of every cache key: a flush bumps it,
+    retiring every entry at once, answers still being generated under the old
+    number included (one row)."""
+
+    number = models.PositiveIntegerField(default=0)
+    flushed_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"cache epoch {self.number}"
+
+    @classmethod
+    def current(cls) -> int:
+        return cls.objects.filter(pk=1).values_list("number", flat=True).first() or 0
+
+    @classmethod
+    def bump(cls) -> int:
+        with transaction.atomic():
+            cls.objects.get_or_create(pk=1)
+            cls.objects.filter(pk=1).update(number=F("number") + 1, flushed_at=timezone.now())
+            return cls.current()
 
 
 class FeatureFlag(models.Model):

@@ -51,7 +51,7 @@ from inference.openai_wire import (
     model_object,
     resolve_model,
 )
-from inference.serializers import ErrorSerializer, idempotency_key_of
+from inference.serializers import ErrorSerializer, cache_headers, idempotency_key_of
 from inference.sse import SSEConsumer, cors_headers
 from inference.streaming import Finished, Idle, Reset, Token, follow, wait_until_finished
 from inference.views import APIView, get_request_or_404, wait_seconds
@@ -119,6 +119,7 @@ class ChatCompletionsConsumer(SSEConsumer):
         serializer.is_valid(raise_exception=True)
         headers = scope_headers(self.scope)
         submission = serializer.to_submission(
+            headers,
             transport=Transport.OPENAI,
             caller=caller,
             idempotency_key=idempotency_key_of(headers.get("idempotency-key")),
@@ -162,7 +163,9 @@ class ChatCompletionsConsumer(SSEConsumer):
         request = await wait_until_finished(self.request.pk, seconds, read)
         stay.answered = request.is_terminal
         if request.status == Status.COMPLETED:
-            return await self.send_json(200, completion_body(request), headers)
+            return await self.send_json(
+                200, completion_body(request), {**headers, **cache_headers(request)}
+            )
         status, code, message = failure_of(request)
         await self.send_json(status, error_body(message, status, code), {**headers, **NO_RETRY})
 
@@ -314,7 +317,7 @@ class CompletionView(V1View):
         )
         headers = {"X-Orchestrator-Request-Id": str(row.pk)}
         if row.status == Status.COMPLETED:
-            return Response(completion_body(row), headers=headers)
+            return Response(completion_body(row), headers={**headers, **cache_headers(row)})
         if not row.is_terminal:
             body = error_body(
                 "The completion is still being generated.", 409, "request_in_progress"

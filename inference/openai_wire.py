@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -16,14 +17,16 @@ from rest_framework import serializers
 
 from inference.admission import Refusal
 from inference.errors import error_body
-from inference.models import InferenceRequest, Status, backend_names
+from inference.models import CacheStatus, InferenceRequest, Status, backend_names
 from inference.serializers import (
+    CacheOptionsField,
     RagOptionsField,
     StrictBooleanField,
     StrictCharField,
     StrictFloatField,
     StrictIntegerField,
     UsageSerializer,
+    cache_directives,
     unstorable,
 )
 from inference.services import Submission
@@ -218,6 +221,7 @@ class ChatCompletionSerializer(serializers.Serializer):
         min_value=1.0, max_value=settings.ORCHESTRATOR_MAX_DEADLINE_SECONDS, **OPTIONAL
     )
     session_id = StrictCharField(max_length=128, **OPTIONAL)
+    cache = CacheOptionsField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         unsupported = {
@@ -261,7 +265,8 @@ class ChatCompletionSerializer(serializers.Serializer):
     def include_usage(self) -> bool:
         return bool((self.validated_data.get("stream_options") or {}).get("include_usage"))
 
-    def to_submission(self, **context: Any) -> Submission:
+    def to_submission(self, headers: Mapping[str, str] | None = None, **context: Any) -> Submission:
+        """``headers``: the HTTP request's, for its cache directives."""
         data = self.validated_data
         backend, upstream = resolve_model(data.get("model") or "")
         max_tokens = data.get("max_completion_tokens") or data.get("max_tokens")
@@ -286,6 +291,7 @@ class ChatCompletionSerializer(serializers.Serializer):
             backend=backend,
             params={name: value for name, value in params.items() if value not in (None, "", [])},
             deadline_seconds=data.get("deadline_seconds"),
+            cache_control=cache_directives(headers or {}, data.get("cache")),
             **context,
         )
 
@@ -322,6 +328,8 @@ def extension(request: InferenceRequest) -> dict[str, Any]:
         "request_id": str(request.pk),
         "priority": openai_priority(request.priority),
         "status": request.status,
+        "cache_status": request.cache_status,
+        "cache_source": str(request.cache_source_id) if request.cache_source_id else None,
     }
 
 
@@ -342,6 +350,8 @@ class ExtensionSerializer(serializers.Serializer):
     request_id = serializers.UUIDField()
     priority = serializers.IntegerField()
     status = serializers.ChoiceField(choices=Status.choices)
+    cache_status = serializers.ChoiceField(choices=CacheStatus.choices, allow_blank=True)
+    cache_source = serializers.UUIDField(allow_null=True)
 
 
 class ChatCompletionResponseSerializer(serializers.Serializer):
@@ -406,8 +416,9 @@ class ChunkWriter:
         return self.chunk({"content": text})
 
     def end(self, request: InferenceRequest) -> bytes:
-        """The last chunk, the usage chunk if asked for, then ``[DONE]``."""
-        final = self.chunk({}, request.finish_reason or "stop")
+        """The last chunk, the usage chunk if asked for, then ``[DONE]``. The last
+        chunk repeats the extension: by now it says what the cache did."""
+        final = self.chunk({}, request.finish_reason or "stop", orchestrator=extension(request))
         if self.include_usage:
             final += data_line({**self.head, "choices": [], "usage": usage_of(request)})
         return final + b"data: [DONE]\n\n"

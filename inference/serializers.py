@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -13,7 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from inference.auth import stream_token
-from inference.models import Document, InferenceRequest, Status, backend_names
+from inference.models import CacheStatus, Document, InferenceRequest, Status, backend_names
 from inference.services import Submission
 
 PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
@@ -210,6 +212,125 @@ class RagOptionsField(serializers.Field):
         return value
 
 
+# --- cache directives --------------------------------------------------------------
+CACHE_MODES = ("auto", "refresh", "bypass", "force")
+CACHE_OPTIONS_SCHEMA = {
+    "type": "object",
+    "description": (
+        "Cache directives (the body twin of Cache-Control). mode: auto (the server "
+        "decides: deterministic requests), refresh (generate, then store), bypass "
+        "(neither read nor store), force (cache even a sampled request); max_age: "
+        "accept entries at most this many seconds old; ttl: how long this answer serves."
+    ),
+    "properties": {
+        "mode": {"type": "string", "enum": list(CACHE_MODES)},
+        "max_age": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "ttl": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+    },
+    "additionalProperties": False,
+}
+
+
+@extend_schema_field(CACHE_OPTIONS_SCHEMA)
+class CacheOptionsField(serializers.Field):
+    default_error_messages = {
+        "invalid": (
+            "Use {{mode? (auto, refresh, bypass, force), max_age? (seconds, 0 or more), "
+            "ttl? (seconds, 1 or more)}}."
+        ),
+    }
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict) or set(data) - {"mode", "max_age", "ttl"}:
+            self.fail("invalid")
+        valid = (
+            data.get("mode", "auto") in CACHE_MODES
+            and _seconds(data.get("max_age", 0), 0)
+            and _seconds(data.get("ttl", 1), 1)
+        )
+        if not valid:
+            self.fail("invalid")
+        return dict(data)
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+def _seconds(value: Any, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value < 2**31
+
+
+def cache_directives(headers: Mapping[str, str], body: dict[str, Any] | None) -> dict[str, Any]:
+    """What a request says to the cache: ``Cache-Control`` (``no-store``: bypass,
+    ``no-cache``: refresh, ``max-age=N``) and ``X-Orchestrator-Cache`` (a mode),
+    then the body's ``cache`` field over them. Unknown Cache-Control directives
+    are ignored, as HTTP caches do; an unknown mode is a 400."""
+    directives: dict[str, Any] = {}
+    for directive in headers.get("cache-control", "").lower().split(","):
+        name, _, value = directive.strip().partition("=")
+        if name == "no-store":
+            directives["mode"] = "bypass"
+        elif name == "no-cache" and directives.get("mode") != "bypass":
+            directives["mode"] = "refresh"
+        elif name == "max-age" and value.strip().isdigit():
+            directives["max_age"] = min(int(value), 2**31 - 1)
+    if mode := headers.get("x-orchestrator-cache", "").strip().lower():
+        if mode not in CACHE_MODES:
+            message = f"Use one of: {', '.join(CACHE_MODES)}."
+            raise serializers.ValidationError({"X-Orchestrator-Cache": [message]})
+        directives["mode"] = mode
+    return {**directives, **(body or {})}
+
+
+# RFC 9211's Cache-Status for what the cache did (the cache is named "orchestrator").
+CACHE_STATUS_HEADER: dict[str, str] = {
+    CacheStatus.HIT: "orchestrator; hit",
+    CacheStatus.COLLAPSED: "orchestrator; fwd=uri-miss; collapsed",
+    CacheStatus.STORED: "orchestrator; fwd=uri-miss; stored",
+    CacheStatus.MISS: "orchestrator; fwd=uri-miss",
+    CacheStatus.BYPASS: "orchestrator; fwd=request",
+    CacheStatus.INELIGIBLE: "orchestrator; fwd=bypass",
+    CacheStatus.DETACHED: "orchestrator; fwd=bypass",
+}
+
+
+def cache_headers(request: InferenceRequest) -> dict[str, str]:
+    """``Cache-Status`` of a finished request, and on hits and stores the key an
+    owner may delete the entry by (``DELETE /api/v1/cache/<key>``)."""
+    if not request.is_terminal or not request.cache_status:
+        return {}
+    status = CACHE_STATUS_HEADER.get(request.cache_status, "orchestrator")
+    if (
+        request.cache_status == CacheStatus.STORED
+        and request.cache_control.get("mode") == "refresh"
+    ):
+        status = "orchestrator; fwd=request; stored"
+    headers = {"Cache-Status": status}
+    if request.cache_key and request.cache_status in (CacheStatus.HIT, CacheStatus.STORED):
+        headers["X-Orchestrator-Cache-Key"] = request.cache_key
+    return headers
+
+
+CACHE_KEY = re.compile(r"[0-9a-f]{64}")
+
+
+class CacheStatsSerializer(serializers.Serializer):
+    entries = serializers.IntegerField(help_text="Answers that serve repeats now.")
+    hits = serializers.IntegerField(help_text="Requests answered from the cache.")
+    misses = serializers.IntegerField(help_text="Cacheable requests that were generated.")
+    collapsed = serializers.IntegerField(help_text="Requests that shared an in-flight call.")
+    hit_rate = serializers.FloatField()
+    saved_tokens = serializers.IntegerField(help_text="Tokens no backend was asked for.")
+    evictions = serializers.IntegerField()
+    epoch = serializers.IntegerField(help_text="Bumped by each flush.")
+    window_seconds = serializers.IntegerField(help_text="The window the counts cover.")
+
+
+class CacheFlushSerializer(serializers.Serializer):
+    epoch = serializers.IntegerField()
+    entries_removed = serializers.IntegerField()
+
+
 class InferRequestSerializer(serializers.Serializer):
     """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
 
@@ -234,6 +355,7 @@ class InferRequestSerializer(serializers.Serializer):
         required=False, min_value=1.0, max_value=settings.ORCHESTRATOR_MAX_DEADLINE_SECONDS
     )
     rag = RagOptionsField(required=False)
+    cache = CacheOptionsField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # The seed's clients put "priority" inside metadata; honour it there too.
@@ -266,7 +388,8 @@ class InferRequestSerializer(serializers.Serializer):
             )
         return value
 
-    def to_submission(self, **context: Any) -> Submission:
+    def to_submission(self, headers: Mapping[str, str] | None = None, **context: Any) -> Submission:
+        """``headers``: the HTTP request's, for its cache directives."""
         data = self.validated_data
         params = {key: data[key] for key in REQUEST_PARAMS if key in data}
         return Submission(
@@ -277,6 +400,7 @@ class InferRequestSerializer(serializers.Serializer):
             backend=data.get("backend", ""),
             params=params,
             deadline_seconds=data.get("deadline_seconds"),
+            cache_control=cache_directives(headers or {}, data.get("cache")),
             **context,
         )
 
@@ -301,9 +425,9 @@ class WebSocketSubmitSerializer(InferRequestSerializer):
     stream = StrictBooleanField(required=False, default=True)
     idempotency_key = StrictCharField(required=False, max_length=255)
 
-    def to_submission(self, **context: Any) -> Submission:
+    def to_submission(self, headers: Mapping[str, str] | None = None, **context: Any) -> Submission:
         key = self.validated_data.get("idempotency_key") or None
-        return super().to_submission(idempotency_key=key, **context)
+        return super().to_submission(headers, idempotency_key=key, **context)
 
 
 class UsageSerializer(serializers.Serializer):
@@ -339,6 +463,20 @@ class InferenceRequestSerializer(serializers.Serializer):
     messages = serializers.JSONField(read_only=True)
     config_hash = serializers.CharField(read_only=True)
     skipped_stages = serializers.ListField(child=serializers.CharField(), read_only=True)
+    cache_status = serializers.ChoiceField(
+        choices=CacheStatus.choices,
+        read_only=True,
+        allow_blank=True,
+        help_text="What the response cache did (empty until the worker decided).",
+    )
+    cache_source = serializers.UUIDField(
+        read_only=True,
+        allow_null=True,
+        help_text="The request a hit's or a collapsed request's answer came from.",
+    )
+    cache_key = serializers.CharField(
+        read_only=True, allow_null=True, help_text="The request's cache key (hex SHA-256)."
+    )
 
     def to_representation(self, instance: InferenceRequest) -> dict[str, Any]:
         """The fields above, without DRF deep-copying all of them for every
@@ -368,6 +506,9 @@ class InferenceRequestSerializer(serializers.Serializer):
             "messages": request.messages,
             "config_hash": request.config_hash,
             "skipped_stages": [str(stage) for stage in request.skipped_stages],
+            "cache_status": request.cache_status,
+            "cache_source": str(request.cache_source_id) if request.cache_source_id else None,
+            "cache_key": request.cache_key,
         }
 
 

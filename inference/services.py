@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -23,19 +21,22 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Count, F, Sum
 from django.utils import timezone
 
 from inference import admission, events, logs, metrics
 from inference.auth import Caller
 from inference.models import (
     ACTIVE_STATUSES,
+    CacheEpoch,
+    CacheStatus,
     Document,
     DocumentChunk,
     InferenceRequest,
     InferenceRequestQuerySet,
     Status,
     Transport,
+    canonical_sha256,
     chunk_text,
 )
 from inference.streaming import wait_until_finished
@@ -59,6 +60,9 @@ class Submission:
     transport: Transport = Transport.REST
     idempotency_key: str | None = None
     caller: Caller = field(default_factory=Caller)
+    # What the client told the cache (serializers.cache_directives): not part of
+    # the fingerprint, as it changes how the answer is found, not what it is.
+    cache_control: dict[str, Any] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         """What the request asks for, hashed: a repeated Idempotency-Key must come
@@ -73,8 +77,7 @@ class Submission:
             "params": self.params,
             "deadline_seconds": self.deadline_seconds,
         }
-        canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
+        return canonical_sha256(asked)
 
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
@@ -89,6 +92,7 @@ class Submission:
             "priority": request.priority,
             "backend": request.backend,
             "params": request.params,
+            "cache_control": request.cache_control,
         }
         return cls(**{**fields, **overrides})
 
@@ -172,6 +176,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "priority": submission.caller.priority(submission.priority),
         "backend": submission.backend or settings.ORCHESTRATOR_DEFAULT_BACKEND,
         "params": submission.params,
+        "cache_control": submission.cache_control,
         "transport": submission.transport,
         "idempotency_key": submission.idempotency_key or None,
         "idempotency_fingerprint": submission.fingerprint() if submission.idempotency_key else "",
@@ -188,12 +193,19 @@ def cancel_request(request_id: uuid.UUID, detached_at: datetime | None = None) -
 
     Raises ``InferenceRequest.DoesNotExist`` for an unknown id.
     """
+    requests = InferenceRequest.objects
     with transaction.atomic():
-        cancelled = InferenceRequest.objects.cancel(request_id, detached_at)
-        request = InferenceRequest.objects.get(pk=request_id)
+        before = requests.select_for_update().get(pk=request_id)
+        cancelled = requests.cancel(request_id, detached_at)
+        # A dedup leader's followers still want the answer: one takes it over.
+        successor = requests.hand_over(before) if cancelled else None
+        request = requests.get(pk=request_id)
         if cancelled:
             metrics.REQUESTS.labels(request.transport, request.backend, Status.CANCELLED).inc()
             _after_commit(events.notify_finished, request.pk, Status.CANCELLED)
+        if successor is not None:
+            metrics.DEDUP.labels("promoted").inc()
+        elif cancelled:
             # lease_owner is the holding worker's control channel.
             _after_commit(events.tell_worker_to_cancel, request.lease_owner, request.pk)
     return request
@@ -320,3 +332,43 @@ def delete_session(session: InferenceRequestQuerySet) -> int:
             cancel_request(request_id)
         deleted = session.delete()[1].get("inference.InferenceRequest", 0)
     return deleted
+
+
+# --- the response cache ---------------------------------------------------------------
+
+
+def flush_cache() -> dict[str, int]:
+    """Retire every cached answer: a new epoch (part of every key), so answers
+    still being generated under the old one are never served either."""
+    epoch = CacheEpoch.bump()
+    return {"epoch": epoch, "entries_removed": InferenceRequest.objects.forget_cached()}
+
+
+def cache_stats(window_seconds: int = 86_400) -> dict[str, Any]:
+    """Live entries, and what the cache did for the requests finished in the window."""
+    since = timezone.now() - timedelta(seconds=window_seconds)
+    decided: dict[str, tuple[int, int]] = {
+        status: (n, tokens or 0)
+        for status, n, tokens in InferenceRequest.objects.filter(finished_at__gte=since)
+        .exclude(cache_status="")
+        .values("cache_status")
+        .annotate(n=Count("pk"), tokens=Sum(F("prompt_tokens") + F("completion_tokens")))
+        .values_list("cache_status", "n", "tokens")
+    }
+
+    def count(*statuses: str, of: int = 0) -> int:
+        return sum(decided[s][of] for s in statuses if s in decided)
+
+    hits, collapsed = count(CacheStatus.HIT), count(CacheStatus.COLLAPSED)
+    misses = count(CacheStatus.MISS, CacheStatus.STORED)
+    return {
+        "entries": InferenceRequest.objects.filter(cache_expires_at__gt=timezone.now()).count(),
+        "hits": hits,
+        "misses": misses,
+        "collapsed": collapsed,
+        "hit_rate": hits / max(hits + misses + collapsed, 1),
+        "saved_tokens": count(CacheStatus.HIT, CacheStatus.COLLAPSED, of=1),
+        "evictions": 0,  # entries expire; none is pushed out
+        "epoch": CacheEpoch.current(),
+        "window_seconds": window_seconds,
+    }

@@ -17,6 +17,9 @@ urlpatterns = [
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
     path("sessions/<str:session_id>", views.SessionView.as_view(), name="session"),
     path("config", views.ConfigView.as_view(), name="config"),
+    path("cache", views.CacheView.as_view(), name="cache"),
+    path("cache/stats", views.CacheStatsView.as_view(), name="cache-stats"),
+    path("cache/<str:cache_key>", views.CacheEntryView.as_view(), name="cache-entry"),
     *router.urls,
     # Anything else under /api/v1/ is a JSON 404, whatever DEBUG says.
     re_path(r"^.*$", errors.json_404),

@@ -37,6 +37,9 @@ from inference.auth import Caller
 from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
 from inference.models import Document, InferenceRequest, Status, Transport, backend_names
 from inference.serializers import (
+    CACHE_KEY,
+    CacheFlushSerializer,
+    CacheStatsSerializer,
     ConfigSerializer,
     DocumentDetailSerializer,
     DocumentSerializer,
@@ -46,6 +49,7 @@ from inference.serializers import (
     InferRequestSerializer,
     SessionSerializer,
     StreamableRequestSerializer,
+    cache_headers,
     idempotency_key_of,
 )
 
@@ -118,6 +122,7 @@ class InferView(APIView):
         serializer = InferRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         submission = serializer.to_submission(
+            headers=request.headers,
             transport=Transport.REST,
             idempotency_key=idempotency_key_of(request.headers.get("Idempotency-Key")),
             caller=caller_of(request),
@@ -139,7 +144,7 @@ class StatusView(APIView):
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
-        return Response(StreamableRequestSerializer(row).data)
+        return Response(StreamableRequestSerializer(row).data, headers=cache_headers(row))
 
 
 class ResultView(APIView):
@@ -165,7 +170,7 @@ class ResultView(APIView):
         row = await get_request_or_404(caller_of(request), request_id)
         row = await services.await_result(row, wait_seconds(request.query_params.get("wait")))
         body = InferenceRequestSerializer(row).data
-        return Response(body, status=200 if row.is_terminal else 202)
+        return Response(body, status=200 if row.is_terminal else 202, headers=cache_headers(row))
 
 
 def wait_seconds(raw: str | None) -> float:
@@ -379,8 +384,7 @@ class ConfigView(APIView):
 
     @extend_schema(operation_id="config", responses={200: ConfigSerializer})
     async def get(self, request: Request) -> Response:
-        if not caller_of(request).staff:
-            raise PermissionDenied("Staff only.")
+        require_staff(request)
         loaded = settings.ORCHESTRATOR_CONFIGURATION
         body = {"hash": loaded.hash, "file": loaded.path, "keys": loaded.report()}
         return Response(ConfigSerializer(body).data)
@@ -403,4 +407,51 @@ class SessionView(APIView):
         session = caller.requests().in_session(session_id)
         if not await sync_to_async(services.delete_session)(session):
             raise Http404("No session with that id.")
+        return Response(status=204)
+
+
+def require_staff(request: Request) -> None:
+    if not caller_of(request).staff:
+        raise PermissionDenied("Staff only.")
+
+
+class CacheStatsView(APIView):
+    """What the response cache holds and did over the last day (staff only)."""
+
+    @extend_schema(
+        operation_id="cache_stats", tags=["cache"], responses={200: CacheStatsSerializer}
+    )
+    async def get(self, request: Request) -> Response:
+        require_staff(request)
+        stats = await sync_to_async(services.cache_stats)()
+        return Response(CacheStatsSerializer(stats).data)
+
+
+class CacheView(APIView):
+    """``DELETE``: flush the whole response cache (staff only)."""
+
+    @extend_schema(
+        operation_id="cache_flush", tags=["cache"], responses={200: CacheFlushSerializer}
+    )
+    async def delete(self, request: Request) -> Response:
+        require_staff(request)
+        flushed = await sync_to_async(services.flush_cache)()
+        return Response(CacheFlushSerializer(flushed).data)
+
+
+class CacheEntryView(APIView):
+    """``DELETE``: stop serving the answers stored under a key (the
+    ``X-Orchestrator-Cache-Key`` of a hit or a store): the owner's, or any (staff)."""
+
+    @extend_schema(
+        operation_id="cache_forget",
+        tags=["cache"],
+        responses={204: None, 404: OpenApiResponse(ErrorSerializer, description="No entry.")},
+    )
+    async def delete(self, request: Request, cache_key: str) -> Response:
+        caller = caller_of(request)
+        caller.require("change")
+        forget = sync_to_async(caller.requests().forget_cached)
+        if not CACHE_KEY.fullmatch(cache_key) or not await forget(cache_key):
+            raise Http404("No cached answer under that key.")
         return Response(status=204)

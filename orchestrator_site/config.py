@@ -243,6 +243,7 @@ class Resilience(Section):
 DEFAULT_STAGES = [
     "pipeline.stages.rag.RagStage",
     "pipeline.stages.assemble.AssembleStage",
+    "pipeline.stages.cache.CacheStage",
     "pipeline.stages.infer.InferenceStage",
     "pipeline.stages.post.PostStage",
     "pipeline.stages.stream.StreamStage",
@@ -282,14 +283,12 @@ class Pipeline(Section):
     )
 
 
-# Sections of the features under way: declared with their contract
-# (shared/research/next-wave.md) so an operator's file is checked today; nothing
-# reads them until their feature lands (its flag stays off until then).
-
-
 class Cache(Section):
     mode: Literal["off", "auto", "opt_in"] = key(
-        "off", "CACHE_MODE", "Response cache: who is served from it (not built yet).", reload=True
+        "auto",
+        "CACHE_MODE",
+        "Response cache: deterministic requests (auto), only those saying force (opt_in), none.",
+        reload=True,
     )
     ttl_seconds: float = key(
         300.0, "CACHE_TTL_SECONDS", "A cached answer's life.", gt=0, reload=True
@@ -299,6 +298,9 @@ class Cache(Section):
     )
     scope: Literal["key", "global"] = key(
         "key", "CACHE_SCOPE", "Share answers per API key, or across keys.", reload=True
+    )
+    max_result_bytes: int = key(
+        1_048_576, "CACHE_MAX_RESULT_BYTES", "Longer answers are not stored.", ge=0, reload=True
     )
 
     @model_validator(mode="after")
@@ -315,6 +317,11 @@ class Dedup(Section):
     max_followers: int = key(
         64, "DEDUP_MAX_FOLLOWERS", "Requests one backend call may serve.", ge=1, reload=True
     )
+
+
+# Sections of the features under way: declared with their contract
+# (shared/research/next-wave.md) so an operator's file is checked today; nothing
+# reads them until their feature lands (its flag stays off until then).
 
 
 class Queue(Section):
@@ -374,8 +381,10 @@ class Features(Section):
     (``inference.flags``), per flag and for a percent of keys."""
 
     rag: bool = key(True, "FEATURE_RAG", "Retrieval (the RAG stage) runs.", reload=True)
-    cache: bool = key(False, "FEATURE_CACHE", "The response cache (not built yet).", reload=True)
-    dedup: bool = key(False, "FEATURE_DEDUP", "In-flight dedup (not built yet).", reload=True)
+    cache: bool = key(True, "FEATURE_CACHE", "The response cache answers repeats.", reload=True)
+    dedup: bool = key(
+        True, "FEATURE_DEDUP", "Identical requests in flight share a backend call.", reload=True
+    )
     fair_queueing: bool = key(
         False, "FEATURE_FAIR_QUEUEING", "Per-key fair share (not built yet).", reload=True
     )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 
 from channels.db import database_sync_to_async
 
@@ -18,19 +20,38 @@ class LeaseLost(Exception):
     """The attempt no longer holds its request (reclaimed, cancelled, expired)."""
 
 
+# Given the request a fenced write found no longer held: the request that took
+# its generation over (a dedup leader cancelled with followers), or None.
+Successor = Callable[[InferenceRequest], Awaitable[InferenceRequest | None]]
+
+
+async def _no_successor(request: InferenceRequest) -> None:
+    return None
+
+
 class ChunkWriter:
     """A TokenSink that writes a batch every ``max_tokens`` tokens or ``max_delay`` s.
 
     Each batch is one fenced transaction (see ``InferenceRequest.append_chunks``)
-    followed by one group event, never one write or event per token. The first
-    token is written at once: time to first token is what a reader feels, and
-    holding it for the batch window added up to ``max_delay`` to it (bench c).
+    followed by one group event per request written, never one write or event
+    per token. The first token is written at once: time to first token is what a
+    reader feels, and holding it for the batch window added up to ``max_delay``
+    to it (bench c). ``request`` is the row the attempt writes for: it changes
+    when a hand-over makes a follower the leader (``successor``).
     """
 
-    def __init__(self, request: InferenceRequest, max_tokens: int, max_delay: float):
+    def __init__(
+        self,
+        request: InferenceRequest,
+        max_tokens: int,
+        max_delay: float,
+        successor: Successor = _no_successor,
+    ):
         self.request = request
         self.max_tokens = max_tokens
         self.max_delay = max_delay
+        self.successor = successor
+        self.mirror = False
         self.next_seq = 0
         self._buffer: list[str] = []
         self._lock = asyncio.Lock()
@@ -59,12 +80,25 @@ class ChunkWriter:
             # Tokens written during the await land after this prefix; a failed
             # write leaves the buffer intact for the next flush.
             texts = list(self._buffer)
-            append = database_sync_to_async(self.request.append_chunks)
-            if not await append(self.next_seq, texts):
-                raise LeaseLost(str(self.request.pk))
+            written = await self._append(texts)
             del self._buffer[: len(texts)]
             self.next_seq += len(texts)
-        await events.notify_chunks(self.request.pk, self.request.attempt, self.next_seq - 1)
+        for request_id, attempt in written:
+            await events.notify_chunks(request_id, attempt, self.next_seq - 1)
+
+    async def _append(self, texts: list[str]) -> list[tuple[uuid.UUID, int]]:
+        while True:
+            append = database_sync_to_async(self.request.append_chunks)
+            written = await append(self.next_seq, texts, self.mirror)
+            if written is not None:
+                return written
+            successor = await self.successor(self.request)
+            if successor is None:
+                raise LeaseLost(str(self.request.pk))
+            self.request = successor
+
+    def mirror_to_followers(self) -> None:
+        self.mirror = True
 
     async def _flush_later(self) -> None:
         """Bound the latency of a slow trickle of tokens to ``max_delay``."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from inference.models import InferenceRequest
+from inference.models import CacheStatus, InferenceRequest
 from pipeline.backends.base import GenerationParams, Usage
 
 
@@ -18,6 +18,9 @@ class TokenSink(Protocol):
     async def write(self, text: str) -> None: ...
 
     async def close(self) -> None: ...
+
+    def mirror_to_followers(self) -> None:
+        """This request leads identical ones (in-flight dedup): write for them too."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,11 @@ class RequestSnapshot:
     api_key_id: str | None = None  # the owner: session history is per key
     rag: dict[str, Any] = field(default_factory=dict)
     conversation: list[dict[str, str]] = field(default_factory=list)
+    # For the response cache: the client's directives, whether the answer is
+    # sampled (temperature not sent as 0), and whether dedup gave up on it.
+    cache_control: dict[str, Any] = field(default_factory=dict)
+    sampled: bool = True
+    detached: bool = False
 
     @classmethod
     def from_request(cls, request: InferenceRequest) -> RequestSnapshot:
@@ -50,6 +58,9 @@ class RequestSnapshot:
             rag=request.params.get("rag") or {},
             params=GenerationParams.from_params(request.params),
             conversation=request.conversation,
+            cache_control=request.cache_control,
+            sampled=request.params.get("temperature") != 0,
+            detached=request.cache_status == CacheStatus.DETACHED,
         )
 
 
@@ -66,6 +77,20 @@ class PipelineContext:
     timings: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # stages a flag turned off
     started: float = field(default_factory=time.monotonic)
+    # The response cache and dedup (CacheStage): the request's key, what was
+    # decided, how long a stored answer would serve (None: not to be stored),
+    # and what answers the request instead of generating: a stored answer, or
+    # the identical request it now follows.
+    cache_key: str | None = None
+    cache_status: str = ""
+    cache_ttl: float | None = None
+    served_by: InferenceRequest | None = None
+    following: uuid.UUID | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Answered without generating: the remaining stages do not run."""
+        return self.served_by is not None or self.following is not None
 
     def mark(self, event: str) -> None:
         """Record seconds since the attempt started (e.g. "first_token")."""

@@ -28,10 +28,11 @@ class ReapReport:
     failed: int = 0
     expired: int = 0
     stale_pending: bool = False
+    orphans: int = 0
 
     @property
     def work_waiting(self) -> bool:
-        return self.requeued > 0 or self.stale_pending
+        return self.requeued > 0 or self.orphans > 0 or self.stale_pending
 
 
 def _take_leadership() -> bool:
@@ -49,13 +50,16 @@ def reap_once() -> ReapReport:
         requests = InferenceRequest.objects
         requeued, failed = requests.reclaim_expired_leases()
         expired = requests.expire_overdue()
+        # Followers whose leader ended (expired just now, say) without answering them.
+        orphans = requests.release_orphans()
         # A pending row older than a poll interval missed its doorbell (or every
         # worker is busy): ring again so idle workers look now.
         stale = requests.pending_older_than(settings.ORCHESTRATOR_POLL_INTERVAL_SECONDS)
-    report = ReapReport(True, requeued, failed, expired, stale)
+    report = ReapReport(True, requeued, failed, expired, stale, orphans)
     metrics.LEASE_RECLAIMS.labels("requeued").inc(requeued)
     metrics.LEASE_RECLAIMS.labels("worker_lost").inc(failed)
     metrics.LEASE_RECLAIMS.labels("expired").inc(expired)
-    if requeued or failed or expired:
+    metrics.DEDUP.labels("detached").inc(orphans)
+    if requeued or failed or expired or orphans:
         logger.info("reaper: %s", report)
     return report

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -29,7 +29,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from inference import events, flags, logs, metrics
-from inference.models import InferenceRequest, Outcome, Status
+from inference.models import CacheStatus, InferenceRequest, Outcome, Status
 from pipeline.backends import BackendError
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
@@ -164,7 +164,7 @@ class Engine:
             for request in requests:
                 task = asyncio.create_task(self._execute(request))
                 self._running[request.pk] = task
-                task.add_done_callback(functools.partial(self._finished, request.pk))
+                task.add_done_callback(self._finished)
             if not requests:
                 await self._wait_for_work()
 
@@ -182,10 +182,27 @@ class Engine:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), self.config.poll_interval)
 
-    def _finished(self, request_id: uuid.UUID, _task: asyncio.Task[None]) -> None:
-        self._running.pop(request_id, None)
-        self._stop_reasons.pop(request_id, None)
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        # Found by task: a hand-over may have moved it to another request id.
+        for request_id in [pk for pk, running in self._running.items() if running is task]:
+            del self._running[request_id]
+            self._stop_reasons.pop(request_id, None)
         self._slots.release()
+
+    async def _successor(self, request: InferenceRequest) -> InferenceRequest | None:
+        """The request an attempt now generates for after a fenced write found
+        ``request`` gone: its leader was cancelled with followers waiting, and one
+        of them took the generation over (``InferenceRequest.objects.hand_over``)."""
+        find = database_sync_to_async(InferenceRequest.objects.successor)
+        successor = await find(request.pk, self.control_channel)
+        if successor is None:
+            return None
+        if (task := self._running.pop(request.pk, None)) is not None:
+            self._running[successor.pk] = task
+        logs.REQUEST_ID.set(str(successor.pk))
+        logs.ATTEMPT.set(successor.attempt)
+        logger.info("request %s took over the generation of %s", successor.pk, request.pk)
+        return successor
 
     # --- listening: the doorbell and cancellations from the API ---------------------
     async def _listen(self, channel: str, handle: Callable[[dict[str, Any]], None]) -> None:
@@ -237,24 +254,26 @@ class Engine:
         # This task's log lines carry the request (contextvars are per task).
         logs.REQUEST_ID.set(str(request.pk))
         logs.ATTEMPT.set(request.attempt)
-        heartbeat = asyncio.create_task(self._heartbeat(request))
-        metrics.IN_FLIGHT.inc()
-        waited = (timezone.now() - request.created_at).total_seconds()  # just claimed
-        metrics.QUEUE_WAIT.labels(str(request.priority)).observe(waited)
-        try:
-            await self._run_attempt(request)
-        except asyncio.CancelledError:
-            await self._after_interrupt(request)
-        finally:
-            heartbeat.cancel()
-            metrics.IN_FLIGHT.dec()
-
-    async def _run_attempt(self, request: InferenceRequest) -> None:
         writer = ChunkWriter(
             request,
             max_tokens=settings.ORCHESTRATOR_CHUNK_BATCH_TOKENS,
             max_delay=settings.ORCHESTRATOR_CHUNK_BATCH_SECONDS,
+            successor=self._successor,
         )
+        heartbeat = asyncio.create_task(self._heartbeat(writer))
+        metrics.IN_FLIGHT.inc()
+        waited = (timezone.now() - request.created_at).total_seconds()  # just claimed
+        metrics.QUEUE_WAIT.labels(str(request.priority)).observe(waited)
+        try:
+            await self._run_attempt(writer)
+        except asyncio.CancelledError:
+            await self._after_interrupt(writer.request)
+        finally:
+            heartbeat.cancel()
+            metrics.IN_FLIGHT.dec()
+
+    async def _run_attempt(self, writer: ChunkWriter) -> None:
+        request = writer.request
         ctx = PipelineContext(request=RequestSnapshot.from_request(request), sink=writer)
         try:
             ctx = await run_stages(ctx, configured_stages())
@@ -266,15 +285,27 @@ class Engine:
             with contextlib.suppress(Exception):
                 await writer.close()
             logger.warning("request %s failed: %s %s", request.pk, exc.message, exc.detail)
-            await self._fail(request, exc.code, exc.message, ctx, detail=exc.detail)
+            everyone = fails_followers_too(exc)
+            await self._fail(writer, exc.code, exc.message, ctx, exc.detail, everyone)
             return
         except Exception as exc:  # never let one request take the worker down
             logger.exception("request %s failed in the pipeline", request.pk)
-            await self._fail(
-                request, "internal_error", f"Internal error: {type(exc).__name__}", ctx
-            )
+            await self._fail(writer, "internal_error", f"Internal error: {type(exc).__name__}", ctx)
             return
+        if ctx.following is not None:
+            # Its leader's attempt generates for it and completes it: the slot is free.
+            logger.info("request %s follows %s", request.pk, ctx.following)
+            await events.notify_chunks(request.pk, request.attempt, -1)
+        elif ctx.served_by is not None:
+            await self._serve_cached(writer, ctx, ctx.served_by)
+        else:
+            await self._complete(writer, ctx)
+
+    async def _complete(self, writer: ChunkWriter, ctx: PipelineContext) -> None:
+        request = writer.request
         record_timeline(request, ctx)
+        finish_reason = (ctx.usage.finish_reason or "stop")[:16]  # (the column's width)
+        stored_until = self._stored_until(request, ctx, finish_reason)
         outcome = Outcome(
             result=ctx.result,
             prompt_tokens=ctx.usage.prompt_tokens,
@@ -284,29 +315,105 @@ class Engine:
             passages=ctx.passages,
             messages=ctx.messages,
             skipped_stages=ctx.skipped,
-            # (the column's width: an upstream may invent longer reasons)
-            finish_reason=(ctx.usage.finish_reason or "stop")[:16],
+            finish_reason=finish_reason,
+            cache_key=ctx.cache_key,
+            cache_status=CacheStatus.STORED if stored_until else ctx.cache_status,
+            cache_expires_at=stored_until,
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
-        if await complete(request.pk, request.attempt, outcome):
-            request.backend_used = ctx.backend_used
-            metrics.record_finished(request, Status.COMPLETED, ctx.timings, ctx.usage)
-            await events.notify_finished(request.pk, Status.COMPLETED)
+        followers = await self._fenced(writer, lambda row: complete(row.pk, row.attempt, outcome))
+        if followers is None:
+            return
+        request = writer.request
+        request.backend_used = ctx.backend_used
+        metrics.record_finished(request, Status.COMPLETED, ctx.timings, ctx.usage)
+        await events.notify_finished(request.pk, Status.COMPLETED)
+        saved = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        for follower, transport in followers:
+            metrics.REQUESTS.labels(transport, request.backend, Status.COMPLETED).inc()
+            metrics.SAVED_TOKENS.labels(ctx.backend_used, "dedup").inc(saved)
+            await events.notify_finished(follower, Status.COMPLETED)
+
+    @staticmethod
+    def _stored_until(
+        request: InferenceRequest, ctx: PipelineContext, finish_reason: str
+    ) -> datetime | None:
+        """When the answer stops serving identical requests; None: not stored. Only
+        whole answers of the backend the key names (a fallback's answer is not the
+        primary's), and not too long."""
+        if ctx.cache_ttl is None or ctx.cache_key is None:
+            return None
+        storable = (
+            ctx.backend_used == request.backend
+            and finish_reason in ("stop", "length")
+            and len(ctx.result.encode()) <= settings.ORCHESTRATOR_CACHE_MAX_RESULT_BYTES
+        )
+        metrics.CACHE_STORES.labels("stored" if storable else "skipped").inc()
+        return timezone.now() + timedelta(seconds=ctx.cache_ttl) if storable else None
+
+    async def _serve_cached(
+        self, writer: ChunkWriter, ctx: PipelineContext, source: InferenceRequest
+    ) -> None:
+        request = writer.request
+        record_timeline(request, ctx)
+        outcome = Outcome(
+            result=source.result or "",
+            prompt_tokens=source.prompt_tokens,
+            completion_tokens=source.completion_tokens,
+            timings=ctx.timings,
+            backend_used=source.backend_used,
+            passages=ctx.passages,
+            messages=ctx.messages,
+            skipped_stages=ctx.skipped,
+            finish_reason=source.finish_reason,
+            cache_key=ctx.cache_key,
+        )
+        serve = database_sync_to_async(InferenceRequest.objects.serve_cached)
+        if not await serve(request.pk, request.attempt, source, outcome):
+            return
+        request.backend_used = source.backend_used
+        metrics.record_finished(request, Status.COMPLETED, ctx.timings)
+        saved = source.prompt_tokens + source.completion_tokens
+        metrics.SAVED_TOKENS.labels(source.backend_used, "cache").inc(saved)
+        await events.notify_finished(request.pk, Status.COMPLETED)
+
+    async def _fenced(
+        self, writer: ChunkWriter, write: Callable[[InferenceRequest], Awaitable[Any]]
+    ) -> Any:
+        """A fenced write for the attempt's request (None: it no longer holds it),
+        following a hand-over to the request that took the generation over."""
+        while (result := await write(writer.request)) is None:
+            successor = await self._successor(writer.request)
+            if successor is None:
+                return None
+            writer.request = successor
+        return result
 
     async def _fail(
         self,
-        request: InferenceRequest,
+        writer: ChunkWriter,
         code: str,
         message: str,
         ctx: PipelineContext,
         detail: str = "",
+        followers_fail: bool = False,
     ) -> None:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
         details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
         details.update(error_detail=detail[:2000], skipped_stages=ctx.skipped)
-        if await fail(request.pk, request.attempt, code, message, **details):
-            metrics.record_finished(request, Status.FAILED, ctx.timings)
-            await events.notify_finished(request.pk, Status.FAILED)
+        followers = await self._fenced(
+            writer,
+            lambda row: fail(row.pk, row.attempt, code, message, followers_fail, **details),
+        )
+        if followers is None:
+            return
+        metrics.record_finished(writer.request, Status.FAILED, ctx.timings)
+        await events.notify_finished(writer.request.pk, Status.FAILED)
+        for follower, transport in followers:
+            metrics.REQUESTS.labels(transport, writer.request.backend, Status.FAILED).inc()
+            await events.notify_finished(follower, Status.FAILED)
+        if not followers_fail and ctx.cache_key:
+            await events.ring_doorbell()  # any detached followers are pending again
 
     async def _after_interrupt(self, request: InferenceRequest) -> None:
         reason = self._stop_reasons.get(request.pk, "shutdown")
@@ -317,20 +424,32 @@ class Engine:
             if await release(request.pk, request.attempt):
                 await events.ring_doorbell(request.pk)
 
-    async def _heartbeat(self, request: InferenceRequest) -> None:
+    async def _heartbeat(self, writer: ChunkWriter) -> None:
         """Extend the lease every L/3; stop the attempt once it is no longer held."""
         interval = self.config.lease_seconds / 3
         unreachable_for = 0.0
         while True:
             await asyncio.sleep(interval)
             try:
-                beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
-                held = await beat(request.pk, request.attempt, self.config.lease_seconds)
+                held = await self._fenced(writer, self._beat)
                 unreachable_for = 0.0
             except DatabaseError:
                 # Self-fence: past the lease another worker may own the request.
                 unreachable_for += interval
                 held = unreachable_for < self.config.lease_seconds
             if not held:
-                self._interrupt(request.pk, "lease_lost")
+                self._interrupt(writer.request.pk, "lease_lost")
                 return
+
+    async def _beat(self, row: InferenceRequest) -> bool | None:
+        """One lease extension (None: the row is no longer held, for ``_fenced``)."""
+        beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
+        return await beat(row.pk, row.attempt, self.config.lease_seconds) or None
+
+
+def fails_followers_too(exc: BackendError) -> bool:
+    """A follower fails with its leader only when the same call would fail the same
+    way again (the upstream refused the request itself); otherwise it runs alone."""
+    return not exc.retryable and (
+        exc.code.startswith("upstream_http_4") or exc.code == "model_missing"
+    )

@@ -13,15 +13,19 @@ class FailingBackend(Backend):
 
     model = "failing"
 
-    def __init__(self, *, name: str, tokens_before: int = 0, retryable: bool = False):
+    def __init__(
+        self, *, name: str, tokens_before: int = 0, retryable: bool = False, delay: float = 0.0
+    ):
         super().__init__(name=name)
         self.tokens_before = tokens_before
         self.retryable = retryable
+        self.delay = delay  # seconds before each token
 
     async def stream(
         self, messages: list[dict[str, str]], params: GenerationParams, usage: Usage
     ) -> AsyncIterator[str]:
         for i in range(self.tokens_before):
+            await asyncio.sleep(self.delay)
             yield f"t{i} "
         raise BackendError("upstream said no", code="upstream_error", retryable=self.retryable)
 

@@ -5,16 +5,18 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from channels.db import database_sync_to_async
 from django.core.cache import cache
 
+from harness.fake_llm_server import FakeLLMServer
 from harness.processes import embedded_env, run_manage, serving
 from inference import services
 from inference.models import InferenceRequest
 from inference.serializers import REQUEST_PARAMS
-from inference.streaming import wait_until_finished
+from inference.streaming import Finished, Token, follow, wait_until_finished
 from orchestrator_site import state
 from pipeline.host import PipelineHost
 from pipeline.worker import Engine, EngineConfig
@@ -125,3 +127,40 @@ async def finished(request_id: uuid.UUID, timeout: float = 10.0) -> InferenceReq
     request = await wait_until_finished(request_id, timeout)
     assert request.is_terminal, f"request still {request.status} after {timeout}s"
     return request
+
+
+@pytest.fixture
+async def upstream(settings) -> AsyncIterator[FakeLLMServer]:  # type: ignore[no-untyped-def]
+    """Backends on a fake upstream that counts its calls (for the cache and dedup):
+    "upstream" answers at once, "upstream-slow" a word every 50 ms, "down" fails
+    (500) and falls back to "upstream"."""
+    server = await FakeLLMServer().start()
+
+    def backend(model: str, **extra: Any) -> dict[str, Any]:
+        options = {"base_url": f"{server.url}/v1", "api_key": "sk-test", "model": model}
+        return {
+            "class": "pipeline.backends.openai_compat.OpenAICompatBackend",
+            "options": options,
+            **extra,
+        }
+
+    settings.ORCHESTRATOR_BACKENDS = {
+        **TEST_BACKENDS,
+        "upstream": backend("ok"),
+        "upstream-slow": backend("slow"),
+        "down": backend("500", fallback=["upstream"]),
+    }
+    settings.ORCHESTRATOR_DEFAULT_BACKEND = "upstream"
+    settings.ORCHESTRATOR_BACKEND_RETRIES = 0
+    yield server
+    await server.stop()
+
+
+async def tokens_of(request_id: Any) -> list[str]:
+    tokens = []
+    async for event in follow(request_id):
+        if isinstance(event, Token):
+            tokens.append(event.text)
+        if isinstance(event, Finished):
+            return tokens
+    raise AssertionError("the stream did not finish")

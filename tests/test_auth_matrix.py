@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from channels.testing import WebsocketCommunicator
 from django.contrib.contenttypes.models import ContentType
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver
+from django.utils import timezone
 
 from inference import routing
 from inference.models import Document, InferenceRequest, Status
@@ -68,10 +70,12 @@ def methods_of(callback: Any) -> tuple[str, ...]:
 
 
 ROUTES = list(django_routes())
+CACHE_KEY = "c" * 64
 
 PUBLIC = {"health", "health-live", "metrics", "schema", "docs", "admin:login"}
 STAFF_PAGES = {"chat", "dashboard"}
-STAFF_API = {"inference:config"}  # the effective configuration: staff only
+# The effective configuration, and the whole response cache: staff only.
+STAFF_API = {"inference:config", "inference:cache", "inference:cache-stats"}
 # POST bodies of the API's write routes.
 BODIES = {
     "inference:infer": {"prompt": "hello"},
@@ -105,7 +109,7 @@ def expected_api(route: Route, method: str, who: str) -> set[int]:
     if route.name in STAFF_API:
         return {200} if who == "staff" else {403}
     targets_a_request = any(
-        name in route.pattern for name in ("request_id", "session_id", "completion_id")
+        name in route.pattern for name in ("request_id", "session_id", "completion_id", "cache_key")
     )
     if who == "other" and targets_a_request:
         return {404}
@@ -128,6 +132,9 @@ class Targets:
             backend="echo",
             status=Status.COMPLETED,
             result="done",
+            cache_key=CACHE_KEY,
+            cache_expires_at=timezone.now() + timedelta(minutes=5),
+            finished_at=timezone.now(),
         )
         document = Document.objects.create(title="d", source="s", text="t")
         return cls(request, document)
@@ -138,6 +145,7 @@ class Targets:
             "completion_id": f"chatcmpl-{self.request.pk.hex}",
             "model_id": "echo",
             "session_id": self.request.session_id,
+            "cache_key": CACHE_KEY,
             "pk": str(self.document.pk),
             "object_id": str(self.document.pk),
             "content_type_id": str(ContentType.objects.get_for_model(Document).pk),

@@ -63,7 +63,7 @@ class Lifecycle(RuleBasedStateMachine):
     def complete(self, data: st.DataObject) -> None:
         worker, (pk, attempt) = self._pick_held(data)
         current = InferenceRequest.objects.get(pk=pk)
-        if InferenceRequest.objects.complete(pk, attempt, OUTCOME):
+        if InferenceRequest.objects.complete(pk, attempt, OUTCOME) is not None:
             assert current.attempt == attempt and current.status == "processing"
             self.completions[pk] += 1
         self.held[worker].remove((pk, attempt))

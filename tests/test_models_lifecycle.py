@@ -84,9 +84,9 @@ def test_a_stale_attempt_cannot_complete() -> None:
     assert InferenceRequest.objects.reclaim_expired_leases() == (1, 0)
     second = claim("w2", 30)
     assert second.attempt == 2
-    assert not InferenceRequest.objects.complete(request.pk, first.attempt, OUTCOME)
+    assert InferenceRequest.objects.complete(request.pk, first.attempt, OUTCOME) is None
     assert not InferenceRequest.objects.heartbeat(request.pk, first.attempt, 30)
-    assert InferenceRequest.objects.complete(request.pk, second.attempt, OUTCOME)
+    assert InferenceRequest.objects.complete(request.pk, second.attempt, OUTCOME) is not None
     assert InferenceRequest.objects.get(pk=request.pk).status == "completed"
 
 
@@ -96,14 +96,14 @@ def test_terminal_states_never_change(end: str) -> None:
     held = claim("w", 30)
     requests = InferenceRequest.objects
     if end == "complete":
-        assert requests.complete(request.pk, held.attempt, OUTCOME)
+        assert requests.complete(request.pk, held.attempt, OUTCOME) is not None
     elif end == "fail":
-        assert requests.fail(request.pk, held.attempt, "backend_error", "x")
+        assert requests.fail(request.pk, held.attempt, "backend_error", "x") is not None
     else:
         assert requests.cancel(request.pk)
     before = requests.get(pk=request.pk)
-    assert not requests.complete(request.pk, held.attempt, OUTCOME)
-    assert not requests.fail(request.pk, held.attempt, "internal_error", "y")
+    assert requests.complete(request.pk, held.attempt, OUTCOME) is None
+    assert requests.fail(request.pk, held.attempt, "internal_error", "y") is None
     assert not requests.cancel(request.pk)
     assert not requests.heartbeat(request.pk, held.attempt, 30)
     assert not requests.release(request.pk, held.attempt)

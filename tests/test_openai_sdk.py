@@ -402,3 +402,40 @@ def test_models_lists_the_backends_and_their_aliases(server: Server) -> None:
     assert server.client().models.retrieve("upstream/anything").id == "upstream/anything"
     with pytest.raises(openai.NotFoundError):
         server.client().models.retrieve("local")
+
+
+# --- the response cache, as an SDK sees it -------------------------------------------
+
+
+def test_a_repeat_is_a_hit_streamed_or_not_and_extra_body_steers_the_cache(
+    server: Server, upstream: FakeLLMServer
+) -> None:
+    client = server.client()
+    ask = {"model": "upstream/cached", "messages": MESSAGES, "temperature": 0}
+    before = upstream.calls["cached"]
+    first = client.chat.completions.with_raw_response.create(**ask)
+    assert first.headers["cache-status"] == "orchestrator; fwd=uri-miss; stored"
+    hit = client.chat.completions.with_raw_response.create(**ask)
+    assert hit.headers["cache-status"] == "orchestrator; hit"
+    assert hit.headers["x-orchestrator-cache-key"] == first.headers["x-orchestrator-cache-key"]
+    answer = hit.parse()
+    assert answer.choices[0].message.content == first.parse().choices[0].message.content
+    assert answer.model_extra["orchestrator"]["cache_status"] == "hit"
+    assert answer.usage == first.parse().usage  # what the answer cost when it was made
+    # A hit streams like any answer; its last chunk says it was one.
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == PROMPT
+    assert chunks[-1].model_extra["orchestrator"]["cache_status"] == "hit"
+    assert upstream.calls["cached"] == before + 1
+    # The SDK's extra_body and extra_headers reach the cache.
+    bypass = client.chat.completions.with_raw_response.create(
+        **ask, extra_body={"cache": {"mode": "bypass"}}
+    )
+    assert bypass.headers["cache-status"] == "orchestrator; fwd=request"
+    refresh = client.chat.completions.with_raw_response.create(
+        **ask, extra_headers={"Cache-Control": "no-cache"}
+    )
+    assert refresh.headers["cache-status"] == "orchestrator; fwd=request; stored"
+    sampled = client.chat.completions.with_raw_response.create(**{**ask, "temperature": 1})
+    assert sampled.headers["cache-status"] == "orchestrator; fwd=bypass"
+    assert upstream.calls["cached"] == before + 4

@@ -23,7 +23,8 @@ def configured_stages() -> tuple[Stage, ...]:
 
 async def run_stages(ctx: PipelineContext, stages: tuple[Stage, ...]) -> PipelineContext:
     """Run each stage in order, recording its duration in seconds; a stage whose
-    feature flag is off for this request's key is skipped, and that recorded."""
+    feature flag is off for this request's key is skipped, and that recorded.
+    Once a stage has answered the request (the cache), the rest do not run."""
     for stage in stages:
         if stage.flag and not await flags.aenabled(stage.flag, ctx.request.api_key_id):
             ctx.skipped.append(stage.name)
@@ -31,4 +32,6 @@ async def run_stages(ctx: PipelineContext, stages: tuple[Stage, ...]) -> Pipelin
         began = time.monotonic()
         ctx = await stage.run(ctx)
         ctx.timings[stage.name] = round(time.monotonic() - began, 6)
+        if ctx.answered:
+            break
     return ctx
