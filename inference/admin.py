@@ -9,6 +9,7 @@ from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
@@ -27,7 +28,7 @@ from inference.models import (
     backend_names,
 )
 
-STAGES = ("rag", "assemble", "inference", "post", "stream")
+STAGES = ("rag", "assemble", "cache", "inference", "post", "stream")
 
 
 def json_display(value: Any) -> str:
@@ -41,6 +42,13 @@ def messages_html(messages: list[dict[str, str]]) -> str:
         "", '<div><code>{}</code><pre style="white-space:pre-wrap">{}</pre></div>', rows
     )
     return html or "—"
+
+
+def request_link(request_id: uuid.UUID | None) -> str:
+    if request_id is None:
+        return "—"
+    url = reverse("admin:inference_inferencerequest_change", args=[request_id])
+    return format_html('<a href="{}">{}</a>', url, request_id)
 
 
 class BackendFilter(admin.SimpleListFilter):
@@ -90,6 +98,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     # hierarchy): backend and transport list known values instead.
     list_filter = (
         "status",
+        "cache_status",
         BackendFilter,
         TransportFilter,
         ("created_at", admin.DateFieldListFilter),
@@ -132,12 +141,28 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "prompt_tokens",
         "completion_tokens",
         "finish_reason",
+        "cache_status",
+        "cache_source_link",
+        "coalesced_into_link",
+        "cache_key",
+        "cache_expires_at",
+        "cache_control",
         "detached_at",
         "api_key",
         "idempotency_key",
         "client_ip",
     )
-    exclude = ("timings", "passages", "messages", "conversation", "metadata", "params")
+    exclude = (
+        "timings",
+        "passages",
+        "messages",
+        "conversation",
+        "metadata",
+        "params",
+        "cache_source",
+        "coalesced_into",
+        "dedup_key",
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -173,6 +198,14 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     @admin.display(description="the client's messages (/v1)")
     def conversation_display(self, obj: InferenceRequest) -> str:
         return messages_html(obj.conversation)
+
+    @admin.display(description="answer came from")
+    def cache_source_link(self, obj: InferenceRequest) -> str:
+        return request_link(obj.cache_source_id)
+
+    @admin.display(description="follows (dedup) / handed over to")
+    def coalesced_into_link(self, obj: InferenceRequest) -> str:
+        return request_link(obj.coalesced_into_id)
 
     @admin.display(description="duration")
     def duration_display(self, obj: InferenceRequest) -> str:

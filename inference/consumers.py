@@ -154,7 +154,8 @@ class StreamConsumer(SSEConsumer):
     def final_event(self, event: Finished) -> bytes:
         request = event.request
         if request.status == Status.COMPLETED:
-            return sse("complete", {"status": "done", "result": request.result})
+            body = {"status": "done", "result": request.result, **request.cache_report}
+            return sse("complete", body)
         return sse("error", {"error": finished_error(request), "status": request.status})
 
 
@@ -368,6 +369,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
                 "result": request.result,
                 "status": request.status,
                 "usage": request.usage,
+                **request.cache_report,
             }
         return {
             "type": "error",

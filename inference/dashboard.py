@@ -8,9 +8,10 @@ from typing import Any
 from django.db.models import Count
 from django.utils import timezone
 
-from inference.models import InferenceRequest, Status
+from inference.models import CacheStatus, InferenceRequest, Status
 
 WINDOW_SECONDS = 60
+SERVED = (CacheStatus.HIT, CacheStatus.COLLAPSED)
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -25,13 +26,23 @@ def snapshot() -> dict[str, Any]:
     finished = list(
         InferenceRequest.objects.filter(
             finished_at__gte=now - timedelta(seconds=WINDOW_SECONDS)
-        ).values_list("status", "created_at", "finished_at", "timings", "completion_tokens")
+        ).values_list(
+            "status",
+            "created_at",
+            "finished_at",
+            "timings",
+            "completion_tokens",
+            "cache_status",
+            "prompt_tokens",
+        )
     )
     completed = [row for row in finished if row[0] == Status.COMPLETED]
-    durations = sorted(
-        (done - created).total_seconds() for _, created, done, _, _ in completed if done
-    )
-    first_tokens = sorted(t["first_token"] for *_, t, _ in completed if "first_token" in t)
+    # Answers no backend was asked for: from the cache, or a shared call.
+    served = [row for row in completed if row[5] in SERVED]
+    generated = [row for row in completed if row[5] not in SERVED]
+    keyed = [row for row in finished if row[5] in (*SERVED, CacheStatus.MISS, CacheStatus.STORED)]
+    durations = sorted((row[2] - row[1]).total_seconds() for row in completed if row[2])
+    first_tokens = sorted(row[3]["first_token"] for row in generated if "first_token" in row[3])
     waiting = (
         InferenceRequest.objects.filter(status=Status.PENDING)
         .values("priority")
@@ -48,7 +59,11 @@ def snapshot() -> dict[str, Any]:
         "queue": {str(row["priority"]): row["n"] for row in waiting},
         "in_flight": InferenceRequest.objects.filter(status=Status.PROCESSING).count(),
         "error_rate": sum(row[0] == Status.FAILED for row in finished) / max(len(finished), 1),
-        "tokens_per_second": sum(row[4] for row in completed) / WINDOW_SECONDS,
+        "tokens_per_second": sum(row[4] for row in generated) / WINDOW_SECONDS,
+        "cache": {
+            "hit_rate": len(served) / len(keyed) if keyed else None,
+            "saved_tokens": sum(row[4] + row[6] for row in served),
+        },
         "latest": [
             {**row, "id": str(row["id"]), "created_at": row["created_at"].isoformat()}
             for row in latest

@@ -719,6 +719,12 @@ class InferenceRequest(models.Model):
         return self.transport == Transport.OPENAI and not self.is_terminal
 
     @property
+    def cache_report(self) -> dict[str, str | None]:
+        """What the response cache did for it, as every transport reports it."""
+        source = str(self.cache_source_id) if self.cache_source_id else None
+        return {"cache_status": self.cache_status, "cache_source": source}
+
+    @property
     def usage(self) -> dict[str, int]:
         return {
             "prompt_tokens": self.prompt_tokens,

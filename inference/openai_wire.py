@@ -328,8 +328,7 @@ def extension(request: InferenceRequest) -> dict[str, Any]:
         "request_id": str(request.pk),
         "priority": openai_priority(request.priority),
         "status": request.status,
-        "cache_status": request.cache_status,
-        "cache_source": str(request.cache_source_id) if request.cache_source_id else None,
+        **request.cache_report,
     }
 
 

@@ -506,8 +506,7 @@ class InferenceRequestSerializer(serializers.Serializer):
             "messages": request.messages,
             "config_hash": request.config_hash,
             "skipped_stages": [str(stage) for stage in request.skipped_stages],
-            "cache_status": request.cache_status,
-            "cache_source": str(request.cache_source_id) if request.cache_source_id else None,
+            **request.cache_report,
             "cache_key": request.cache_key,
         }
 

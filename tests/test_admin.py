@@ -123,3 +123,17 @@ def test_the_admin_revokes_keys_in_bulk(admin_client: Client) -> None:
         KEYS_URL, {"action": "revoke_selected", "_selected_action": [k.pk for k in keys]}
     )
     assert ApiKey.objects.filter(revoked=True).count() == 2
+
+
+def test_a_hit_links_to_its_source_and_the_list_filters_by_cache_status(
+    admin_client: Client,
+) -> None:
+    source = completed()
+    hit = submit("a b")
+    InferenceRequest.objects.filter(pk=hit.pk).update(
+        status="completed", cache_status="hit", cache_source=source, cache_key="c" * 64
+    )
+    page = admin_client.get(f"{URL}{hit.pk}/change/").content.decode()
+    assert f'href="{URL}{source.pk}/change/"' in page and "c" * 64 in page
+    listed = admin_client.get(URL, {"cache_status__exact": "hit"}).content.decode()
+    assert str(hit.pk) in listed and str(source.pk) not in listed

@@ -21,7 +21,9 @@ from tests.sse import parse
 pytestmark = pytest.mark.django_db
 
 
-def finished(status: str, seconds: float, tokens: int = 10, first_token: float = 0.1) -> None:
+def finished(
+    status: str, seconds: float, tokens: int = 10, first_token: float = 0.1, cache: str = ""
+) -> None:
     now = timezone.now()
     InferenceRequest.objects.create(
         prompt="p",
@@ -32,7 +34,9 @@ def finished(status: str, seconds: float, tokens: int = 10, first_token: float =
         started_at=now - timedelta(seconds=seconds),
         finished_at=now,
         completion_tokens=tokens,
+        prompt_tokens=5,
         timings={"first_token": first_token},
+        cache_status=cache,
     )
 
 
@@ -51,6 +55,19 @@ def test_the_snapshot_summarises_the_last_minute() -> None:
     assert stats["tokens_per_second"] == 60 / 60
     assert stats["queue"] == {"9": 1, "1": 1} and stats["in_flight"] == 0
     assert len(stats["latest"]) == 7
+    assert stats["cache"] == {"hit_rate": None, "saved_tokens": 0}
+
+
+def test_the_snapshot_counts_what_the_cache_saved() -> None:
+    finished("completed", 2, tokens=20, cache="stored")
+    finished("completed", 1, tokens=20, cache="hit", first_token=0.001)
+    finished("completed", 1, tokens=20, cache="collapsed")
+    finished("completed", 1, tokens=7, cache="ineligible")
+    stats = snapshot()
+    assert stats["cache"] == {"hit_rate": 2 / 3, "saved_tokens": 2 * 25}
+    # Generated tokens and time to first token are the backend's, not the cache's.
+    assert stats["tokens_per_second"] == 27 / 60
+    assert stats["first_token_p50"] == 0.1
 
 
 def test_the_page_is_for_staff_only(client: Client, admin_client: Client) -> None:

@@ -33,7 +33,12 @@ async def test_a_finished_request_replays_every_token_then_complete(engine: Engi
     assert [e.id for e in events if e.event == "token"] == [str(i) for i in range(30)]
     assert text_of(events) == PROMPT
     assert events[-1].event == "complete"
-    assert events[-1].data == {"status": "done", "result": PROMPT}
+    assert events[-1].data == {
+        "status": "done",
+        "result": PROMPT,
+        "cache_status": "ineligible",
+        "cache_source": None,
+    }
 
 
 async def test_a_live_subscriber_gets_tokens_as_they_are_made(engine: Engine) -> None:

@@ -59,6 +59,8 @@ async def test_a_submit_is_acked_then_streamed_then_resulted(engine: Engine) -> 
         "result": PROMPT,
         "status": "completed",
         "usage": {"prompt_tokens": 26, "completion_tokens": 20, "total_tokens": 46},
+        "cache_status": "ineligible",
+        "cache_source": None,
     }
     row = await InferenceRequest.objects.aget(pk=request_id)
     assert (row.transport, row.metadata) == ("ws", {"user": "alice"})
@@ -222,3 +224,21 @@ async def test_an_unknown_websocket_path_is_refused() -> None:
     socket = WebsocketCommunicator(APP, "/api/v1/nope")
     connected_ok, code = await socket.connect()
     assert (connected_ok, code) == (False, 4404)
+
+
+async def test_the_cache_field_steers_the_cache_and_the_result_says_what_it_did(
+    engine: Engine,
+) -> None:
+    socket = await connected()
+    results = []
+    for cache in ({}, {}, {"mode": "bypass"}):
+        await socket.send_json_to({"prompt": "cache me", "temperature": 0, "cache": cache})
+        request_id = (await socket.receive_json_from())["request_id"]
+        results.append((await until_final(socket, request_id))[-1])
+    assert [r["cache_status"] for r in results] == ["stored", "hit", "bypass"]
+    assert results[1]["cache_source"] == results[0]["request_id"]
+    assert {r["result"] for r in results} == {"cache me"}
+    await socket.send_json_to({"prompt": "p", "cache": {"mode": "always"}})
+    error = await socket.receive_json_from()
+    assert error["type"] == "error" and "cache" in json.dumps(error)
+    await socket.disconnect()

@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 from django.db import connection
-from hypothesis import given
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -83,7 +83,10 @@ def claimed_copies(n: int) -> list[InferenceRequest]:
     return taken
 
 
-@hypothesis_settings(max_examples=8, deadline=None)
+# (db_access only unblocks the database: sharing it across examples is what is meant)
+@hypothesis_settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.integers(min_value=2, max_value=12))
 def test_concurrent_leadership_attempts_elect_exactly_one_leader(db_access, n: int) -> None:  # type: ignore[no-untyped-def]
     """Each attempt on its own connection, released together: PostgreSQL's partial

@@ -47,6 +47,9 @@
     $("tile-queue").textContent = `${stats.in_flight} / ${waiting}`;
     $("tile-errors").textContent = `${fmt(stats.error_rate * 100, 1)}%`;
     $("tile-tokens").textContent = fmt(stats.tokens_per_second, 1);
+    const cache = stats.cache;
+    $("tile-cache").textContent = cache.hit_rate === null ? "–" : `${fmt(cache.hit_rate * 100, 1)}%`;
+    $("tile-saved").textContent = `${cache.saved_tokens} tokens saved, last minute`;
     $("latest").replaceChildren(...stats.latest.map((r) => {
       const tr = document.createElement("tr");
       for (const text of [r.id.slice(0, 8), r.status, r.backend, r.created_at.slice(11, 19)]) {
