@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import httpx
@@ -45,11 +46,18 @@ def test_the_dashboard_charts_update_while_requests_run(
         ]
         for request_id in ids:
             client.get(f"/api/v1/result/{request_id}", params={"wait": 10})
+        # A question asked twice (deterministically): the second is a cache hit.
+        for _ in range(2):
+            body = {"prompt": "dash cached", "temperature": 0}
+            cached = client.post("/api/v1/infer", json=body).json()["request_id"]
+            client.get(f"/api/v1/result/{cached}", params={"wait": 10})
     # The throughput tile moves off zero and the latest table lists the new requests.
     staff_page.wait_for_function(
         "Number(document.getElementById('tile-throughput').textContent) > 0"
     )
-    expect(staff_page.locator("#latest tr").first).to_contain_text(ids[-1][:8])
+    expect(staff_page.locator("#latest tr").first).to_contain_text(cached[:8])
+    expect(staff_page.locator("#tile-cache")).to_have_text("50.0%")
+    expect(staff_page.locator("#tile-saved")).to_have_text(re.compile(r"^[1-9]\d* tokens saved"))
     updates = int(staff_page.locator("#dashboard").get_attribute("data-updates"))
     staff_page.wait_for_function(
         f"Number(document.getElementById('dashboard').dataset.updates) > {updates}"
