@@ -107,7 +107,12 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
     """``POST /v1/chat/completions`` (a consumer): the fields it honours; others
     are accepted and ignored, as OpenAI clients expect."""
     from inference.openai_wire import model_ids
-    from inference.serializers import NOT_BLANK_PATTERN, RAG_OPTIONS_SCHEMA
+    from inference.serializers import (
+        CACHE_HEADER_PARAMETERS,
+        CACHE_OPTIONS_SCHEMA,
+        NOT_BLANK_PATTERN,
+        RAG_OPTIONS_SCHEMA,
+    )
 
     number = {"type": "number", "nullable": True}
     text_part = {
@@ -186,6 +191,7 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
                 "nullable": True,
                 "description": "Extension: groups requests.",
             },
+            "cache": {**CACHE_OPTIONS_SCHEMA, "description": "Extension: cache directives."},
         },
         "required": ["messages"],
     }
@@ -200,6 +206,10 @@ def chat_completions_operation(error: dict[str, Any]) -> dict[str, Any]:
             ),
             "tags": ["openai"],
             "security": [{"ApiKeyBearer": []}, {"ApiKeyHeader": []}, {}],
+            "parameters": [
+                {"name": p.name, "in": "header", "schema": p.type, "description": p.description}
+                for p in CACHE_HEADER_PARAMETERS
+            ],
             "requestBody": {"required": True, "content": {"application/json": {"schema": request}}},
             "responses": {
                 "200": {

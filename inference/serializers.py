@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.utils.functional import Promise
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import serializers
 
 from inference.auth import stream_token
@@ -229,6 +229,23 @@ CACHE_OPTIONS_SCHEMA = {
     },
     "additionalProperties": False,
 }
+
+
+# The same directives as request headers (REST and /v1).
+CACHE_HEADER_PARAMETERS = [
+    OpenApiParameter(
+        "Cache-Control",
+        {"type": "string", "maxLength": 200},
+        OpenApiParameter.HEADER,
+        description="no-cache (refresh), no-store (bypass), max-age=N; others are ignored.",
+    ),
+    OpenApiParameter(
+        "X-Orchestrator-Cache",
+        {"type": "string", "enum": list(CACHE_MODES)},
+        OpenApiParameter.HEADER,
+        description="A cache mode (force: cache even a sampled request).",
+    ),
+]
 
 
 @extend_schema_field(CACHE_OPTIONS_SCHEMA)

@@ -37,6 +37,7 @@ from inference.auth import Caller
 from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
 from inference.models import Document, InferenceRequest, Status, Transport, backend_names
 from inference.serializers import (
+    CACHE_HEADER_PARAMETERS,
     CACHE_KEY,
     CacheFlushSerializer,
     CacheStatsSerializer,
@@ -107,7 +108,8 @@ class InferView(APIView):
                     "Resubmitting with the same key returns the first request (200); "
                     "with another request under it, a 422."
                 ),
-            )
+            ),
+            *CACHE_HEADER_PARAMETERS,
         ],
         responses={
             202: OpenApiResponse(StreamableRequestSerializer, description="Accepted (committed)."),
