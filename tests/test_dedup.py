@@ -44,6 +44,15 @@ def leader_of(requests: list[InferenceRequest]) -> InferenceRequest:
     return InferenceRequest.objects.get(pk__in=ids, dedup_key__isnull=False, status="processing")
 
 
+async def generating_with_followers(n: int) -> tuple[list[InferenceRequest], InferenceRequest]:
+    """``n`` identical requests, once the leader streams and the rest follow it."""
+    requests = await submit_many(n)
+    await started(requests[0].pk)
+    leader = await database_sync_to_async(leader_of)(requests)
+    await wait_for_followers(leader.pk, n - 1)
+    return requests, leader
+
+
 async def wait_for_followers(leader_id: uuid.UUID, n: int) -> None:
     count = database_sync_to_async(
         lambda: InferenceRequest.objects.filter(
@@ -96,10 +105,7 @@ async def test_a_late_follower_gets_the_stream_so_far_then_the_rest(
 async def test_cancelling_the_leader_hands_the_call_to_a_follower(
     engine: Engine, upstream: FakeLLMServer
 ) -> None:
-    requests = await submit_many(3)
-    await started(requests[0].pk)
-    leader = await database_sync_to_async(leader_of)(requests)
-    await wait_for_followers(leader.pk, 2)
+    requests, leader = await generating_with_followers(3)
     await database_sync_to_async(services.cancel_request)(leader.pk)
     cancelled_at = time.monotonic()
     others = [r for r in requests if r.pk != leader.pk]
@@ -118,10 +124,7 @@ async def test_cancelling_the_leader_hands_the_call_to_a_follower(
 async def test_cancelling_everyone_disconnects_the_upstream_at_once(
     engine: Engine, upstream: FakeLLMServer
 ) -> None:
-    requests = await submit_many(3)
-    await started(requests[0].pk)
-    leader = await database_sync_to_async(leader_of)(requests)
-    await wait_for_followers(leader.pk, 2)
+    requests, leader = await generating_with_followers(3)
     for request in [*(r for r in requests if r.pk != leader.pk), leader]:
         await database_sync_to_async(services.cancel_request)(request.pk)
     cancelled_at = time.monotonic()
@@ -133,10 +136,7 @@ async def test_cancelling_everyone_disconnects_the_upstream_at_once(
 async def test_cancelling_a_follower_leaves_the_others_alone(
     engine: Engine, upstream: FakeLLMServer
 ) -> None:
-    requests = await submit_many(3)
-    await started(requests[0].pk)
-    leader = await database_sync_to_async(leader_of)(requests)
-    await wait_for_followers(leader.pk, 2)
+    requests, leader = await generating_with_followers(3)
     follower = next(r for r in requests if r.pk != leader.pk)
     await database_sync_to_async(services.cancel_request)(follower.pk)
     done = [await finished(r.pk) for r in requests]
@@ -205,6 +205,15 @@ def claim(owner: str) -> InferenceRequest:
     return row
 
 
+def leader_and_follower() -> list[tuple[InferenceRequest, InferenceRequest]]:
+    """Two identical requests, claimed (as submitted, as held): a leader, a follower."""
+    rows = [submit("p"), submit("p")]
+    held = [claim("w1"), claim("w2")]
+    for row in held:
+        InferenceRequest.objects.lead_or_follow(row.pk, row.attempt, "k" * 64, 64)
+    return list(zip(rows, held, strict=True))
+
+
 def test_one_leader_per_key_and_a_follower_completes_with_it() -> None:
     a, b = submit("p"), submit("p")
     la, lb = claim("w1"), claim("w2")
@@ -235,11 +244,8 @@ def test_the_fan_out_is_bounded() -> None:
 
 
 def test_a_crashed_leader_runs_again_with_its_followers_still_attached() -> None:
-    a, b = submit("p"), submit("p")
-    la, lb = claim("w1"), claim("w2")
+    (a, la), (b, _lb) = leader_and_follower()
     requests = InferenceRequest.objects
-    requests.lead_or_follow(la.pk, la.attempt, "k" * 64, 64)
-    requests.lead_or_follow(lb.pk, lb.attempt, "k" * 64, 64)
     la.append_chunks(0, ["half"], mirror=True)
     requests.filter(pk=a.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     assert requests.reclaim_expired_leases() == (1, 0)
@@ -259,11 +265,8 @@ def test_a_crashed_leader_runs_again_with_its_followers_still_attached() -> None
 
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_a_failed_leader_fails_or_frees_its_followers(deterministic: bool) -> None:
-    _, b = submit("p"), submit("p")
-    la, lb = claim("w1"), claim("w2")
+    (_, la), (b, _) = leader_and_follower()
     requests = InferenceRequest.objects
-    requests.lead_or_follow(la.pk, la.attempt, "k" * 64, 64)
-    requests.lead_or_follow(lb.pk, lb.attempt, "k" * 64, 64)
     failed = requests.fail(la.pk, la.attempt, "upstream_http_400", "no", deterministic)
     b.refresh_from_db()
     if deterministic:
@@ -279,11 +282,8 @@ def test_a_failed_leader_fails_or_frees_its_followers(deterministic: bool) -> No
 
 
 def test_the_reaper_frees_followers_of_a_leader_that_ended_without_them() -> None:
-    a, b = submit("p"), submit("p")
-    la, lb = claim("w1"), claim("w2")
+    (a, _la), (b, _lb) = leader_and_follower()
     requests = InferenceRequest.objects
-    requests.lead_or_follow(la.pk, la.attempt, "k" * 64, 64)
-    requests.lead_or_follow(lb.pk, lb.attempt, "k" * 64, 64)
     requests.filter(pk=a.pk).update(deadline_at=timezone.now() - timedelta(seconds=1))
     b_deadline = timezone.now() + timedelta(minutes=5)
     requests.filter(pk=b.pk).update(deadline_at=b_deadline)
