@@ -81,11 +81,18 @@ async def chat_read(
         return response.headers["x-orchestrator-request-id"]
 
 
-async def ws_run(ws_url: str, origin: str, prompt: str, drop_after: int | None = None) -> Received:
-    """Submit over a WebSocket; optionally drop it mid-stream and resume on a new one."""
+async def ws_run(
+    ws_url: str,
+    origin: str,
+    prompt: str,
+    drop_after: int | None = None,
+    extra: dict | None = None,
+) -> Received:
+    """Submit over a WebSocket (``extra``: more fields of the submit, e.g. a
+    temperature); optionally drop it mid-stream and resume on a new one."""
     received = Received()
     async with websockets.connect(ws_url, origin=origin) as socket:
-        await socket.send(json.dumps({"prompt": prompt}))
+        await socket.send(json.dumps({"prompt": prompt, **(extra or {})}))
         ack = json.loads(await socket.recv())
         request_id = ack["request_id"]
         if await _ws_collect(socket, request_id, received, drop_after):

@@ -8,11 +8,14 @@ Redis with the echo backend (random lengths, injected retryable faults), drives
 the requests from async clients (10% resubmitted with the same Idempotency-Key,
 25% streamed over SSE with one drop and a Last-Event-ID resume, 10% over a
 WebSocket with one drop and a resume, 10% through the OpenAI-compatible /v1 and
-10% streamed through it, the rest long-polled), SIGKILLs a random
+10% streamed through it, the rest long-polled; a third of them, in every mode,
+are temperature-0 repeats of a few prompts, so the response cache answers some
+and in-flight dedup collapses others onto one generation), SIGKILLs a random
 worker every K seconds (and restarts it), restarts Redis once and PostgreSQL
 once, drains, then checks what the clients saw against the database and prints
 one table. Exits non-zero unless lost = duplicated = unexpected = stream
-mismatches = 0 and every rejection carried Retry-After.
+mismatches = cache mismatches = chunk errors = 0 and every rejection carried
+Retry-After.
 
 It restarts this machine's PostgreSQL and Redis: run it where that is fine
 (CI, a dev box), never against shared servers.
@@ -32,6 +35,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -51,6 +55,11 @@ ROOT = Path(__file__).resolve().parent.parent
 DATABASE = "orchestrator_chaos"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 
+# The repeated prompts: few, and long enough (60-90 tokens at 20 ms) that
+# identical requests overlap in flight and a kill often lands mid-stream.
+POOL = [f"chaos pool {k}: " + " ".join(f"p{k}w{j}" for j in range(60 + 5 * k)) for k in range(6)]
+CACHED_SHARE = 1 / 3
+
 
 @dataclass
 class Outcome:
@@ -59,12 +68,18 @@ class Outcome:
     prompt: str
     mode: str
     key: str
+    cached: bool = False  # a temperature-0 repeat from POOL
     request_id: str | None = None
     rejections: int = 0
     rejections_without_retry_after: int = 0
     duplicate_ids: set[str] = field(default_factory=set)
     stream: Received | None = None
     final: dict | None = None
+
+    @property
+    def params(self) -> dict:
+        """Temperature 0 makes a request cacheable; the others send none, as before."""
+        return {"temperature": 0} if self.cached else {}
 
 
 @dataclass
@@ -139,7 +154,7 @@ async def submit(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -
         try:
             response = await client.post(
                 "/api/v1/infer",
-                json={"prompt": outcome.prompt},
+                json={"prompt": outcome.prompt, **outcome.params},
                 headers={"Idempotency-Key": outcome.key},
             )
         except httpx.HTTPError:
@@ -194,7 +209,8 @@ async def chat(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> 
     mid-answer, the database restarted) is left to ``result_of``, a reader that
     keeps the request from being cancelled as abandoned."""
     stream = outcome.mode == "v1-stream"
-    body = {"model": "echo", "messages": [{"role": "user", "content": outcome.prompt}]}
+    messages = [{"role": "user", "content": outcome.prompt}]
+    body = {"model": "echo", "messages": messages, **outcome.params}
     headers = {"Idempotency-Key": outcome.key}
     while time.monotonic() < deadline:
         try:
@@ -230,7 +246,7 @@ async def one_client(
         for _ in range(20):
             try:
                 outcome.stream = await ws_run(
-                    ws_url, cluster.base_url, outcome.prompt, drop_after=2
+                    ws_url, cluster.base_url, outcome.prompt, drop_after=2, extra=outcome.params
                 )
                 outcome.request_id = outcome.stream.final and outcome.stream.final.get("request_id")
                 break
@@ -259,7 +275,9 @@ def plan(count: int) -> list[Outcome]:
         roll = random.random()
         modes = [(0.1, "resubmit"), (0.35, "sse"), (0.45, "ws"), (0.55, "v1"), (0.65, "v1-stream")]
         mode = next((name for share, name in modes if roll < share), "poll")
-        outcomes.append(Outcome(prompt=f"chaos {i}: {words}", mode=mode, key=str(uuid.uuid4())))
+        cached = random.random() < CACHED_SHARE
+        prompt = random.choice(POOL) if cached else f"chaos {i}: {words}"
+        outcomes.append(Outcome(prompt=prompt, mode=mode, key=str(uuid.uuid4()), cached=cached))
     return outcomes
 
 
@@ -345,63 +363,142 @@ class Query:
             for rid, attempt, status, lease in rows
         )
 
-    def requests(self) -> list[tuple]:
-        return self._rows(
-            "SELECT id::text, prompt, status, result, error_code, attempt "
-            "FROM inference_inferencerequest"
+    def requests(self) -> list[Row]:
+        rows = self._rows(
+            "SELECT id::text, prompt, status, result, error_code, attempt, cache_status, "
+            "cache_source_id::text FROM inference_inferencerequest"
         )
+        return [Row(*row) for row in rows]
+
+    def chunks(self) -> dict[str, list[tuple[int, int, str]]]:
+        """Each request's stored stream: (seq, attempt, text) in seq order."""
+        streams: dict[str, list[tuple[int, int, str]]] = {}
+        rows = self._rows(
+            "SELECT request_id::text, seq, attempt, text FROM inference_streamchunk "
+            "ORDER BY request_id, seq"
+        )
+        for request_id, seq, attempt, text in rows:
+            streams.setdefault(request_id, []).append((seq, attempt, text))
+        return streams
+
+
+class Row(NamedTuple):
+    id: str
+    prompt: str
+    status: str
+    result: str | None
+    error_code: str
+    attempt: int
+    cache_status: str
+    cache_source: str | None
 
 
 # --- the verdict -----------------------------------------------------------------------
 
 
+def stored_once(row: Row, stream: list[tuple[int, int, str]]) -> bool:
+    """Seqs 0..n-1, no gap or repeat, all of the row's final attempt, spelling its result."""
+    return (
+        [seq for seq, _, _ in stream] == list(range(len(stream)))
+        and all(attempt == row.attempt for _, attempt, _ in stream)
+        and "".join(text for _, _, text in stream) == row.result
+    )
+
+
 def verdict(
-    outcomes: list[Outcome], rows: list[tuple], stats: Stats, attempted: int
+    outcomes: list[Outcome],
+    rows: list[Row],
+    chunks: dict[str, list[tuple[int, int, str]]],
+    stats: Stats,
+    attempted: int,
 ) -> tuple[list[tuple[str, object]], bool]:
-    by_id = {row[0]: row for row in rows}
-    per_prompt = Counter(row[1] for row in rows)
+    by_id = {row.id: row for row in rows}
+    done = {row.id: row for row in rows if row.status == "completed"}
+    # Repeated prompts are shared by design: a prompt's rows beyond the clients
+    # that sent it are the duplicates.
+    sent = Counter(o.prompt for o in outcomes)
+    per_prompt = Counter(row.prompt for row in rows)
     accepted = [o for o in outcomes if o.request_id]
     lost = [
         o
         for o in accepted
-        if o.request_id not in by_id or by_id[o.request_id][2] in ("pending", "processing")
+        if o.request_id not in by_id or by_id[o.request_id].status in ("pending", "processing")
     ]
-    duplicated = sum(count - 1 for count in per_prompt.values() if count > 1) + sum(
+    duplicated = sum(max(count - sent[prompt], 0) for prompt, count in per_prompt.items()) + sum(
         len(o.duplicate_ids) for o in outcomes
     )
     unexpected = [
-        o
-        for o in accepted
-        if o.request_id in by_id
-        and by_id[o.request_id][2] == "completed"
-        and by_id[o.request_id][3] != o.prompt
+        o for o in accepted if o.request_id in done and done[o.request_id].result != o.prompt
     ]
+    # A hit or a follower answers with its source's result (itself a completed row).
+    cache_mismatches = [
+        row.id
+        for row in done.values()
+        if row.cache_status in ("hit", "collapsed")
+        and (row.cache_source not in done or done[row.cache_source].result != row.result)
+    ]
+    # Exactly once, in the database: each completed request's chunks (a
+    # follower's mirrored copy and a hit's copied one included).
+    chunk_errors = [row.id for row in done.values() if not stored_once(row, chunks.get(row.id, []))]
+
+    def expected_text(row: Row) -> str | None:
+        """What a stream must spell: its result source's text for a hit or a
+        follower, else the prompt (the echo backend's answer)."""
+        if row.cache_status in ("hit", "collapsed"):
+            return done[row.cache_source].result if row.cache_source in done else None
+        return row.prompt
+
+    # Streams read back (after resets): the expected text, and chunk numbers
+    # 0..n-1 with no gap or repeat where the transport shows them (/v1 does not).
     mismatches = [
         o
         for o in accepted
         if o.stream is not None
-        and o.request_id in by_id
-        and by_id[o.request_id][2] == "completed"
-        and o.stream.text != o.prompt
+        and o.request_id in done
+        and (
+            o.stream.text != expected_text(done[o.request_id])
+            or o.stream.seqs not in ([], list(range(len(o.stream.seqs))))
+        )
     ]
-    statuses = Counter(row[2] for row in rows)
-    failed_codes = Counter(row[4] for row in rows if row[2] == "failed")
+    statuses = Counter(row.status for row in rows)
+    caching = Counter(row.cache_status for row in done.values())
+    failed_codes = Counter(row.error_code for row in rows if row.status == "failed")
     rejected = sum(o.rejections for o in outcomes)
     no_retry_after = sum(o.rejections_without_retry_after for o in outcomes)
     finite = [s for s in stats.recovery_seconds if s != float("inf")]
     table: list[tuple[str, object]] = [
         ("attempted", attempted),
-        ("accepted", len(accepted)),
+        (
+            "accepted (temperature-0 repeats)",
+            f"{len(accepted)} ({sum(o.cached for o in accepted)})",
+        ),
         ("rejected (429/503)", rejected),
         ("rejected without Retry-After", no_retry_after),
         ("completed", statuses["completed"]),
+        (
+            "completed hit / collapsed / stored (detached)",
+            f"{caching['hit']} / {caching['collapsed']} / {caching['stored']} "
+            f"({caching['detached']})",
+        ),
+        # Kills that landed on a generation others were sharing.
+        (
+            "collapsed onto a leader re-run after a kill",
+            sum(
+                row.cache_status == "collapsed"
+                and row.cache_source in done
+                and done[row.cache_source].attempt > 1
+                for row in done.values()
+            ),
+        ),
         ("failed (by code)", dict(failed_codes) or 0),
         ("cancelled", statuses["cancelled"]),
         ("expired", statuses["expired"]),
         ("LOST", len(lost)),
         ("DUPLICATED", duplicated),
         ("UNEXPECTED", len(unexpected)),
-        ("re-executions (extra attempts)", sum(max(row[5] - 1, 0) for row in rows)),
+        ("CACHE MISMATCHES (result != source's)", len(cache_mismatches)),
+        ("CHUNK ERRORS (seqs, attempt, text)", len(chunk_errors)),
+        ("re-executions (extra attempts)", sum(max(row.attempt - 1, 0) for row in rows)),
         ("visible resets (stream clients)", sum(o.stream.resets for o in outcomes if o.stream)),
         (
             "through /v1 (streams read to [DONE])",
@@ -420,8 +517,18 @@ def verdict(
             f"{stats.peak_rss_kb['web'] / 1024:.0f} / {stats.peak_rss_kb['worker'] / 1024:.0f}",
         ),
     ]
-    ok = not lost and not duplicated and not unexpected and not mismatches and no_retry_after == 0
-    ok = ok and len(finite) == len(stats.recovery_seconds)
+    # The ids behind any failure, for the report (and the database left behind).
+    for name, ids in [
+        ("lost", [o.request_id for o in lost]),
+        ("unexpected", [o.request_id for o in unexpected]),
+        ("cache mismatch", cache_mismatches),
+        ("chunk error", chunk_errors),
+        ("stream mismatch", [o.request_id for o in mismatches]),
+    ]:
+        if ids:
+            print(f"{name}: {', '.join(str(i) for i in ids[:10])}", file=sys.stderr)
+    ok = not (lost or duplicated or unexpected or mismatches or cache_mismatches or chunk_errors)
+    ok = ok and no_retry_after == 0 and len(finite) == len(stats.recovery_seconds)
     return table, ok
 
 
@@ -470,6 +577,9 @@ def main() -> int:
         "ORCHESTRATOR_POLL_INTERVAL_SECONDS": "0.5",
         "ORCHESTRATOR_STREAM_POLL_SECONDS": "1",
         "ORCHESTRATOR_MAX_ATTEMPTS": "10",  # kills every few seconds: keep retrying
+        # Entries expire within the run, so the repeats keep electing new leaders
+        # (and followers) under the kills instead of only hitting after a minute.
+        "ORCHESTRATOR_CACHE_TTL_SECONDS": "5",
         **OPEN_ACCESS,
         "LOG_LEVEL": "WARNING",
     }
@@ -490,10 +600,10 @@ def main() -> int:
     try:
         cluster.start(workers=3)
         asyncio.run(drive(cluster, outcomes, stats, args, query))
-        rows = query.requests()
+        rows, chunks = query.requests(), query.chunks()
     finally:
         cluster.stop()
-    table, ok = verdict(outcomes, rows, stats, args.requests)
+    table, ok = verdict(outcomes, rows, chunks, stats, args.requests)
     print(
         f"\nChaos: {args.requests} requests, {args.duration:.0f} s, a worker SIGKILLed every "
         f"{args.kill_every:.0f} s, Redis and PostgreSQL restarted once; "
