@@ -13,16 +13,34 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench.rawhttp import Connection, HTTPStatusError
+from bench.rawhttp import Connection, HTTPStatusError, Response
 
 INFER = "/api/v1/infer"
 CHAT = "/v1/chat/completions"
+RESULT_WAIT = 10  # seconds of long-poll: the echo backend finishes well within it
+
+# The response cache would answer a benchmark's repeated prompts without running
+# them, and in-flight dedup would fold its concurrent ones into one backend call:
+# every benchmark request opts out, so the numbers measure generation, not the
+# cache (scenario g measures the cache, with bodies of its own).
+NO_CACHE: dict[str, Any] = {"mode": "bypass"}
+
+
+def uncached(body: dict[str, Any]) -> dict[str, Any]:
+    """``body`` (native, WebSocket or /v1) with the cache bypassed."""
+    return {**body, "cache": dict(NO_CACHE)}
+
+
+# What a cacheable request's record says it was (``cache_status``): generated and
+# stored, answered by an identical request's call in flight, answered from the
+# store. Its ``Cache-Status`` header ends with the same word.
+CACHE_OUTCOMES = ("stored", "collapsed", "hit")
 
 
 @dataclass
@@ -142,9 +160,9 @@ async def _submitted(connection: Connection, samples: Samples, body: dict[str, A
 
 def _check(
     samples: Samples, began: float, expected: str, failure: str | None, **answers: Any
-) -> None:
+) -> bool:
     """Count one finished operation: its latency since ``began`` if nothing failed
-    and every answer is the echoed prompt, else what went wrong."""
+    and every answer is the echoed prompt (True), else what went wrong (False)."""
     wrong = [name for name, answer in answers.items() if answer != expected]
     if failure is None and wrong:
         failure = f"{' and '.join(wrong)} not the prompt"
@@ -152,6 +170,7 @@ def _check(
         samples.latencies.append(time.perf_counter() - began)
     else:
         samples.errors[failure] += 1
+    return failure is None
 
 
 def submit_and_stream(body: dict[str, Any]) -> Operation:
@@ -177,8 +196,8 @@ def submit_and_stream(body: dict[str, Any]) -> Operation:
 
 
 def submit_and_poll(body: dict[str, Any]) -> Operation:
-    """Submit, then long-poll ``GET /api/v1/result/<id>?wait=10`` once (the echo
-    backend finishes well within it): the native path without streaming."""
+    """Submit, then long-poll ``GET /api/v1/result/<id>?wait=`` once (the echo
+    backend finishes well within ``RESULT_WAIT``): the native path without streaming."""
     expected = body["prompt"]
 
     async def operation(connection: Connection, samples: Samples) -> None:
@@ -186,11 +205,46 @@ def submit_and_poll(body: dict[str, Any]) -> Operation:
         request_id = await _submitted(connection, samples, body)
         if request_id is None:
             return
-        response = await connection.request("GET", f"/api/v1/result/{request_id}?wait=10")
+        response = await _long_poll(connection, request_id)
         answer = response.json()
-        status = answer.get("status")
-        failure = None if status == "completed" else f"result: HTTP {response.status} {status}"
+        failure = _not_completed(response, answer)
         _check(samples, began, expected, failure, result=answer.get("result"))
+
+    return operation
+
+
+async def _long_poll(connection: Connection, request_id: str) -> Response:
+    """``GET /api/v1/result/<id>?wait=``: the record once finished."""
+    return await connection.request("GET", f"/api/v1/result/{request_id}?wait={RESULT_WAIT}")
+
+
+def _not_completed(response: Response, answer: dict[str, Any]) -> str | None:
+    status = answer.get("status")
+    return None if status == "completed" else f"result: HTTP {response.status} {status}"
+
+
+def submit_and_poll_each(
+    bodies: Iterator[dict[str, Any]], by_cache_status: dict[str, list[float]]
+) -> Operation:
+    """Submit the next of ``bodies`` and long-poll its result (as ``submit_and_poll``),
+    filing each correct answer's latency under the ``cache_status`` of its record,
+    which the ``Cache-Status`` header must repeat (e.g. ``orchestrator; hit``)."""
+
+    async def operation(connection: Connection, samples: Samples) -> None:
+        body = next(bodies)
+        began = time.perf_counter()
+        request_id = await _submitted(connection, samples, body)
+        if request_id is None:
+            return
+        response = await _long_poll(connection, request_id)
+        answer = response.json()
+        status = answer.get("cache_status") or "none"
+        header = response.headers.get("cache-status", "")
+        failure = _not_completed(response, answer)
+        if failure is None and status in CACHE_OUTCOMES and not header.endswith(f"; {status}"):
+            failure = f"Cache-Status {header!r} for cache_status {status}"
+        if _check(samples, began, body["prompt"], failure, result=answer.get("result")):
+            by_cache_status[status].append(samples.latencies[-1])
 
     return operation
 
@@ -202,8 +256,9 @@ def chat_body(body: dict[str, Any], model: str, stream: bool) -> dict[str, Any]:
         "messages": [{"role": "user", "content": body["prompt"]}],
         "stream": stream,
     }
-    if "max_tokens" in body:
-        payload["max_tokens"] = body["max_tokens"]
+    for option in ("max_tokens", "cache"):  # what the bench's bodies set
+        if option in body:
+            payload[option] = body[option]
     return payload
 
 

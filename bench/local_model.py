@@ -4,6 +4,8 @@
 
 Same prompt, same settings (temperature 0, so both generate the same tokens),
 alternating direct and pipeline runs in one process to share the noise. The
+pipeline runs bypass the response cache: a repeated temperature-0 prompt would
+otherwise be answered from the first run's stored answer. The
 pipeline path is the real one: submit (SQLite row) -> engine claims it -> five
 stages -> chunks persisted in batches -> completion; tokens/s is measured from
 submit to the completed row, so every orchestration cost is included.
@@ -32,6 +34,7 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 
+from bench.loads import NO_CACHE  # noqa: E402
 from inference import services  # noqa: E402
 from inference.streaming import wait_until_finished  # noqa: E402
 from pipeline.backends.llama_cpp import bundled_smollm2  # noqa: E402
@@ -61,7 +64,10 @@ def direct(llama: Llama, max_tokens: int) -> tuple[int, float]:
 
 async def through_pipeline(max_tokens: int) -> tuple[int, float]:
     submission = services.Submission(
-        prompt=PROMPT, backend="local", params={"max_tokens": max_tokens, "temperature": 0}
+        prompt=PROMPT,
+        backend="local",
+        params={"max_tokens": max_tokens, "temperature": 0},
+        cache_control=dict(NO_CACHE),
     )
     began = time.perf_counter()
     request, _ = await database_sync_to_async(services.submit_request)(submission)

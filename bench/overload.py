@@ -5,10 +5,11 @@
 Starts web (`manage.py serve`) and two workers on PostgreSQL + Redis with the
 echo backend paced like a small model, measures capacity with a closed loop,
 (completions per second while draining a backlog), then offers open-loop
-Poisson arrivals at each multiple of it. Every request
-carries a deadline; goodput is requests completed within it, per second. The
-queue cap (admission control) is set from the measured capacity so that what is
-accepted can finish in time; the rest is refused at once with Retry-After.
+Poisson arrivals at each multiple of it. Every request bypasses the response
+cache (its prompts repeat) and carries a deadline; goodput is requests
+completed within it, per second. The queue cap (admission control) is set
+from the measured capacity so that what is accepted can finish in time; the
+rest is refused at once with Retry-After.
 Load generator: an asyncio httpx client in this process (say so when quoting).
 """
 
@@ -26,6 +27,7 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from bench.loads import uncached
 from harness.processes import (
     OPEN_ACCESS,
     free_port,
@@ -57,9 +59,8 @@ async def capacity(base_url: str, url: str, count: int = 80) -> float:
 
         async def one() -> None:
             async with gate:
-                await client.post(
-                    "/api/v1/infer", json={"prompt": PROMPT, "metadata": {"step": "capacity"}}
-                )
+                body = uncached({"prompt": PROMPT, "metadata": {"step": "capacity"}})
+                await client.post("/api/v1/infer", json=body)
 
         await asyncio.gather(*(one() for _ in range(count)))
     return await asyncio.to_thread(_drain_rate, url, count)
@@ -89,7 +90,7 @@ async def step(base_url: str, rate: float, seconds: float, deadline: float, tag:
     pending: set[asyncio.Task[None]] = set()
 
     async def one(client: httpx.AsyncClient) -> None:
-        body = {"prompt": PROMPT, "deadline_seconds": deadline, "metadata": {"step": tag}}
+        body = uncached({"prompt": PROMPT, "deadline_seconds": deadline, "metadata": {"step": tag}})
         try:
             response = await client.post("/api/v1/infer", json=body)
         except httpx.HTTPError:

@@ -10,6 +10,8 @@
   d. WebSocket capacity of one web process: KB per idle socket, then many streaming at once
   e. memory growth per 10,000 requests (web, worker, embedded server)
   f. local model tokens/s through the pipeline vs llama-cpp-python direct
+  g. response cache: repeated temperature-0 prompts, latency of a miss vs a hit and the
+     share of backend calls saved (embedded; every other scenario bypasses the cache)
 
 It starts what it measures itself, as real processes: **embedded** (one
 ``manage.py serve`` with the worker inside, SQLite, in-memory layer) and
@@ -51,6 +53,8 @@ from bench.stack import (
 from bench.wrk import describe, generator
 
 OUTPUT = ROOT / "var" / "bench"
+# Scenarios that need neither PostgreSQL nor Redis.
+EMBEDDED_ONLY = {"f", "g"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so every child process and database is removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tool = generator(args.generator)
-    if set(args.only) - {"f"}:
+    if set(args.only) - EMBEDDED_ONLY:
         check_services()
     sockets = (SMOKE if args.smoke else FULL).idle_sockets
     open_files = raise_open_files(sockets * 2 + 1000)

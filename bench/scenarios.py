@@ -1,9 +1,11 @@
-"""The six measurements of issue 9 / DESIGN §12, each returning one Table.
+"""The six measurements of issue 9 / DESIGN §12 and the response cache's, each
+returning one Table.
 
 Each scenario starts the stacks it needs itself (fresh databases), warms them
 up, measures, and records as a *problem* anything that must not happen at any
 load: a non-2xx answer, a request lost or answered wrongly, a process exiting.
-Missed targets are results, not problems.
+Missed targets are results, not problems. Every request bypasses the response
+cache (``bench.loads.uncached``) except scenario g's, which measure it.
 """
 
 from __future__ import annotations
@@ -12,15 +14,19 @@ import asyncio
 import contextlib
 import math
 import os
+import random
 import re
 import subprocess
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bench.loads import (
+    CACHE_OUTCOMES,
+    RESULT_WAIT,
     Operation,
     Samples,
     SocketSwarm,
@@ -34,7 +40,9 @@ from bench.loads import (
     first_token_ws,
     percentile,
     submit_and_poll,
+    submit_and_poll_each,
     submit_and_stream,
+    uncached,
 )
 from bench.report import Table
 from bench.spy import hotspots, recording
@@ -43,10 +51,10 @@ from bench.upstream import FIRST_TOKEN_DELAY, MODEL
 from bench.wrk import REFUSED, SubmitRun, describe, run_submit
 
 CONFIGS = ("embedded", "scaled")
-SUBMIT_BODY = {"prompt": "Summarise the benchmark results in one sentence."}
+SUBMIT_BODY = uncached({"prompt": "Summarise the benchmark results in one sentence."})
 # Eight echo tokens: short enough that the pipeline, not the model, is measured.
-STREAM_BODY = {"prompt": "one two three four five six seven eight"}
-TTFT_BODY = {"prompt": "ping pong", "max_tokens": 1}
+STREAM_BODY = uncached({"prompt": "one two three four five six seven eight"})
+TTFT_BODY = uncached({"prompt": "ping pong", "max_tokens": 1})
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,10 @@ class Plan:
     memory_seconds: float
     local_runs: int
     local_tokens: int
+    # g: requests over a pool of distinct prompts, each asked as often
+    cache_requests: int
+    cache_prompts: int
+    cache_connections: int
 
 
 FULL = Plan(
@@ -90,6 +102,9 @@ FULL = Plan(
     memory_seconds=45,
     local_runs=3,
     local_tokens=128,
+    cache_requests=200,
+    cache_prompts=20,
+    cache_connections=4,
 )
 SMOKE = Plan(
     warmup_seconds=1,
@@ -108,6 +123,9 @@ SMOKE = Plan(
     memory_seconds=10,
     local_runs=1,
     local_tokens=8,
+    cache_requests=24,
+    cache_prompts=4,
+    cache_connections=4,
 )
 
 
@@ -369,6 +387,7 @@ def first_token(workspace: Workspace, plan: Plan, options: Options) -> Table:
     )
     with upstream() as upstream_url:
         direct_body = chat_body(TTFT_BODY, MODEL, stream=True)
+        del direct_body["cache"]  # the orchestrator's field: nothing to the upstream
         direct = asyncio.run(first_token_direct(upstream_url, direct_body, plan.first_tokens))
         baseline = direct.percentile_ms(50)
         table.add(
@@ -617,6 +636,105 @@ def local_model(workspace: Workspace, plan: Plan, options: Options) -> Table:
     return table
 
 
+# --- g. response cache ------------------------------------------------------------------
+
+# Paced like bench/overload.py's small model (and c's upstream): a generation costs
+# real time, which is what a hit or a collapse saves.
+CACHE_TOKEN_DELAY = 0.05  # seconds per echo token
+CACHE_PROMPT = "{label} question {number}: answered from cache or generated?"
+CACHE_WARMUP_PROMPTS, CACHE_WARMUP_REQUESTS = 2, 8  # loads the hit and collapse paths
+CACHE_ROWS = {
+    "stored": "miss (generated, then stored)",
+    "collapsed": "collapsed (shared a call in flight)",
+    "hit": "hit (answered from the store)",
+}
+
+
+def response_cache(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    words = len(CACHE_PROMPT.split())
+    table = Table(
+        "g",
+        "Response cache: repeated temperature-0 prompts, miss vs hit (embedded)",
+        ["answered as", "requests", "share", "p50 ms", "p99 ms", "miss p50 / p50"],
+        notes=[
+            f"Echo backend at {CACHE_TOKEN_DELAY * 1000:.0f} ms/token, {words}-word prompts "
+            f"(a miss generates for ~{CACHE_TOKEN_DELAY * words * 1000:.0f} ms). "
+            f"{plan.cache_requests} requests over {plan.cache_prompts} distinct prompts "
+            f"(each asked {plan.cache_requests // plan.cache_prompts} times, seeded shuffle), "
+            f"`temperature: 0`, {plan.cache_connections} connections, closed loop; "
+            f"each is POST /api/v1/infer, then GET /api/v1/result/<id>?wait={RESULT_WAIT}, "
+            "checked against the echoed prompt. Latency: submit -> result; rows by the "
+            "record's `cache_status` (its `Cache-Status` header must agree). After a warm-up of "
+            f"{CACHE_WARMUP_REQUESTS} requests over {CACHE_WARMUP_PROMPTS} other prompts. "
+            "Misses are few (one per prompt): their p99 is near their maximum.",
+        ],
+    )
+    env = {"ORCHESTRATOR_ECHO_TOKEN_DELAY": str(CACHE_TOKEN_DELAY)}
+    with workspace.stack("embedded", env) as stack:
+        warm = _cache_run(stack, "warm-up", CACHE_WARMUP_PROMPTS, CACHE_WARMUP_REQUESTS, plan)
+        run = _cache_run(stack, "measured", plan.cache_prompts, plan.cache_requests, plan)
+        check_alive(stack, table)
+    for label, (samples, _) in (("warm-up", warm), ("run", run)):
+        table.problems += [f"{label}: {p}" for p in samples.problems()]
+    _cache_rows(table, run[1], plan)
+    return table
+
+
+def _cache_run(
+    stack: Stack, label: str, prompts: int, requests: int, plan: Plan
+) -> tuple[Samples, dict[str, list[float]]]:
+    """``requests`` over ``prompts`` distinct prompts: the load's samples, and the
+    latencies of the correct answers by their ``cache_status``."""
+    bodies = iter(_repeated_prompts(label, prompts, requests))
+    by_cache_status: defaultdict[str, list[float]] = defaultdict(list)
+    operation = submit_and_poll_each(bodies, by_cache_status)
+    samples = asyncio.run(
+        closed_loop(stack.web_urls, plan.cache_connections, operation, total=requests)
+    )
+    return samples, by_cache_status
+
+
+def _repeated_prompts(label: str, prompts: int, requests: int) -> list[dict[str, object]]:
+    """Each of ``prompts`` temperature-0 bodies ``requests // prompts`` times,
+    shuffled with a fixed seed (the same order every run)."""
+    pool = [
+        {"prompt": CACHE_PROMPT.format(label=label, number=number), "temperature": 0}
+        for number in range(prompts)
+    ]
+    bodies = pool * (requests // prompts)
+    random.Random(prompts).shuffle(bodies)
+    return bodies
+
+
+def _cache_rows(table: Table, by_cache_status: dict[str, list[float]], plan: Plan) -> None:
+    """A row per cache outcome, then the backend calls saved; answers the cache
+    played no part in are problems (it did not engage, so nothing was measured)."""
+    miss_p50 = percentile(by_cache_status.get("stored", []), 50)
+    for status, label in CACHE_ROWS.items():
+        latencies = by_cache_status.get(status, [])
+        p50 = percentile(latencies, 50)
+        row: dict[str, Any] = {
+            "answered as": label,
+            "requests": len(latencies),
+            "share": f"{len(latencies) / plan.cache_requests:.0%}",
+            "p50 ms": p50 * 1000,
+            "p99 ms": percentile(latencies, 99) * 1000,
+            "miss p50 / p50": f"{miss_p50 / p50:.1f}x" if latencies else "—",
+        }
+        table.add("", None, **row)
+    saved = len(by_cache_status.get("hit", [])) + len(by_cache_status.get("collapsed", []))
+    ideal = plan.cache_requests - plan.cache_prompts  # every prompt generated once
+    row = {
+        "answered as": "backend calls saved (hit + collapsed)",
+        "requests": saved,
+        "share": f"{saved / plan.cache_requests:.0%}",
+    }
+    table.add(f"{ideal} (one call per prompt)", saved == ideal, **row)
+    for status in sorted(set(by_cache_status) - set(CACHE_OUTCOMES)):
+        count = len(by_cache_status[status])
+        table.problems.append(f"{count} answers with cache_status {status!r}: cache not used")
+
+
 SCENARIOS = {
     "a": durable_submit,
     "b": orchestration_overhead,
@@ -624,4 +742,5 @@ SCENARIOS = {
     "d": websocket_capacity,
     "e": memory_growth,
     "f": local_model,
+    "g": response_cache,
 }
