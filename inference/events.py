@@ -23,6 +23,7 @@ REQUEST_SUBMITTED = "request.submitted"
 STREAM_CHUNKS = "stream.chunks"
 REQUEST_FINISHED = "request.finished"
 REQUEST_CANCEL = "request.cancel"
+REQUEST_HANDED_OVER = "request.handed_over"
 FLAGS_CHANGED = "flags.changed"
 FLAGS_GROUP = "orchestrator.flags"
 
@@ -131,3 +132,18 @@ async def tell_worker_to_cancel(worker_channel: str, request_id: uuid.UUID) -> N
         await _publish(
             "send", worker_channel, {"type": REQUEST_CANCEL, "request_id": str(request_id)}
         )
+
+
+async def tell_worker_of_hand_over(
+    worker_channel: str, request_id: uuid.UUID, successor_id: uuid.UUID
+) -> None:
+    """Tell the worker generating a cancelled dedup leader that it now generates
+    for ``successor_id`` (so a cancel of that one reaches it at once; best effort:
+    its next fenced write finds out anyway)."""
+    if worker_channel:
+        message = {
+            "type": REQUEST_HANDED_OVER,
+            "request_id": str(request_id),
+            "successor_id": str(successor_id),
+        }
+        await _publish("send", worker_channel, message)

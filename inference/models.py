@@ -113,9 +113,25 @@ def _answer(outcome: Outcome) -> dict[str, Any]:
         "passages": outcome.passages,
         "messages": outcome.messages,
         "finish_reason": outcome.finish_reason,
+        "cache_key": outcome.cache_key,
         "finished_at": timezone.now(),
         "lease_expires_at": None,
     }
+
+
+def copy_stream(source: InferenceRequest, targets: models.QuerySet[Any]) -> None:
+    """Give each target request a copy of ``source``'s stream so far (same seq,
+    under the target's own attempt): a hit, or a follower attaching late."""
+    chunks = list(
+        StreamChunk.objects.filter(request_id=source.pk, attempt=source.attempt).values_list(
+            "seq", "text"
+        )
+    )
+    StreamChunk.objects.bulk_create(
+        StreamChunk(request_id=pk, seq=seq, text=text, attempt=attempt)
+        for pk, attempt in targets.values_list("pk", "attempt")
+        for seq, text in chunks
+    )
 
 
 class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
@@ -189,7 +205,10 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         if again := [row.pk for row in taken if row.attempt > 1]:
             followers = self.filter(coalesced_into__in=again, status=Status.PROCESSING)
             restarted += followers.values_list("pk", flat=True)
-            followers.update(attempt=F("attempt") + 1, last_seq=-1)
+            # (a restart, not a try of their own: their budget grows with it)
+            followers.update(
+                attempt=F("attempt") + 1, max_attempts=F("max_attempts") + 1, last_seq=-1
+            )
         # A new attempt streams from seq 0; the previous attempt's chunks go.
         StreamChunk.objects.filter(request_id__in=restarted).delete()
         return taken
@@ -216,7 +235,6 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             held = self.held_by(pk, attempt).update(
                 **answer,
                 skipped_stages=outcome.skipped_stages,
-                cache_key=outcome.cache_key,
                 cache_status=outcome.cache_status,
                 cache_expires_at=outcome.cache_expires_at,
             )
@@ -224,39 +242,42 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 return None
             if not outcome.cache_key:  # not eligible: nobody can be following it
                 return []
-            followers = self.filter(coalesced_into=pk, status=Status.PROCESSING)
-            ids = list(followers.values_list("pk", "transport"))
-            if ids:
-                followers.update(**answer, cache_status=CacheStatus.COLLAPSED, cache_source=pk)
-        return ids
+            followers = self._followers(pk)
+            self.filter(pk__in=[f for f, _ in followers]).update(
+                **answer, cache_status=CacheStatus.COLLAPSED, cache_source=pk
+            )
+        return followers
+
+    def _followers(self, pk: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
+        """A leader's live followers (id, transport), locked: one cancelled meanwhile
+        waits for this transaction, then finds itself finished already."""
+        followers = self.select_for_update().filter(coalesced_into=pk, status=Status.PROCESSING)
+        return list(followers.values_list("pk", "transport"))
 
     def serve_cached(
         self, pk: uuid.UUID, attempt: int, source: InferenceRequest, outcome: Outcome
-    ) -> bool:
+    ) -> list[tuple[uuid.UUID, str]] | None:
         """Complete the request with a cache entry's answer (``outcome``) and a copy
         of the source's stream (same chunks, under this request's attempt), fenced
-        like any completion: readers and resumes see an ordinary stream."""
-        chunks = list(
-            StreamChunk.objects.filter(request_id=source.pk, attempt=source.attempt)
-            .order_by("seq")
-            .values_list("seq", "text")
-        )
+        like any completion: readers and resumes see an ordinary stream. Followers
+        it had (a leader run again) are answered alike. Returns them, or None when
+        the attempt no longer holds the request."""
         with transaction.atomic():
             served = self.held_by(pk, attempt).update(
                 **_answer(outcome),
                 skipped_stages=outcome.skipped_stages,
-                cache_key=outcome.cache_key,
                 cache_status=CacheStatus.HIT,
                 cache_source=source.pk,
-                last_seq=chunks[-1][0] if chunks else -1,
+                last_seq=source.last_seq,
             )
             if not served:
-                return False
-            StreamChunk.objects.bulk_create(
-                StreamChunk(request_id=pk, seq=seq, text=text, attempt=attempt)
-                for seq, text in chunks
+                return None
+            followers = self._followers(pk)
+            self.filter(pk__in=[f for f, _ in followers]).update(
+                **_answer(outcome), cache_status=CacheStatus.HIT, cache_source=source.pk
             )
-        return True
+            copy_stream(source, self.filter(pk__in=[pk, *(f for f, _ in followers)]))
+        return followers
 
     def cache_entry(self, key: str, max_age: float | None = None) -> InferenceRequest | None:
         """The newest live answer stored under ``key`` (at most ``max_age`` s old)."""
@@ -333,16 +354,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             return False
         followers = self.filter(pk__in=mine)
         followers.update(coalesced_into=leader.pk, last_seq=leader.last_seq)
-        chunks = list(
-            StreamChunk.objects.filter(request_id=leader.pk, attempt=leader.attempt).values_list(
-                "seq", "text"
-            )
-        )
-        StreamChunk.objects.bulk_create(
-            StreamChunk(request_id=row_pk, seq=seq, text=text, attempt=row_attempt)
-            for row_pk, row_attempt in followers.values_list("pk", "attempt")
-            for seq, text in chunks
-        )
+        copy_stream(leader, followers)
         return True
 
     def detach_followers(self, leaders: list[uuid.UUID]) -> int:
@@ -363,7 +375,10 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         leaderless = self.filter(status=Status.PROCESSING, lease_expires_at__isnull=True).filter(
             Q(coalesced_into__isnull=True) | Q(coalesced_into__status__in=TERMINAL_STATUSES)
         )
-        return self.filter(pk__in=list(leaderless.values_list("pk", flat=True))).update(
+        orphans = list(leaderless.values_list("pk", flat=True))
+        # Re-checked as it is written: one cancelled since the SELECT stays cancelled.
+        still = self.filter(pk__in=orphans, status=Status.PROCESSING, lease_expires_at__isnull=True)
+        return still.update(
             status=Status.PENDING, coalesced_into=None, cache_status=CacheStatus.DETACHED
         )
 
@@ -375,7 +390,8 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         if not leader.dedup_key:
             return None
         followers = self.filter(coalesced_into=leader.pk, status=Status.PROCESSING)
-        successor = followers.order_by("created_at").first()
+        # Locked: a follower being cancelled right now is not the one promoted.
+        successor = followers.select_for_update().order_by("created_at").first()
         if successor is None:
             return None
         self.filter(pk=leader.pk).update(dedup_key=None, coalesced_into=successor.pk)
@@ -390,23 +406,15 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         successor.refresh_from_db()
         return successor
 
-    def successor(self, pk: uuid.UUID, owner: str) -> InferenceRequest | None:
-        """The request now carrying a cancelled leader's generation, while the worker
-        ``owner`` still holds it (hand-overs may chain)."""
-        next_pk: uuid.UUID | None = pk
-        seen = set()
-        while next_pk is not None and next_pk not in seen:
-            seen.add(next_pk)
-            row = self.filter(pk=next_pk).first()
-            if row is None:
-                return None
-            if row.pk != pk and row.status == Status.PROCESSING:
-                held = row.coalesced_into_id is None and row.lease_owner == owner
-                return row if held else None
-            if row.status != Status.CANCELLED:
-                return None
-            next_pk = row.coalesced_into_id
-        return None
+    def successor(self, dedup_key: str, owner: str) -> InferenceRequest | None:
+        """The request carrying the generation a cancelled leader handed over (the
+        dedup key moves with it), while the worker ``owner`` holds it."""
+        return self.filter(
+            dedup_key=dedup_key,
+            status=Status.PROCESSING,
+            coalesced_into__isnull=True,
+            lease_owner=owner,
+        ).first()
 
     def fail(
         self,
@@ -435,10 +443,9 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             if not followers_fail:
                 self.detach_followers([pk])
                 return []
-            followers = self.filter(coalesced_into=pk, status=Status.PROCESSING)
-            ids = list(followers.values_list("pk", "transport"))
-            followers.update(**failure)
-        return ids
+            followers = self._followers(pk)
+            self.filter(pk__in=[f for f, _ in followers]).update(**failure)
+        return followers
 
     def release(self, pk: uuid.UUID, attempt: int) -> bool:
         """Hand a held row back to the queue (graceful shutdown)."""

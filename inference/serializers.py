@@ -336,7 +336,7 @@ class CacheStatsSerializer(serializers.Serializer):
     hits = serializers.IntegerField(help_text="Requests answered from the cache.")
     misses = serializers.IntegerField(help_text="Cacheable requests that were generated.")
     collapsed = serializers.IntegerField(help_text="Requests that shared an in-flight call.")
-    hit_rate = serializers.FloatField()
+    hit_rate = serializers.FloatField(help_text="hits / (hits + misses + collapsed).")
     saved_tokens = serializers.IntegerField(help_text="Tokens no backend was asked for.")
     evictions = serializers.IntegerField()
     epoch = serializers.IntegerField(help_text="Bumped by each flush.")

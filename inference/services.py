@@ -205,6 +205,9 @@ def cancel_request(request_id: uuid.UUID, detached_at: datetime | None = None) -
             _after_commit(events.notify_finished, request.pk, Status.CANCELLED)
         if successor is not None:
             metrics.DEDUP.labels("promoted").inc()
+            _after_commit(
+                events.tell_worker_of_hand_over, request.lease_owner, request.pk, successor.pk
+            )
         elif cancelled:
             # lease_owner is the holding worker's control channel.
             _after_commit(events.tell_worker_to_cancel, request.lease_owner, request.pk)

@@ -20,13 +20,14 @@ class LeaseLost(Exception):
     """The attempt no longer holds its request (reclaimed, cancelled, expired)."""
 
 
-# Given the request a fenced write found no longer held: the request that took
-# its generation over (a dedup leader cancelled with followers), or None.
-Successor = Callable[[InferenceRequest], Awaitable[InferenceRequest | None]]
+# After a fenced write found the writer's request no longer held: move the writer
+# to the request that took its generation over (a dedup leader cancelled with
+# followers); False if there is none.
+Successor = Callable[["ChunkWriter"], Awaitable[bool]]
 
 
-async def _no_successor(request: InferenceRequest) -> None:
-    return None
+async def _no_successor(writer: ChunkWriter) -> bool:
+    return False
 
 
 class ChunkWriter:
@@ -52,6 +53,7 @@ class ChunkWriter:
         self.max_delay = max_delay
         self.successor = successor
         self.mirror = False
+        self.dedup_key: str | None = None
         self.next_seq = 0
         self._buffer: list[str] = []
         self._lock = asyncio.Lock()
@@ -92,13 +94,12 @@ class ChunkWriter:
             written = await append(self.next_seq, texts, self.mirror)
             if written is not None:
                 return written
-            successor = await self.successor(self.request)
-            if successor is None:
+            if not await self.successor(self):
                 raise LeaseLost(str(self.request.pk))
-            self.request = successor
 
-    def mirror_to_followers(self) -> None:
+    def share_with_followers(self, dedup_key: str | None) -> None:
         self.mirror = True
+        self.dedup_key = dedup_key
 
     async def _flush_later(self) -> None:
         """Bound the latency of a slow trickle of tokens to ``max_delay``."""

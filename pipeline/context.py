@@ -19,8 +19,9 @@ class TokenSink(Protocol):
 
     async def close(self) -> None: ...
 
-    def mirror_to_followers(self) -> None:
-        """This request leads identical ones (in-flight dedup): write for them too."""
+    def share_with_followers(self, dedup_key: str | None) -> None:
+        """Identical requests may follow this one (in-flight dedup): write for them
+        too. ``dedup_key``: the key it leads under, if it won the leadership."""
 
 
 @dataclass(frozen=True)

@@ -189,20 +189,28 @@ class Engine:
             self._stop_reasons.pop(request_id, None)
         self._slots.release()
 
-    async def _successor(self, request: InferenceRequest) -> InferenceRequest | None:
-        """The request an attempt now generates for after a fenced write found
-        ``request`` gone: its leader was cancelled with followers waiting, and one
-        of them took the generation over (``InferenceRequest.objects.hand_over``)."""
+    async def _successor(self, writer: ChunkWriter) -> bool:
+        """After a fenced write found the writer's request gone: whether a follower
+        took its generation over (the request was a dedup leader, cancelled with
+        followers waiting: ``InferenceRequest.objects.hand_over``); if so the
+        writer now writes for that one."""
+        if writer.dedup_key is None:
+            return False
         find = database_sync_to_async(InferenceRequest.objects.successor)
-        successor = await find(request.pk, self.control_channel)
+        successor = await find(writer.dedup_key, self.control_channel)
         if successor is None:
-            return None
-        if (task := self._running.pop(request.pk, None)) is not None:
-            self._running[successor.pk] = task
+            return False
+        request, writer.request = writer.request, successor
+        self._rekey(request.pk, successor.pk)
         logs.REQUEST_ID.set(str(successor.pk))
         logs.ATTEMPT.set(successor.attempt)
         logger.info("request %s took over the generation of %s", successor.pk, request.pk)
-        return successor
+        return True
+
+    def _rekey(self, request_id: uuid.UUID, successor_id: uuid.UUID) -> None:
+        """The task generating ``request_id`` now answers to ``successor_id``."""
+        if (task := self._running.pop(request_id, None)) is not None:
+            self._running[successor_id] = task
 
     # --- listening: the doorbell and cancellations from the API ---------------------
     async def _listen(self, channel: str, handle: Callable[[dict[str, Any]], None]) -> None:
@@ -227,6 +235,8 @@ class Engine:
     def _on_control(self, message: dict[str, Any]) -> None:
         if message.get("type") == events.REQUEST_CANCEL:
             self._interrupt(uuid.UUID(message["request_id"]), "cancelled")
+        elif message.get("type") == events.REQUEST_HANDED_OVER:
+            self._rekey(uuid.UUID(message["request_id"]), uuid.UUID(message["successor_id"]))
         elif message.get("type") == events.FLAGS_CHANGED:
             flags.invalidate()
 
@@ -267,7 +277,7 @@ class Engine:
         try:
             await self._run_attempt(writer)
         except asyncio.CancelledError:
-            await self._after_interrupt(writer.request)
+            await self._after_interrupt(writer)
         finally:
             heartbeat.cancel()
             metrics.IN_FLIGHT.dec()
@@ -292,10 +302,18 @@ class Engine:
             logger.exception("request %s failed in the pipeline", request.pk)
             await self._fail(writer, "internal_error", f"Internal error: {type(exc).__name__}", ctx)
             return
+        try:
+            await self._finish(writer, ctx)
+        except Exception:  # e.g. the database went away: another attempt finishes it
+            logger.exception("request %s could not be finished; handing it back", request.pk)
+            with contextlib.suppress(Exception):
+                await self._hand_back(writer)
+
+    async def _finish(self, writer: ChunkWriter, ctx: PipelineContext) -> None:
         if ctx.following is not None:
             # Its leader's attempt generates for it and completes it: the slot is free.
-            logger.info("request %s follows %s", request.pk, ctx.following)
-            await events.notify_chunks(request.pk, request.attempt, -1)
+            logger.info("request %s follows %s", writer.request.pk, ctx.following)
+            await events.notify_chunks(writer.request.pk, writer.request.attempt, -1)
         elif ctx.served_by is not None:
             await self._serve_cached(writer, ctx, ctx.served_by)
         else:
@@ -369,13 +387,17 @@ class Engine:
             cache_key=ctx.cache_key,
         )
         serve = database_sync_to_async(InferenceRequest.objects.serve_cached)
-        if not await serve(request.pk, request.attempt, source, outcome):
+        followers = await serve(request.pk, request.attempt, source, outcome)
+        if followers is None:
             return
         request.backend_used = source.backend_used
         metrics.record_finished(request, Status.COMPLETED, ctx.timings)
         saved = source.prompt_tokens + source.completion_tokens
-        metrics.SAVED_TOKENS.labels(source.backend_used, "cache").inc(saved)
-        await events.notify_finished(request.pk, Status.COMPLETED)
+        for request_id, transport in [(request.pk, request.transport), *followers]:
+            if request_id != request.pk:
+                metrics.REQUESTS.labels(transport, request.backend, Status.COMPLETED).inc()
+            metrics.SAVED_TOKENS.labels(source.backend_used, "cache").inc(saved)
+            await events.notify_finished(request_id, Status.COMPLETED)
 
     async def _fenced(
         self, writer: ChunkWriter, write: Callable[[InferenceRequest], Awaitable[Any]]
@@ -383,10 +405,8 @@ class Engine:
         """A fenced write for the attempt's request (None: it no longer holds it),
         following a hand-over to the request that took the generation over."""
         while (result := await write(writer.request)) is None:
-            successor = await self._successor(writer.request)
-            if successor is None:
+            if not await self._successor(writer):
                 return None
-            writer.request = successor
         return result
 
     async def _fail(
@@ -415,14 +435,23 @@ class Engine:
         if not followers_fail and ctx.cache_key:
             await events.ring_doorbell()  # any detached followers are pending again
 
-    async def _after_interrupt(self, request: InferenceRequest) -> None:
+    async def _after_interrupt(self, writer: ChunkWriter) -> None:
+        request = writer.request
         reason = self._stop_reasons.get(request.pk, "shutdown")
         metrics.CANCELLATIONS.labels(reason).inc()
         logger.info("request %s attempt %s interrupted: %s", request.pk, request.attempt, reason)
         if reason == "shutdown":
-            release = database_sync_to_async(InferenceRequest.objects.release)
-            if await release(request.pk, request.attempt):
-                await events.ring_doorbell(request.pk)
+            await self._hand_back(writer)
+
+    async def _hand_back(self, writer: ChunkWriter) -> None:
+        """Return the attempt's request to the queue for another worker."""
+        if await self._fenced(writer, self._release):
+            await events.ring_doorbell(writer.request.pk)
+
+    async def _release(self, row: InferenceRequest) -> bool | None:
+        """One hand-back (None: the row is no longer held, for ``_fenced``)."""
+        release = database_sync_to_async(InferenceRequest.objects.release)
+        return await release(row.pk, row.attempt) or None
 
     async def _heartbeat(self, writer: ChunkWriter) -> None:
         """Extend the lease every L/3; stop the attempt once it is no longer held."""

@@ -312,3 +312,72 @@ def test_leadership_is_decided_once_among_concurrent_attempts() -> None:
         roles = list(pool.map(attempt, held))
     assert sorted(roles) == ["follower"] * 7 + ["leader"]
     assert len(rows) == 8
+
+
+async def test_cancels_that_chain_through_hand_overs_still_stop_the_upstream(
+    engine: Engine, upstream: FakeLLMServer
+) -> None:
+    """Leader, then its successor, then the last: the worker hears of each hand-over
+    at once, so the last cancel reaches the task generating (within 1 s)."""
+    requests, leader = await generating_with_followers(3)
+    order = [
+        leader,
+        *sorted((r for r in requests if r.pk != leader.pk), key=lambda r: r.created_at),
+    ]
+    for request in order:
+        await database_sync_to_async(services.cancel_request)(request.pk)
+    cancelled_at = time.monotonic()
+    await asyncio.wait_for(upstream.disconnected.wait(), timeout=1)
+    assert upstream.disconnected_at - cancelled_at < 1
+    assert {(await finished(r.pk)).status for r in requests} == {Status.CANCELLED}
+
+
+def test_a_successor_is_found_by_its_key_even_once_the_cancelled_leader_is_gone() -> None:
+    (a, _la), (b, _) = leader_and_follower()
+    services.cancel_request(a.pk)
+    InferenceRequest.objects.filter(pk=a.pk).delete()
+    successor = InferenceRequest.objects.successor("k" * 64, "w1")
+    assert successor is not None and successor.pk == b.pk
+    assert InferenceRequest.objects.successor("k" * 64, "another-worker") is None
+
+
+def test_a_leader_run_again_that_cannot_lead_still_streams_to_its_followers(settings) -> None:  # type: ignore[no-untyped-def]
+    """It lost its key while it was requeued; the new leader is full (overflow): it
+    generates alone, but the followers it kept must still get its stream."""
+    from pipeline.cache import key_for, policy_for
+    from pipeline.chunks import ChunkWriter
+    from pipeline.context import PipelineContext, RequestSnapshot
+    from pipeline.stages.cache import decide
+
+    settings.ORCHESTRATOR_DEDUP_MAX_FOLLOWERS = 1
+    requests = InferenceRequest.objects
+
+    def context(row: InferenceRequest) -> PipelineContext:
+        ctx = PipelineContext(RequestSnapshot.from_request(row), ChunkWriter(row, 32, 0.05))
+        ctx.messages = [{"role": "user", "content": "p"}]
+        return ctx
+
+    first, follower = submit("p", temperature=0.0), submit("p", temperature=0.0)
+    la, lf = claim("w1"), claim("w2")
+    key = key_for(context(la))
+    requests.lead_or_follow(la.pk, la.attempt, key, 1)
+    requests.lead_or_follow(lf.pk, lf.attempt, key, 1)
+    requests.filter(pk=first.pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    requests.reclaim_expired_leases()
+    # Two newer ones (claimed first: higher priority) take the key and fill it.
+    for owner in ("w3", "w4"):
+        submit("p", temperature=0.0, priority=9)
+        row = claim(owner)
+        requests.lead_or_follow(row.pk, row.attempt, key, 1)
+    again = claim("w5")
+    assert again.pk == first.pk
+    ctx = context(again)
+    policy = policy_for(ctx.request, cache_on=True, dedup_on=True)
+    decide(ctx, policy)
+    assert ctx.cache_status == CacheStatus.MISS and ctx.following is None
+    assert again.append_chunks(0, ["alone"], mirror=ctx.sink.mirror) is not None
+    follower.refresh_from_db()
+    assert list(
+        StreamChunk.objects.filter(request_id=follower.pk).values_list("text", "attempt")
+    ) == [("alone", follower.attempt)]
+    assert follower.max_attempts == 4  # the restart did not spend its own tries

@@ -19,14 +19,19 @@ logger = logging.getLogger(__name__)
 ROUNDS = 3
 
 
+def stored(key: str, policy: Policy) -> InferenceRequest | None:
+    return InferenceRequest.objects.cache_entry(key, policy.max_age)
+
+
 def decide(ctx: PipelineContext, policy: Policy) -> None:
     """Look the assembled request up, then lead or follow identical requests in
     flight (one thread hop: it is all database work)."""
     request = ctx.request
     key = ctx.cache_key = key_for(ctx)
     requests = InferenceRequest.objects
+    role = ""
     for _ in range(ROUNDS):
-        if policy.read and (entry := requests.cache_entry(key, policy.max_age)) is not None:
+        if policy.read and (entry := stored(key, policy)) is not None:
             ctx.served_by, ctx.cache_status = entry, CacheStatus.HIT
             return
         if not policy.coalesce:
@@ -41,10 +46,15 @@ def decide(ctx: PipelineContext, policy: Policy) -> None:
         if role == "follower":
             ctx.following, ctx.cache_status = leader, CacheStatus.COLLAPSED
             return
-        if role == "leader":
-            ctx.sink.mirror_to_followers()
+        if role == "leader" and policy.read and (entry := stored(key, policy)) is not None:
+            # Its answer was stored between the lookup and the leadership: use it.
+            requests.held_by(request.id, request.attempt).update(dedup_key=None)
+            ctx.served_by, ctx.cache_status = entry, CacheStatus.HIT
+            return
         if role != "gone":
             break
+    # Whoever follows it (a leader run again keeps its followers) gets its stream.
+    ctx.sink.share_with_followers(key if role == "leader" else None)
     ctx.cache_status = CacheStatus.MISS
     ctx.cache_ttl = policy.ttl if policy.write else None
 
