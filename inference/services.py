@@ -193,13 +193,13 @@ def cancel_request(request_id: uuid.UUID, detached_at: datetime | None = None) -
 
     Raises ``InferenceRequest.DoesNotExist`` for an unknown id.
     """
-    requests = InferenceRequest.objects
+    rows = InferenceRequest.objects
     with transaction.atomic():
-        before = requests.select_for_update().get(pk=request_id)
-        cancelled = requests.cancel(request_id, detached_at)
+        before = rows.select_for_update().get(pk=request_id)
+        cancelled = rows.cancel(request_id, detached_at)
         # A dedup leader's followers still want the answer: one takes it over.
-        successor = requests.hand_over(before) if cancelled else None
-        request = requests.get(pk=request_id)
+        successor = rows.hand_over(before) if cancelled else None
+        request = rows.get(pk=request_id)
         if cancelled:
             metrics.REQUESTS.labels(request.transport, request.backend, Status.CANCELLED).inc()
             _after_commit(events.notify_finished, request.pk, Status.CANCELLED)
