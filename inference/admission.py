@@ -26,16 +26,17 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
+from django.db.models import Count
 from django.utils import timezone
 
-from inference import counters, metrics
-from inference.models import ACTIVE_STATUSES, InferenceRequest, Status
+from inference import counters, flags, metrics
+from inference.models import ACTIVE_STATUSES, InferenceRequest, Status, tier_of, tier_range
 
 if TYPE_CHECKING:
     from inference.auth import Caller
@@ -186,28 +187,59 @@ def check_rate(caller: Caller) -> Quota | None:
 # --- submissions: can the system and the caller take one more -------------------------
 
 
-def admit_submission(caller: Caller, request_id: uuid.UUID, deadline: datetime) -> None:
+@dataclass(frozen=True)
+class Arrival:
+    """A request asking to be admitted."""
+
+    request_id: uuid.UUID
+    arrived: datetime
+    deadline: datetime
+    priority: int
+    cost: float  # its share of its tier, in virtual seconds (``fair_share_cost``)
+
+
+def admit_submission(caller: Caller, arrival: Arrival) -> datetime:
     """Refuse work the system cannot take: a full queue (503; a soft cap, counted
-    before the insert) or a caller with all its in-flight slots taken (429; an
-    atomic reservation, held until the request finishes or its deadline)."""
+    before the insert), a full tier (429: other tiers still admit) or a caller with
+    all its in-flight slots taken (429; an atomic reservation, held until the
+    request finishes or its deadline). Returns the request's fair-share stamp (its
+    arrival when fair queueing is off for it, or the store is unreachable)."""
     try:
-        _admit_submission(caller, request_id, deadline)
+        return _admit_submission(caller, arrival)
     except Refusal as refusal:
         metrics.REFUSED.labels(refusal.code).inc()
         raise
 
 
-def _admit_submission(caller: Caller, request_id: uuid.UUID, deadline: datetime) -> None:
+def _admit_submission(caller: Caller, arrival: Arrival) -> datetime:
     cap = settings.ORCHESTRATOR_MAX_PENDING
     if cap and (pending := pending_count()) >= cap:
         message = f"The queue is full ({pending} waiting)."
         raise Refusal(503, "queue_full", message, retry_after=backlog_retry_after(pending))
-    quota = take_in_flight(caller, request_id, deadline.timestamp())
+    tier = tier_of(arrival.priority)
+    tier_cap = settings.ORCHESTRATOR_QUEUE_MAX_PENDING.get(tier)
+    if tier_cap and (waiting := pending_count.in_tier(tier)) >= tier_cap:
+        message = f"The {tier} tier is full ({waiting} waiting); other tiers still admit."
+        raise Refusal(429, "queue_full", message, retry_after=backlog_retry_after(waiting))
+    quota, stamp = take_place(caller, arrival)
     if quota is not None and not quota.allowed:
         retry_after = backlog_retry_after(quota.limit)
         message = f"You have {quota.limit} requests in flight, the limit; wait for one to finish."
         quota = dataclasses.replace(quota, reset=retry_after)
         raise Refusal(429, "too_many_in_flight", message, retry_after=retry_after, quota=quota)
+    return datetime.fromtimestamp(stamp, tz=UTC) if stamp is not None else arrival.arrived
+
+
+def fair_share_cost(caller: Caller, estimated_tokens: int) -> float:
+    """Virtual seconds a request takes of its caller's share of a tier: one quantum
+    plus one per ``tokens_per_quantum`` tokens, divided by the key's weight (0:
+    fair queueing is off for it, and requests go first come, first served)."""
+    if not flags.enabled("fair_queueing", caller.key_prefix):
+        return 0.0
+    weight = caller.key.fair_share_weight if caller.key else 1
+    per_quantum = settings.ORCHESTRATOR_FAIRNESS_TOKENS_PER_QUANTUM
+    quantum = settings.ORCHESTRATOR_FAIRNESS_QUANTUM_SECONDS
+    return quantum * (1 + estimated_tokens / per_quantum) / weight
 
 
 def backlog_retry_after(waiting: int) -> int:
@@ -218,44 +250,65 @@ def backlog_retry_after(waiting: int) -> int:
 
 
 class PendingCount:
-    """Pending requests, counted at most every ``ORCHESTRATOR_PENDING_COUNT_SECONDS``
-    per process: the queue cap is soft, and a COUNT per submit was a tenth of its
-    cost. (Overshoot: about submits/s x that many seconds.)"""
+    """Pending requests by priority, counted at most every
+    ``ORCHESTRATOR_PENDING_COUNT_SECONDS`` per process: the queue caps are soft,
+    and a COUNT per submit was a tenth of its cost. (Overshoot: about submits/s x
+    that many seconds.)"""
 
     def __init__(self) -> None:
-        self.seen: tuple[float, int] = (-1e9, 0)  # (when, how many)
+        self.seen: tuple[float, dict[int, int]] = (-1e9, {})  # (when, per priority)
 
-    def __call__(self) -> int:
-        seen_at, pending = self.seen
+    def _by_priority(self) -> dict[int, int]:
+        seen_at, counts = self.seen
         now = time.monotonic()
         if now - seen_at >= settings.ORCHESTRATOR_PENDING_COUNT_SECONDS:
-            pending = InferenceRequest.objects.filter(status=Status.PENDING).count()
-            self.seen = (now, pending)
-        return pending
+            rows = (
+                InferenceRequest.objects.filter(status=Status.PENDING)
+                .values_list("priority")
+                .annotate(n=Count("pk"))
+            )
+            counts = dict(rows)
+            self.seen = (now, counts)
+        return counts
+
+    def __call__(self) -> int:
+        return sum(self._by_priority().values())
+
+    def in_tier(self, tier: str) -> int:
+        low, high = tier_range(tier)
+        return sum(n for priority, n in self._by_priority().items() if low <= priority <= high)
 
 
 pending_count = PendingCount()
 
 
-def take_in_flight(caller: Caller, request_id: uuid.UUID, expires: float) -> Quota | None:
+def take_place(caller: Caller, arrival: Arrival) -> tuple[Quota | None, float | None]:
     """Hold one of the caller's in-flight slots for a new request until it finishes
-    (or its deadline, ``expires``). Slots of finished requests are given back when
-    the caller's slots look full: no hook in the worker has to remember to."""
+    (or its deadline, ``expires``), and stamp it on the caller's fair-share clock
+    for its priority: one atomic step (one round trip to Redis). Slots of finished
+    requests are given back when the caller's slots look full: no hook in the
+    worker has to remember to. Returns the slot quota (None: unlimited) and the
+    stamp (None: no clock); without Redis, both fail open."""
     limit = caller.limit("max_in_flight")
-    if not limit:
-        return None
-    now = time.time()
+    now = arrival.arrived.timestamp()
+    slot = counters.Slot(
+        caller.identity, str(arrival.request_id), limit, arrival.deadline.timestamp()
+    )
+    clock = counters.Clock(f"{caller.identity}:{arrival.priority}", arrival.cost)
     store = counters.store()
     try:
-        held = store.take_slot(caller.identity, str(request_id), limit, expires, now)
+        held, stamp = store.admit(slot, clock, now)
         if held < 0 and _free_finished(caller.identity):
-            held = store.take_slot(caller.identity, str(request_id), limit, expires, now)
+            held, stamp = store.admit(slot, clock, now)
     except redis.RedisError as exc:
-        logger.warning("rate limit store unavailable, not limiting: %s", exc)
-        return None
+        logger.warning("admission store unavailable, not limiting: %s", exc)
+        return None, None
+    stamped = stamp if arrival.cost else None
+    if not limit:
+        return None, stamped
     if held < 0:
-        return Quota("in_flight", limit, 0, 1, False)
-    return Quota("in_flight", limit, limit - held, 0, True)
+        return Quota("in_flight", limit, 0, 1, False), stamped
+    return Quota("in_flight", limit, limit - held, 0, True), stamped
 
 
 def release_in_flight(caller: Caller, request_id: uuid.UUID) -> None:
@@ -335,5 +388,5 @@ class MessageRate:
 def reset() -> None:
     """Forget this process's admission state (``orchestrator_site.state.reset``)."""
     counters.reset()
-    pending_count.seen = (-1e9, 0)
+    pending_count.seen = (-1e9, {})
     open_streams.counts.clear()

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count
 from django.utils import timezone
 
-from inference.models import CacheStatus, InferenceRequest, Status
+from inference.models import TIERS, CacheStatus, InferenceRequest, Status, tier_of
 
 WINDOW_SECONDS = 60
 SERVED = (CacheStatus.HIT, CacheStatus.COLLAPSED)
+KEYED = (*SERVED, CacheStatus.MISS, CacheStatus.STORED)
+BUSIEST = 5
+Rows = Sequence[Mapping[str, Any]]
 
 
 def quantile(values: list[float], q: float) -> float | None:
@@ -26,28 +31,33 @@ def snapshot() -> dict[str, Any]:
     finished = list(
         InferenceRequest.objects.filter(
             finished_at__gte=now - timedelta(seconds=WINDOW_SECONDS)
-        ).values_list(
+        ).values(
             "status",
             "created_at",
             "finished_at",
             "timings",
+            "prompt_tokens",
             "completion_tokens",
             "cache_status",
-            "prompt_tokens",
+            "priority",
+            "api_key_id",
         )
     )
-    completed = [row for row in finished if row[0] == Status.COMPLETED]
+    completed = [row for row in finished if row["status"] == Status.COMPLETED]
     # Answers no backend was asked for: from the cache, or a shared call.
-    served = [row for row in completed if row[5] in SERVED]
-    generated = [row for row in completed if row[5] not in SERVED]
-    keyed = [row for row in finished if row[5] in (*SERVED, CacheStatus.MISS, CacheStatus.STORED)]
-    durations = sorted((row[2] - row[1]).total_seconds() for row in completed if row[2])
-    first_tokens = sorted(row[3]["first_token"] for row in generated if "first_token" in row[3])
-    waiting = (
-        InferenceRequest.objects.filter(status=Status.PENDING)
-        .values("priority")
-        .annotate(n=Count("id"))
+    served = [row for row in completed if row["cache_status"] in SERVED]
+    generated = [row for row in completed if row["cache_status"] not in SERVED]
+    keyed = [row for row in finished if row["cache_status"] in KEYED]
+    durations = sorted(
+        (row["finished_at"] - row["created_at"]).total_seconds()
+        for row in completed
+        if row["finished_at"]
     )
+    first_tokens = sorted(
+        row["timings"]["first_token"] for row in generated if "first_token" in row["timings"]
+    )
+    pending = InferenceRequest.objects.filter(status=Status.PENDING)
+    waiting = pending.values("priority").annotate(n=Count("id"))
     latest = InferenceRequest.objects.order_by("-created_at").values(
         "id", "status", "backend", "created_at"
     )[:10]
@@ -58,14 +68,43 @@ def snapshot() -> dict[str, Any]:
         "first_token_p50": quantile(first_tokens, 0.5),
         "queue": {str(row["priority"]): row["n"] for row in waiting},
         "in_flight": InferenceRequest.objects.filter(status=Status.PROCESSING).count(),
-        "error_rate": sum(row[0] == Status.FAILED for row in finished) / max(len(finished), 1),
-        "tokens_per_second": sum(row[4] for row in generated) / WINDOW_SECONDS,
+        "error_rate": sum(row["status"] == Status.FAILED for row in finished)
+        / max(len(finished), 1),
+        "tokens_per_second": sum(row["completion_tokens"] for row in generated) / WINDOW_SECONDS,
         "cache": {
             "hit_rate": len(served) / len(keyed) if keyed else None,
-            "saved_tokens": sum(row[4] + row[6] for row in served),
+            "saved_tokens": sum(row["prompt_tokens"] + row["completion_tokens"] for row in served),
         },
+        "tiers": tier_waits(finished, waiting),
+        "busiest_keys": busiest_keys(finished, pending),
         "latest": [
             {**row, "id": str(row["id"]), "created_at": row["created_at"].isoformat()}
             for row in latest
         ],
     }
+
+
+def tier_waits(finished: Rows, waiting: Any) -> dict[str, dict[str, Any]]:
+    """Per tier: how many wait now, and the p95 queue wait of those that ran."""
+    tiers: dict[str, dict[str, Any]] = {tier: {"waiting": 0, "wait_p95": None} for tier in TIERS}
+    for row in waiting:
+        tiers[tier_of(row["priority"])]["waiting"] += row["n"]
+    for tier in TIERS:
+        waits = sorted(
+            row["timings"]["queue_wait"]
+            for row in finished
+            if tier_of(row["priority"]) == tier and "queue_wait" in row["timings"]
+        )
+        tiers[tier]["wait_p95"] = quantile(waits, 0.95)
+    return tiers
+
+
+def busiest_keys(finished: Rows, pending: Any) -> list[dict[str, Any]]:
+    """The keys with the most requests finished in the window or waiting now."""
+    done = Counter(row["api_key_id"] for row in finished)
+    queued = Counter(dict(pending.values_list("api_key_id").annotate(n=Count("id"))))
+    top = (done + queued).most_common(BUSIEST)
+    return [
+        {"key": prefix or "anonymous", "finished": done[prefix], "waiting": queued[prefix]}
+        for prefix, _ in top
+    ]

@@ -136,3 +136,14 @@ DEDUP = Counter(
     "In-flight dedup: leader, follower, overflow, detached, promoted",
     ["outcome"],
 )
+
+
+# --- priority tiers and fair share -------------------------------------------------------
+PRIORITY_CLAMPED = Counter(
+    "orchestrator_priority_clamped_total", "Requests run below the priority they asked for"
+)
+PRIORITY_PROMOTIONS = Counter(
+    "orchestrator_priority_promotions_total",
+    "Pending requests aging moved up a tier",
+    ["from_tier", "to_tier"],
+)

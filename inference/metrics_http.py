@@ -7,8 +7,9 @@ import time
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count
+from django.db.models import Count, Min
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.utils.crypto import constant_time_compare
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -64,9 +65,33 @@ class HttpMetrics:
 
 
 class QueueDepth:
-    """``orchestrator_queue_depth{status, priority}`` read from the database at scrape."""
+    """``orchestrator_queue_depth{status, priority}`` and
+    ``orchestrator_queue_oldest_age_seconds{priority}`` read from the database at
+    scrape: how much waits, and for how long (the starvation alarm, and a signal
+    to scale workers on)."""
 
     def collect(self) -> Any:
+        yield self.depth()
+        yield self.oldest()
+
+    def oldest(self) -> GaugeMetricFamily:
+        gauge = GaugeMetricFamily(
+            "orchestrator_queue_oldest_age_seconds",
+            "Seconds the oldest pending request of a priority has waited",
+            labels=["priority"],
+        )
+        now = timezone.now()
+        rows = (
+            InferenceRequest.objects.filter(status=Status.PENDING)
+            .values_list("priority")
+            .annotate(oldest=Min("created_at"))
+        )
+        gauge.add_metric(["all"], 0)  # present even when nothing waits
+        for priority, oldest in rows:
+            gauge.add_metric([str(priority)], (now - oldest).total_seconds())
+        return gauge
+
+    def depth(self) -> GaugeMetricFamily:
         gauge = GaugeMetricFamily(
             "orchestrator_queue_depth", "Requests waiting or running", labels=["status", "priority"]
         )
@@ -79,7 +104,7 @@ class QueueDepth:
             gauge.add_metric([status, "all"], 0)  # present even when empty
         for row in rows:
             gauge.add_metric([row["status"], str(row["priority"])], row["n"])
-        yield gauge
+        return gauge
 
 
 queue_registry = CollectorRegistry(auto_describe=False)

@@ -9,6 +9,7 @@ a stale worker can never overwrite a newer attempt or a terminal state.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -44,6 +45,25 @@ class Transport(models.TextChoices):
     OPENAI = "openai", "OpenAI-compatible /v1"
 
 
+# Priority tiers: the native 0-9 scale (higher runs sooner) in four named tiers, by
+# their lowest priority. The name is a tier's number when a client uses it.
+TIERS = {"background": 0, "low": 1, "normal": 5, "high": 9}
+PRIORITY_NORMAL = TIERS["normal"]
+
+
+def tier_of(priority: int) -> str:
+    """The tier a priority falls in (0 background, 1-4 low, 5-8 normal, 9 high)."""
+    return max((floor, name) for name, floor in TIERS.items() if floor <= priority)[1]
+
+
+def tier_range(tier: str) -> tuple[int, int]:
+    """The lowest and highest priority of a tier."""
+    floors = sorted(TIERS.values())
+    floor = TIERS[tier]
+    above = [f for f in floors if f > floor]
+    return floor, (above[0] - 1 if above else 9)
+
+
 TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED, Status.EXPIRED})
 ACTIVE_STATUSES = (Status.PENDING, Status.PROCESSING)
 
@@ -66,6 +86,7 @@ class ErrorCode(models.TextChoices):
     INTERNAL_ERROR = "internal_error"
     WORKER_LOST = "worker_lost"
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    QUEUE_TIMEOUT = "queue_timeout"
     CANCELLED = "cancelled"
 
 
@@ -147,12 +168,14 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         return self.filter(api_key_id=api_key_prefix)
 
     def claimable(self) -> InferenceRequestQuerySet:
-        """Pending rows in claim order: highest priority first, then oldest."""
+        """Pending rows in claim order: highest priority first; inside a priority,
+        by fair-share stamp (each key's requests spaced by their cost, so a key
+        that floods queues behind itself, not ahead of others), then oldest."""
         now = timezone.now()
         return (
             self.filter(status=Status.PENDING)
             .filter(Q(deadline_at__isnull=True) | Q(deadline_at__gt=now))
-            .order_by("-priority", "created_at")
+            .order_by("-priority", "fair_at", "created_at")
         )
 
     def claim_next(self, owner: str, lease_seconds: float) -> InferenceRequest | None:
@@ -198,7 +221,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             config_hash=config_hash,
         )
         held = InferenceRequest.objects.filter(pk__in=candidates, lease_owner=owner, started_at=now)
-        taken = list(held.order_by("-priority", "created_at"))
+        taken = list(held.order_by("-priority", "fair_at", "created_at"))
         restarted = [row.pk for row in taken]
         # A leader run again (its worker was lost) keeps its followers: they
         # start over with it (only a row claimed before can have any).
@@ -502,6 +525,43 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             lease_expires_at=None,
         )
 
+    def promote_waiting(self, after_seconds: float) -> dict[tuple[str, str], int]:
+        """Aging: a pending request that waited ``after_seconds`` in its tier (since
+        it was submitted or last promoted) moves up one tier, never above high, so
+        a steady stream of higher work cannot hold it back for ever. Plain UPDATEs:
+        the claim index keeps working. Returns how many moved, by (from, to)."""
+        now = timezone.now()
+        since = now - timedelta(seconds=after_seconds)
+        waited = Q(promoted_at__lte=since) | Q(promoted_at__isnull=True, created_at__lte=since)
+        moved = {}
+        tiers = sorted(TIERS, key=TIERS.__getitem__)
+        # Highest first: a row moves one tier per sweep, not all the way up.
+        for lower, upper in reversed(list(itertools.pairwise(tiers))):
+            low, high = tier_range(lower)
+            rows = self.filter(waited, status=Status.PENDING, priority__range=(low, high))
+            if count := rows.update(priority=TIERS[upper], promoted_at=now):
+                moved[(lower, upper)] = count
+        return moved
+
+    def expire_queued(self, max_wait: dict[str, float]) -> int:
+        """A request pending longer than its tier's maximum wait never got a slot in
+        time: it expires (``queue_timeout``)."""
+        now = timezone.now()
+        expired = 0
+        for tier, seconds in max_wait.items():
+            rows = self.filter(
+                status=Status.PENDING,
+                priority__range=tier_range(tier),
+                created_at__lt=now - timedelta(seconds=seconds),
+            )
+            expired += rows.update(
+                status=Status.EXPIRED,
+                error_code=ErrorCode.QUEUE_TIMEOUT,
+                error=f"No worker took it within the {tier} tier's {seconds:g} s wait.",
+                finished_at=now,
+            )
+        return expired
+
     def pending_older_than(self, seconds: float) -> bool:
         cutoff = timezone.now() - timedelta(seconds=seconds)
         return self.filter(status=Status.PENDING, created_at__lt=cutoff).exists()
@@ -534,6 +594,11 @@ class ApiKey(AbstractAPIKey):
         blank=True,
         validators=[MaxValueValidator(9)],
         help_text="Blank: any (0-9). A request asking for more runs at this priority.",
+    )
+    fair_share_weight = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1)],
+        help_text="Its share of a busy tier against other keys (2: twice a weight-1 key's).",
     )
 
     class Meta(AbstractAPIKey.Meta):
@@ -569,6 +634,13 @@ class InferenceRequest(models.Model):
     conversation = models.JSONField(default=list, blank=True, db_default=[])
     metadata = models.JSONField(default=dict, blank=True)
     priority = models.SmallIntegerField(default=5)
+    # What the client asked for, when a key's ceiling or aging changed it.
+    priority_requested = models.SmallIntegerField(null=True, blank=True)
+    # When aging last moved it up a tier (InferenceRequestQuerySet.promote_waiting).
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    # Fair share inside a priority: the virtual time its turn comes (admission
+    # stamps it from its key's previous request; claims go in this order).
+    fair_at = models.DateTimeField(default=timezone.now)
     transport = models.CharField(max_length=16, choices=Transport.choices, default=Transport.REST)
 
     backend = models.CharField(max_length=64)
@@ -647,12 +719,13 @@ class InferenceRequest(models.Model):
     class Meta:
         ordering = ["-created_at"]
         indexes = [
-            # The claim query: pending rows by priority, then age.
+            # The claim query: pending rows by priority, fair-share stamp, age.
             models.Index(
                 F("priority").desc(),
+                "fair_at",
                 "created_at",
                 condition=Q(status="pending"),
-                name="claim_order_idx",
+                name="fair_claim_order_idx",
             ),
             # The reaper: leases that may have expired.
             models.Index(

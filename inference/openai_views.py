@@ -37,7 +37,7 @@ from inference.admission import Refusal, open_streams
 from inference.auth import Caller, ConnectionTerm, authenticate_scope, scope_headers
 from inference.drf import OpenAIKeyAuthentication, caller_of
 from inference.errors import error_body, validation_error_body
-from inference.models import InferenceRequest, Status, Transport
+from inference.models import InferenceRequest, Status, Transport, tier_of
 from inference.openai_wire import (
     ChatCompletionResponseSerializer,
     ChatCompletionSerializer,
@@ -65,7 +65,10 @@ NO_RETRY = {"x-should-retry": "false"}
 
 
 def request_headers(request: InferenceRequest, ignored: list[str]) -> dict[str, str]:
-    headers = {"X-Orchestrator-Request-Id": str(request.pk)}
+    headers = {
+        "X-Orchestrator-Request-Id": str(request.pk),
+        "X-Priority-Applied": tier_of(request.priority),
+    }
     if ignored:
         headers["X-Orchestrator-Ignored-Params"] = ", ".join(ignored)
     return headers

@@ -17,7 +17,13 @@ from rest_framework import serializers
 
 from inference.admission import Refusal
 from inference.errors import error_body
-from inference.models import CacheStatus, InferenceRequest, Status, backend_names
+from inference.models import (
+    PRIORITY_NORMAL,
+    CacheStatus,
+    InferenceRequest,
+    Status,
+    backend_names,
+)
 from inference.serializers import (
     CacheOptionsField,
     RagOptionsField,
@@ -37,7 +43,6 @@ Message = dict[str, str]
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 # vLLM's polarity: lower is sooner, 0 the default. Ours: 0-9, higher sooner, 5 normal.
-PRIORITY_NORMAL = 5
 
 
 def native_priority(openai_priority: int) -> int:

@@ -15,10 +15,17 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import serializers
 
 from inference.auth import stream_token
-from inference.models import CacheStatus, Document, InferenceRequest, Status, backend_names
+from inference.models import (
+    TIERS,
+    CacheStatus,
+    Document,
+    InferenceRequest,
+    Status,
+    backend_names,
+)
 from inference.services import Submission
 
-PRIORITY_NAMES = {"low": 1, "normal": 5, "high": 9}
+PRIORITY_NAMES = TIERS  # a tier's name stands for its lowest priority
 # Submit fields stored together in the request's ``params``.
 REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag")
 MAX_RAG_DOCUMENTS = 100
@@ -68,7 +75,7 @@ def json_problem(value: Any, max_depth: int) -> tuple[str, str] | None:
 )
 class PriorityField(serializers.Field):
     default_error_messages = {
-        "invalid": "Use an integer from 0 to 9 or one of: low, normal, high.",
+        "invalid": "Use an integer from 0 to 9 or one of: background, low, normal, high.",
     }
 
     def to_internal_value(self, data: Any) -> int:
@@ -465,7 +472,14 @@ class InferenceRequestSerializer(serializers.Serializer):
     error = serializers.CharField(read_only=True, allow_null=True)
     error_code = serializers.CharField(read_only=True)
     metadata = serializers.JSONField(read_only=True)
-    priority = serializers.IntegerField(read_only=True)
+    priority = serializers.IntegerField(
+        read_only=True, help_text="The priority it runs at (0-9, higher sooner)."
+    )
+    priority_requested = serializers.IntegerField(
+        read_only=True,
+        allow_null=True,
+        help_text="What it asked for: a key's ceiling may clamp it, aging may raise it.",
+    )
     backend = serializers.CharField(read_only=True)
     backend_used = serializers.CharField(read_only=True)
     params = serializers.JSONField(read_only=True)
@@ -509,6 +523,7 @@ class InferenceRequestSerializer(serializers.Serializer):
             "error_code": request.error_code,
             "metadata": request.metadata,
             "priority": request.priority,
+            "priority_requested": request.priority_requested,
             "backend": request.backend,
             "backend_used": request.backend_used,
             "params": request.params,

@@ -79,6 +79,13 @@ class Submission:
         }
         return canonical_sha256(asked)
 
+    def estimated_tokens(self) -> int:
+        """Tokens it may cost, before any are counted: its text (4 characters a
+        token) and the most it may generate."""
+        text = sum(len(m.get("content", "")) for m in self.conversation) or len(self.prompt)
+        max_tokens = self.params.get("max_tokens") or settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS
+        return text // 4 + int(max_tokens)
+
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
         """The same prompt and options as a stored request, submitted again by
@@ -89,7 +96,9 @@ class Submission:
             "conversation": request.conversation,
             "session_id": request.session_id,
             "metadata": request.metadata,
-            "priority": request.priority,
+            "priority": request.priority
+            if request.priority_requested is None
+            else request.priority_requested,
             "backend": request.backend,
             "params": request.params,
             "cache_control": request.cache_control,
@@ -116,7 +125,17 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
         return _replayed(existing, submission), False
     fields = _row_fields(submission)
-    admission.admit_submission(submission.caller, fields["id"], fields["deadline_at"])
+    caller = submission.caller
+    arrival = admission.Arrival(
+        request_id=fields["id"],
+        arrived=fields["created_at"],
+        deadline=fields["deadline_at"],
+        priority=fields["priority"],
+        cost=admission.fair_share_cost(caller, submission.estimated_tokens()),
+    )
+    fields["fair_at"] = admission.admit_submission(caller, arrival)
+    if fields["priority"] < submission.priority:
+        metrics.PRIORITY_CLAMPED.inc()
     try:
         with transaction.atomic():
             request = InferenceRequest.objects.create(**fields)
@@ -174,6 +193,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
         "session_id": submission.session_id or str(request_id),
         "metadata": submission.metadata,
         "priority": submission.caller.priority(submission.priority),
+        "priority_requested": submission.priority,
         "backend": submission.backend or settings.ORCHESTRATOR_DEFAULT_BACKEND,
         "params": submission.params,
         "cache_control": submission.cache_control,

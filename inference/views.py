@@ -35,7 +35,14 @@ from rest_framework.response import Response
 from inference import services
 from inference.auth import Caller
 from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
-from inference.models import Document, InferenceRequest, Status, Transport, backend_names
+from inference.models import (
+    Document,
+    InferenceRequest,
+    Status,
+    Transport,
+    backend_names,
+    tier_of,
+)
 from inference.serializers import (
     CACHE_HEADER_PARAMETERS,
     CACHE_KEY,
@@ -134,7 +141,7 @@ class InferView(APIView):
         return Response(
             StreamableRequestSerializer(row).data,
             status=202 if created else 200,
-            headers={"Location": status_url},
+            headers={"Location": status_url, "X-Priority-Applied": tier_of(row.priority)},
         )
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
@@ -319,24 +319,27 @@ class Dedup(Section):
     )
 
 
-# Sections of the features under way: declared with their contract
-# (shared/research/next-wave.md) so an operator's file is checked today; nothing
-# reads them until their feature lands (its flag stays off until then).
+TierName = Literal["background", "low", "normal", "high"]
 
 
 class Queue(Section):
     aging_after_seconds: float = key(
         60.0,
         "QUEUE_AGING_AFTER_SECONDS",
-        "Pending this long moves up a tier (0: never).",
+        "Pending this long (in a tier) moves up a tier, never above high (0: never).",
         ge=0,
         reload=True,
     )
-    max_wait_seconds: float = key(
-        0.0,
+    max_pending: dict[TierName, Annotated[int, Field(ge=1)]] = key(
+        {},
+        "QUEUE_MAX_PENDING",
+        'Per tier, e.g. {"low": 100}: a full tier refuses (429); others still admit.',
+        reload=True,
+    )
+    max_wait_seconds: dict[TierName, Annotated[float, Field(gt=0)]] = key(
+        {},
         "QUEUE_MAX_WAIT_SECONDS",
-        "Pending this long expires (0: the deadline only).",
-        ge=0,
+        "Per tier: pending longer expires as queue_timeout (missing: the deadline only).",
         reload=True,
     )
 
@@ -386,7 +389,7 @@ class Features(Section):
         True, "FEATURE_DEDUP", "Identical requests in flight share a backend call.", reload=True
     )
     fair_queueing: bool = key(
-        False, "FEATURE_FAIR_QUEUEING", "Per-key fair share (not built yet).", reload=True
+        True, "FEATURE_FAIR_QUEUEING", "Per-key fair share inside each priority.", reload=True
     )
     openai_api: bool = key(
         True, "FEATURE_OPENAI_API", "The OpenAI-compatible /v1 API answers.", reload=True

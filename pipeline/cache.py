@@ -163,7 +163,11 @@ def key_material(ctx: PipelineContext, epoch: int) -> dict[str, Any]:
         "pipeline_fp": _pipeline_fingerprint(),
         "skipped": ctx.skipped,
         "messages": ctx.messages,
-        "params": asdict(request.params),
+        "params": {
+            name: value
+            for name, value in asdict(request.params).items()
+            if name not in NON_SEMANTIC
+        },
         "epoch": epoch,
     }
 

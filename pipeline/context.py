@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -57,7 +57,7 @@ class RequestSnapshot:
             created_at=request.created_at,
             api_key_id=request.api_key_id,
             rag=request.params.get("rag") or {},
-            params=GenerationParams.from_params(request.params),
+            params=replace(GenerationParams.from_params(request.params), priority=request.priority),
             conversation=request.conversation,
             cache_control=request.cache_control,
             sampled=request.params.get("temperature") != 0,

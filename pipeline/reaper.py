@@ -1,4 +1,5 @@
-"""The reaper: recovers requests whose worker vanished and expires overdue ones.
+"""The reaper: recovers requests whose worker vanished, expires overdue ones and
+ages waiting ones up a tier.
 
 Every engine runs it on a timer; on PostgreSQL a transaction-scoped advisory
 lock lets one of them do the work per round (SQLite has one writer anyway).
@@ -50,6 +51,11 @@ def reap_once() -> ReapReport:
         requests = InferenceRequest.objects
         requeued, failed = requests.reclaim_expired_leases()
         expired = requests.expire_overdue()
+        expired += requests.expire_queued(settings.ORCHESTRATOR_QUEUE_MAX_WAIT_SECONDS)
+        if aging := settings.ORCHESTRATOR_QUEUE_AGING_AFTER_SECONDS:
+            promoted = requests.promote_waiting(aging)
+        else:
+            promoted = {}
         # Followers whose leader ended (expired just now, say) without answering them.
         orphans = requests.release_orphans()
         # A pending row older than a poll interval missed its doorbell (or every
@@ -60,6 +66,8 @@ def reap_once() -> ReapReport:
     metrics.LEASE_RECLAIMS.labels("worker_lost").inc(failed)
     metrics.LEASE_RECLAIMS.labels("expired").inc(expired)
     metrics.DEDUP.labels("detached").inc(orphans)
+    for (lower, upper), count in promoted.items():
+        metrics.PRIORITY_PROMOTIONS.labels(lower, upper).inc(count)
     if requeued or failed or expired or orphans:
         logger.info("reaper: %s", report)
     return report

@@ -62,6 +62,15 @@ async def test_sends_the_chat_completions_request(upstream: FakeLLMServer) -> No
         ["END"],
     )
     assert body["stream_options"] == {"include_usage": True}
+    assert "priority" not in body  # only when asked to forward it
+
+
+async def test_forwards_the_priority_in_vllm_polarity_when_asked(upstream: FakeLLMServer) -> None:
+    """vLLM schedules lower first: our high (9) is its -4, our background (0) its 5."""
+    b = backend(upstream.url, forward_priority=True)
+    for native, upstream_priority in [(9, -4), (5, 0), (0, 5)]:
+        await collect(b, GenerationParams(priority=native))
+        assert upstream.requests[-1]["body"]["priority"] == upstream_priority
 
 
 async def test_a_mid_stream_error_object_raises(upstream: FakeLLMServer) -> None:

@@ -58,6 +58,20 @@ def test_the_snapshot_summarises_the_last_minute() -> None:
     assert stats["cache"] == {"hit_rate": None, "saved_tokens": 0}
 
 
+def test_the_snapshot_shows_waits_per_tier_and_the_busiest_keys() -> None:
+    for seconds in (1, 2):
+        finished("completed", seconds)
+    InferenceRequest.objects.filter(status="completed").update(
+        timings={"queue_wait": 0.5}, priority=9, api_key_id=None
+    )
+    for _ in range(3):
+        submit(priority=1)
+    stats = snapshot()
+    assert stats["tiers"]["high"] == {"waiting": 0, "wait_p95": 0.5}
+    assert stats["tiers"]["low"] == {"waiting": 3, "wait_p95": None}
+    assert stats["busiest_keys"] == [{"key": "anonymous", "finished": 2, "waiting": 3}]
+
+
 def test_the_snapshot_counts_what_the_cache_saved() -> None:
     finished("completed", 2, tokens=20, cache="stored")
     finished("completed", 1, tokens=20, cache="hit", first_token=0.001)

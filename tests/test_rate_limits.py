@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import threading
 import uuid
+from datetime import timedelta
 
 import pytest
 from channels.db import database_sync_to_async
 from channels.routing import URLRouter
 from channels.testing import WebsocketCommunicator
 from django.test import Client
+from django.utils import timezone
 
 from inference import admission, counters
 from inference.auth import Caller
@@ -94,7 +96,8 @@ def test_the_memory_store_counts_atomically_under_threads() -> None:
     allowed = []
 
     def take() -> None:
-        held = store.take_slot("k", str(uuid.uuid4()), limit=10, expires=9e9, now=0)
+        slot = counters.Slot("k", str(uuid.uuid4()), limit=10, expires=9e9)
+        held, _ = store.admit(slot, counters.Clock("k:5", 0), now=0)
         allowed.append(held > 0)
 
     threads = [threading.Thread(target=take) for _ in range(50)]
@@ -103,7 +106,8 @@ def test_the_memory_store_counts_atomically_under_threads() -> None:
     for thread in threads:
         thread.join()
     assert sum(allowed) == 10
-    assert store.take_slot("k", "late", limit=10, expires=20, now=9e9 + 1) == 1  # all expired
+    late = counters.Slot("k", "late", limit=10, expires=20)
+    assert store.admit(late, counters.Clock("k:5", 0), now=9e9 + 1) == (1, 9e9 + 1)  # all expired
 
 
 def test_limits_fail_open_when_redis_is_unreachable(settings) -> None:  # type: ignore[no-untyped-def]
@@ -113,7 +117,9 @@ def test_limits_fail_open_when_redis_is_unreachable(settings) -> None:  # type: 
     admission.reset()
     caller = Caller(ip="10.1.1.1")
     assert admission.check_rate(caller) is None
-    assert admission.take_in_flight(caller, uuid.uuid4(), 9e9) is None
+    now = timezone.now()
+    arrival = admission.Arrival(uuid.uuid4(), now, now + timedelta(hours=1), 5, cost=1.0)
+    assert admission.take_place(caller, arrival) == (None, None)
     assert submit().status == "pending"
 
 

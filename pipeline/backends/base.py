@@ -8,6 +8,8 @@ from typing import Any
 
 from django.conf import settings
 
+from inference.models import PRIORITY_NORMAL
+
 
 class BackendError(Exception):
     """A backend failed. ``retryable`` says whether trying again may help.
@@ -45,6 +47,9 @@ class GenerationParams:
     # An upstream model other than the backend's configured one (``/v1``'s
     # ``backend/model``); only the named backend uses it, never a fallback.
     model: str = ""
+    # The request's priority (0-9, higher sooner): for an upstream that schedules
+    # by it (an OpenAI-compatible backend with ``forward_priority``).
+    priority: int = PRIORITY_NORMAL
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> GenerationParams:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from inference.models import PRIORITY_NORMAL
 from pipeline.backends.base import BackendError, GenerationParams, Usage
 from pipeline.backends.http import StreamingHttpBackend, parse_json
 
@@ -21,6 +22,7 @@ class OpenAICompatBackend(StreamingHttpBackend):
         connect_timeout: float = 5.0,
         first_token_timeout: float = 30.0,
         total_timeout: float = 300.0,
+        forward_priority: bool = False,
     ) -> None:
         auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         super().__init__(
@@ -32,6 +34,9 @@ class OpenAICompatBackend(StreamingHttpBackend):
             total_timeout=total_timeout,
         )
         self.model = model
+        # vLLM (started with --scheduling-policy priority) orders by a body
+        # "priority", lower sooner: ours, in its polarity.
+        self.forward_priority = forward_priority
 
     def body(self, messages: list[dict[str, str]], params: GenerationParams) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -47,6 +52,8 @@ class OpenAICompatBackend(StreamingHttpBackend):
             body["stop"] = params.stop
         if params.seed is not None:
             body["seed"] = params.seed
+        if self.forward_priority:
+            body["priority"] = PRIORITY_NORMAL - params.priority
         return body
 
     def on_event(self, event: str, data: str, usage: Usage) -> list[str] | None:

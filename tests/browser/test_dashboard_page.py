@@ -57,6 +57,8 @@ def test_the_dashboard_charts_update_while_requests_run(
     )
     expect(staff_page.locator("#latest tr").first).to_contain_text(cached[:8])
     expect(staff_page.locator("#tile-cache")).to_have_text("50.0%")
+    expect(staff_page.locator("#tiers tr")).to_have_count(4)
+    expect(staff_page.locator("#keys tr").first).to_contain_text("anonymous")
     expect(staff_page.locator("#tile-saved")).to_have_text(re.compile(r"^[1-9]\d* tokens saved"))
     updates = int(staff_page.locator("#dashboard").get_attribute("data-updates"))
     staff_page.wait_for_function(

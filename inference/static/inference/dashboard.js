@@ -26,6 +26,17 @@
 
   const fmt = (v, digits = 2) => (v === null || v === undefined ? "–" : Number(v).toFixed(digits));
 
+  // Replace a table body's rows with these cells (text only: no markup from data).
+  function rows(id, cells) {
+    $(id).replaceChildren(...cells.map((row) => {
+      const tr = document.createElement("tr");
+      for (const text of row) {
+        const td = document.createElement("td"); td.textContent = text; tr.append(td);
+      }
+      return tr;
+    }));
+  }
+
   function push(stats) {
     const waiting = Object.values(stats.queue).reduce((a, b) => a + b, 0);
     const values = {
@@ -50,13 +61,13 @@
     const cache = stats.cache;
     $("tile-cache").textContent = cache.hit_rate === null ? "–" : `${fmt(cache.hit_rate * 100, 1)}%`;
     $("tile-saved").textContent = `${cache.saved_tokens} tokens saved, last minute`;
-    $("latest").replaceChildren(...stats.latest.map((r) => {
-      const tr = document.createElement("tr");
-      for (const text of [r.id.slice(0, 8), r.status, r.backend, r.created_at.slice(11, 19)]) {
-        const td = document.createElement("td"); td.textContent = text; tr.append(td);
-      }
-      return tr;
+    rows("tiers", ["high", "normal", "low", "background"].map((tier) => {
+      const { waiting: n, wait_p95: p95 } = stats.tiers[tier];
+      return [tier, String(n), fmt(p95, 3)];
     }));
+    rows("keys", stats.busiest_keys.map((k) => [k.key, String(k.finished), String(k.waiting)]));
+    rows("latest", stats.latest.map((r) =>
+      [r.id.slice(0, 8), r.status, r.backend, r.created_at.slice(11, 19)]));
     root.dataset.updates = String(Number(root.dataset.updates) + 1);
   }
 
