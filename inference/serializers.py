@@ -242,7 +242,7 @@ CACHE_OPTIONS_SCHEMA = {
 CACHE_HEADER_PARAMETERS = [
     OpenApiParameter(
         "Cache-Control",
-        {"type": "string", "maxLength": 200},
+        {"type": "string"},
         OpenApiParameter.HEADER,
         description="no-cache (refresh), no-store (bypass), max-age=N; others are ignored.",
     ),
@@ -298,7 +298,8 @@ def cache_directives(headers: Mapping[str, str], body: dict[str, Any] | None) ->
             directives["mode"] = "refresh"
         elif name == "max-age" and value.strip().isdigit():
             directives["max_age"] = min(int(value), 2**31 - 1)
-    if mode := headers.get("x-orchestrator-cache", "").strip().lower():
+    if "x-orchestrator-cache" in headers:
+        mode = headers["x-orchestrator-cache"].strip().lower()
         if mode not in CACHE_MODES:
             message = f"Use one of: {', '.join(CACHE_MODES)}."
             raise serializers.ValidationError({"X-Orchestrator-Cache": [message]})

@@ -262,6 +262,7 @@ async def test_bad_directives_are_400s(engine: Engine, upstream: FakeLLMServer) 
     client = Client()
     for headers, body in [
         ({"X-Orchestrator-Cache": "sometimes"}, {}),
+        ({"X-Orchestrator-Cache": ""}, {}),
         ({}, {"cache": {"mode": "always"}}),
         ({}, {"cache": {"max_age": -1}}),
         ({}, {"cache": {"ttl": 0}}),
