@@ -22,6 +22,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import IntegrityError, models, transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 from rest_framework_api_key.models import AbstractAPIKey
 
@@ -640,7 +641,7 @@ class InferenceRequest(models.Model):
     promoted_at = models.DateTimeField(null=True, blank=True)
     # Fair share inside a priority: the virtual time its turn comes (admission
     # stamps it from its key's previous request; claims go in this order).
-    fair_at = models.DateTimeField(default=timezone.now)
+    fair_at = models.DateTimeField(default=timezone.now, db_default=Now())
     transport = models.CharField(max_length=16, choices=Transport.choices, default=Transport.REST)
 
     backend = models.CharField(max_length=64)

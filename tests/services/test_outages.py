@@ -46,7 +46,13 @@ def test_a_redis_restart_mid_stream_loses_no_request_or_token(stack: Stack) -> N
     stack.start_worker(concurrency=30, token_delay=0.05)  # ~2 s per request
     stack.start_worker(concurrency=30, token_delay=0.05)
     for prompt, received in asyncio.run(stream_through_a_redis_restart(stack, 30)):
-        assert received.final == {"event": "complete", "status": "done", "result": prompt}
+        assert received.final == {
+            "event": "complete",
+            "status": "done",
+            "result": prompt,
+            "cache_status": "ineligible",
+            "cache_source": None,
+        }
         assert received.text == prompt
         assert received.seqs == list(range(WORDS + 2))
     # Submits and doorbells work again after the restart.

@@ -56,7 +56,13 @@ def test_50_sse_and_50_websocket_clients_each_get_exactly_their_text(stack: Stac
     for prompt, received in sse_results:
         assert received.text == prompt, "SSE client reassembled the wrong text"
         assert received.seqs == list(range(WORDS + 2))
-        assert received.final == {"event": "complete", "status": "done", "result": prompt}
+        assert received.final == {
+            "event": "complete",
+            "status": "done",
+            "result": prompt,
+            "cache_status": "ineligible",
+            "cache_source": None,
+        }
     for prompt, received in ws_results:
         assert received.text == prompt, "WebSocket client reassembled the wrong text"
         assert received.seqs == list(range(WORDS + 2))

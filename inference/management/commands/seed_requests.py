@@ -21,7 +21,7 @@ POSTGRES_SEED = """
 INSERT INTO inference_inferencerequest (
     id, session_id, prompt, metadata, priority, transport, backend, backend_used, params,
     status, result, error, error_code, attempt, max_attempts, lease_owner, last_seq,
-    created_at, started_at, finished_at, timings, prompt_tokens, completion_tokens,
+    created_at, fair_at, started_at, finished_at, timings, prompt_tokens, completion_tokens,
     passages, messages)
 SELECT
     gen_random_uuid(), 'seed-' || (n %% 5000), 'seeded prompt ' || n, '{}'::jsonb, n %% 10,
@@ -29,6 +29,7 @@ SELECT
     (ARRAY['completed','completed','completed','completed','failed','cancelled'])[1 + n %% 6],
     'seeded result ' || n, NULL, '', 1, 3, '', 3,
     now() - (n || ' seconds')::interval, now() - (n || ' seconds')::interval,
+    now() - (n || ' seconds')::interval,
     now() - (n || ' seconds')::interval + interval '2 seconds',
     '{"inference": 1.5}'::jsonb, 20, 40, '[]'::jsonb, '[]'::jsonb
 FROM generate_series(1, %s) AS n
