@@ -27,12 +27,12 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, DataError, IntegrityError
-from django.db.models import Count
+from django.db.models import Count, Max, Q
 from django.utils import timezone
 
 from inference import counters, flags, metrics
@@ -231,52 +231,96 @@ def _admit_submission(caller: Caller, arrival: Arrival) -> datetime:
 
 
 def fair_share_cost(caller: Caller, estimated_tokens: int) -> float:
-    """Virtual seconds a request takes of its caller's share of a tier: one quantum
-    plus one per ``tokens_per_quantum`` tokens, divided by the key's weight (0:
-    fair queueing is off for it, and requests go first come, first served)."""
-    if not flags.enabled("fair_queueing", caller.key_prefix):
+    """Seconds a request advances its caller's fair-share clock: one quantum plus
+    one per ``tokens_per_quantum`` tokens, over the key's weight (0: fair queueing
+    is off, and requests go first come, first served).
+
+    The quantum is the time one request takes of the system, as measured (the
+    last minute's completions; ``fairness.quantum_seconds`` until there are any):
+    a key that asks for less than its share then never runs ahead of the clock,
+    so using spare capacity costs it nothing later. The flag is decided for the
+    whole fleet, not per key: stamps of keys in and out of it would not compare."""
+    if not flags.enabled("fair_queueing"):
         return 0.0
-    weight = caller.key.fair_share_weight if caller.key else 1
+    weight = max(caller.key.fair_share_weight if caller.key else 1, 1)
     per_quantum = settings.ORCHESTRATOR_FAIRNESS_TOKENS_PER_QUANTUM
-    quantum = settings.ORCHESTRATOR_FAIRNESS_QUANTUM_SECONDS
+    per_second = pending_count.completed_per_second()
+    quantum = 1 / per_second if per_second else settings.ORCHESTRATOR_FAIRNESS_QUANTUM_SECONDS
     return quantum * (1 + estimated_tokens / per_quantum) / weight
 
 
 def backlog_retry_after(waiting: int) -> int:
     """Seconds until ``waiting`` requests drain at the last minute's completion rate."""
-    since = timezone.now() - timedelta(seconds=60)
-    per_second = InferenceRequest.objects.filter(finished_at__gte=since).count() / 60
+    per_second = pending_count.completed_per_second()
     return int(min(max(waiting / per_second if per_second else 60, 1), MAX_RETRY_AFTER))
 
 
+@dataclass(frozen=True)
+class Backlog:
+    """What waits, per priority: all of it, and those admitted to that priority
+    (not aged into it); how fast the system completes work; and per priority the
+    latest fair-share stamp it has started (its served frontier)."""
+
+    waiting: dict[int, int]
+    admitted: dict[int, int]
+    completed_per_second: float
+    frontier: dict[int, float]
+
+
 class PendingCount:
-    """Pending requests by priority, counted at most every
-    ``ORCHESTRATOR_PENDING_COUNT_SECONDS`` per process: the queue caps are soft,
-    and a COUNT per submit was a tenth of its cost. (Overshoot: about submits/s x
-    that many seconds.)"""
+    """Pending requests by priority (and the completion rate), counted at most
+    every ``ORCHESTRATOR_PENDING_COUNT_SECONDS`` per process: the queue caps are
+    soft, and a COUNT per submit was a tenth of its cost. (Overshoot: about
+    submits/s x that many seconds.)"""
 
     def __init__(self) -> None:
-        self.seen: tuple[float, dict[int, int]] = (-1e9, {})  # (when, per priority)
+        self.seen: tuple[float, Backlog] = (-1e9, Backlog({}, {}, 0.0, {}))
 
-    def _by_priority(self) -> dict[int, int]:
-        seen_at, counts = self.seen
+    def backlog(self) -> Backlog:
+        seen_at, backlog = self.seen
         now = time.monotonic()
         if now - seen_at >= settings.ORCHESTRATOR_PENDING_COUNT_SECONDS:
             rows = (
                 InferenceRequest.objects.filter(status=Status.PENDING)
                 .values_list("priority")
-                .annotate(n=Count("pk"))
+                .annotate(n=Count("pk"), fresh=Count("pk", filter=Q(promoted_at__isnull=True)))
             )
-            counts = dict(rows)
-            self.seen = (now, counts)
-        return counts
+            since = timezone.now() - timedelta(seconds=WINDOW_SECONDS)
+            finished = _by_priority(InferenceRequest.objects.filter(finished_at__gte=since))
+            running = _by_priority(InferenceRequest.objects.filter(status=Status.PROCESSING))
+            frontier = dict(backlog.frontier)  # it only moves forward
+            for priority, _, served in [*finished, *running]:
+                frontier[priority] = max(frontier.get(priority, 0.0), served.timestamp())
+            backlog = Backlog(
+                waiting={priority: n for priority, n, _ in rows},
+                admitted={priority: fresh for priority, _, fresh in rows},
+                completed_per_second=sum(n for _, n, _ in finished) / WINDOW_SECONDS,
+                frontier=frontier,
+            )
+            self.seen = (now, backlog)
+        return backlog
 
     def __call__(self) -> int:
-        return sum(self._by_priority().values())
+        return sum(self.backlog().waiting.values())
 
     def in_tier(self, tier: str) -> int:
+        """Admitted to ``tier`` and waiting: what its cap counts (a request aged into
+        a tier does not fill it)."""
         low, high = tier_range(tier)
-        return sum(n for priority, n in self._by_priority().items() if low <= priority <= high)
+        admitted = self.backlog().admitted.items()
+        return sum(n for priority, n in admitted if low <= priority <= high)
+
+    def completed_per_second(self) -> float:
+        return self.backlog().completed_per_second
+
+    def frontier(self, priority: int) -> float:
+        return self.backlog().frontier.get(priority, 0.0)
+
+
+def _by_priority(rows: Any) -> list[tuple[int, int, datetime]]:
+    """(priority, how many, the latest stamp) of ``rows``."""
+    grouped = rows.values_list("priority").annotate(n=Count("pk"), top=Max("fair_at"))
+    return list(grouped)
 
 
 pending_count = PendingCount()
@@ -294,7 +338,8 @@ def take_place(caller: Caller, arrival: Arrival) -> tuple[Quota | None, float | 
     slot = counters.Slot(
         caller.identity, str(arrival.request_id), limit, arrival.deadline.timestamp()
     )
-    clock = counters.Clock(f"{caller.identity}:{arrival.priority}", arrival.cost)
+    floor = pending_count.frontier(arrival.priority)
+    clock = counters.Clock(f"{caller.identity}:{arrival.priority}", arrival.cost, floor)
     store = counters.store()
     try:
         held, stamp = store.admit(slot, clock, now)
@@ -388,5 +433,5 @@ class MessageRate:
 def reset() -> None:
     """Forget this process's admission state (``orchestrator_site.state.reset``)."""
     counters.reset()
-    pending_count.seen = (-1e9, {})
+    pending_count.seen = (-1e9, Backlog({}, {}, 0.0, {}))
     open_streams.counts.clear()

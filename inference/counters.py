@@ -50,11 +50,14 @@ class Slot:
 
 @dataclass(frozen=True)
 class Clock:
-    """A fair-share clock: a request's stamp is ``max(now, last stamp) + cost``,
-    and becomes the last (an idle clock cannot bank credit: ``now`` lifts it)."""
+    """A fair-share clock: a request's stamp is ``max(floor, now, last stamp) +
+    cost``, and becomes the last. The lift means an idle clock cannot bank credit;
+    ``floor`` is the stamp the system has served up to (a clock behind it is as
+    good as idle, however it got there)."""
 
     bucket: str
     cost: float
+    floor: float = 0.0
 
 
 class MemoryStore:
@@ -90,10 +93,12 @@ class MemoryStore:
                 return -1, now
             if not clock.cost:
                 return held, now
-            stamp = max(now, self.clocks.get(clock.bucket, now)) + clock.cost
+            stamp = max(now, clock.floor, self.clocks.get(clock.bucket, now)) + clock.cost
             self.clocks[clock.bucket] = stamp
             if len(self.clocks) > MAX_CLOCKS:  # a clock behind now is as good as none
                 self.clocks = {b: t for b, t in self.clocks.items() if t > now}
+                if len(self.clocks) > MAX_CLOCKS:  # still: forget them (fair share resets)
+                    self.clocks.clear()
             return held, stamp
 
     def slots(self, bucket: str) -> list[str]:
@@ -114,7 +119,7 @@ if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 # KEYS[1] in-flight sorted set, KEYS[2] fair-share clock; ARGV: now, limit (0:
-# none), expires, member, ttl, cost (0: no clock). The stamp is returned as a
+# none), expires, member, ttl, cost (0: no clock), floor. The stamp is returned as a
 # string: Redis would truncate a Lua number to an integer.
 ADMIT_SCRIPT = """
 local now = tonumber(ARGV[1])
@@ -131,7 +136,8 @@ if tonumber(ARGV[2]) > 0 then
 end
 local stamp = now
 if tonumber(ARGV[6]) > 0 then
-  stamp = math.max(now, tonumber(redis.call('GET', KEYS[2]) or '0')) + tonumber(ARGV[6])
+  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+  stamp = math.max(now, tonumber(ARGV[7]), last) + tonumber(ARGV[6])
   redis.call('SET', KEYS[2], string.format('%.6f', stamp), 'EX', math.ceil(stamp - now) + 1)
 end
 return {held, string.format('%.6f', stamp)}
@@ -162,6 +168,7 @@ class RedisStore:
             slot.member,
             ttl,
             clock.cost,
+            clock.floor,
         ]
         held, stamp = self.admit_script(keys=keys, args=args)
         return int(held), float(stamp)

@@ -86,9 +86,10 @@ class QueueDepth:
             .values_list("priority")
             .annotate(oldest=Min("created_at"))
         )
-        gauge.add_metric(["all"], 0)  # present even when nothing waits
-        for priority, oldest in rows:
-            gauge.add_metric([str(priority)], (now - oldest).total_seconds())
+        ages = {str(priority): (now - oldest).total_seconds() for priority, oldest in rows}
+        gauge.add_metric(["all"], max(ages.values(), default=0))  # 0: nothing waits
+        for priority, age in ages.items():
+            gauge.add_metric([priority], age)
         return gauge
 
     def depth(self) -> GaugeMetricFamily:

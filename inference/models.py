@@ -527,13 +527,15 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         )
 
     def promote_waiting(self, after_seconds: float) -> dict[tuple[str, str], int]:
-        """Aging: a pending request that waited ``after_seconds`` in its tier (since
-        it was submitted or last promoted) moves up one tier, never above high, so
-        a steady stream of higher work cannot hold it back for ever. Plain UPDATEs:
-        the claim index keeps working. Returns how many moved, by (from, to)."""
+        """Aging: a pending request still waiting ``after_seconds`` after its fair
+        turn (or its last promotion) moves up one tier, never above high, so a
+        steady stream of higher work cannot hold it back for ever. Counted from its
+        turn, not its arrival: a key's own backlog (turns in the future) does not
+        age past other keys. Plain UPDATEs: the claim index keeps working. Returns
+        how many moved, by (from, to)."""
         now = timezone.now()
         since = now - timedelta(seconds=after_seconds)
-        waited = Q(promoted_at__lte=since) | Q(promoted_at__isnull=True, created_at__lte=since)
+        waited = Q(promoted_at__lte=since) | Q(promoted_at__isnull=True, fair_at__lte=since)
         moved = {}
         tiers = sorted(TIERS, key=TIERS.__getitem__)
         # Highest first: a row moves one tier per sweep, not all the way up.
@@ -546,12 +548,14 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
 
     def expire_queued(self, max_wait: dict[str, float]) -> int:
         """A request pending longer than its tier's maximum wait never got a slot in
-        time: it expires (``queue_timeout``)."""
+        time: it expires (``queue_timeout``). Only requests never started: one
+        handed back or requeued has its deadline, and keeps its place."""
         now = timezone.now()
         expired = 0
         for tier, seconds in max_wait.items():
             rows = self.filter(
                 status=Status.PENDING,
+                attempt=0,
                 priority__range=tier_range(tier),
                 created_at__lt=now - timedelta(seconds=seconds),
             )

@@ -326,7 +326,7 @@ class Queue(Section):
     aging_after_seconds: float = key(
         60.0,
         "QUEUE_AGING_AFTER_SECONDS",
-        "Pending this long (in a tier) moves up a tier, never above high (0: never).",
+        "Pending this long past its fair turn moves up a tier, never above high (0: never).",
         ge=0,
         reload=True,
     )
@@ -339,14 +339,18 @@ class Queue(Section):
     max_wait_seconds: dict[TierName, Annotated[float, Field(gt=0)]] = key(
         {},
         "QUEUE_MAX_WAIT_SECONDS",
-        "Per tier: pending longer expires as queue_timeout (missing: the deadline only).",
+        "Per tier: never started after this long expires as queue_timeout (else: deadline).",
         reload=True,
     )
 
 
 class Fairness(Section):
     quantum_seconds: float = key(
-        1.0, "FAIRNESS_QUANTUM_SECONDS", "Fair share: one request's base cost.", gt=0, reload=True
+        1.0,
+        "FAIRNESS_QUANTUM_SECONDS",
+        "Fair share: a request's base cost until the completion rate is measured.",
+        gt=0,
+        reload=True,
     )
     tokens_per_quantum: int = key(
         1000,

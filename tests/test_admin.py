@@ -104,7 +104,9 @@ def test_the_admin_creates_a_key_and_shows_its_secret_once(admin_client: Client)
     from inference.models import ApiKey
 
     response = admin_client.post(
-        f"{KEYS_URL}add/", {"name": "partner", "requests_per_minute": "100"}, follow=True
+        f"{KEYS_URL}add/",
+        {"name": "partner", "requests_per_minute": "100", "fair_share_weight": "1"},
+        follow=True,
     )
     key = ApiKey.objects.get(name="partner")
     shown = [str(m) for m in response.context["messages"]]
