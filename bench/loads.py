@@ -1,9 +1,11 @@
-"""Client workloads: closed loops over keep-alive connections, and WebSockets.
+"""Client workloads: closed loops over keep-alive connections, open-loop
+arrivals, and WebSockets.
 
 Everything here runs in the bench process, never in a server process. Loops
 are closed (each connection sends its next request when the last one is
-answered) and bounded by time or count, so a run always stops by itself.
-Connections are spread round-robin over the stack's web processes.
+answered), except ``open_loop`` (Poisson arrivals at a rate, whatever the
+answers take); all are bounded by time or count, so a run always stops by
+itself. Connections are spread round-robin over the stack's web processes.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -482,3 +485,85 @@ class SocketSwarm:
                 await socket.close()
 
         await asyncio.gather(*(one(s) for s in sockets), return_exceptions=True)
+
+
+# Seconds a keep-alive connection may sit idle before open_loop opens a new one
+# instead (uvicorn closes idle ones after 5 s; a POST on a closing one would fail).
+IDLE_REUSE = 2.0
+
+
+@dataclass
+class Sender:
+    """One client of an open-loop load: Poisson arrivals at ``rate`` per second,
+    each ``POST /api/v1/infer`` of a ``body()`` with API key ``key``; what came back."""
+
+    rate: float
+    body: Callable[[], dict[str, Any]]
+    key: str
+    offered: int = 0
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    without_retry_after: int = 0  # refusals (429/503) that did not say when to retry
+
+    @property
+    def accepted(self) -> int:
+        return self.statuses[202]
+
+    @property
+    def refused(self) -> int:
+        return self.statuses[429] + self.statuses[503]
+
+    def problems(self) -> list[str]:
+        """Answers other than accepted (202) or refused with Retry-After, and errors."""
+        bad = {s: n for s, n in self.statuses.items() if s not in (202, 429, 503)}
+        found = [f"{n} x HTTP {s}" for s, n in sorted(bad.items())]
+        if self.without_retry_after:
+            found.append(f"{self.without_retry_after} refusals without Retry-After")
+        return found + [f"{n} x {error}" for error, n in self.errors.most_common()]
+
+
+async def open_loop(urls: list[str], senders: list[Sender], seconds: float, seed: int = 1) -> None:
+    """Every sender's arrivals at once for ``seconds`` (each sender's first at 0):
+    open loop, a slow answer never delays the next arrival. Each request takes a
+    recently used keep-alive connection to its web process, or opens one."""
+    idle: dict[str, list[tuple[Connection, float]]] = {url: [] for url in urls}
+    rng = random.Random(seed)
+    began = time.perf_counter()
+
+    async def connect(url: str) -> Connection:
+        while idle[url]:
+            connection, since = idle[url].pop()
+            if time.perf_counter() - since < IDLE_REUSE:
+                return connection
+            await connection.close()
+        return Connection(url)
+
+    async def send(sender: Sender, url: str, body: dict[str, Any]) -> None:
+        connection = await connect(url)
+        headers = {"Authorization": f"Bearer {sender.key}"}
+        try:
+            response = await connection.request("POST", INFER, body, headers)
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            sender.errors[type(exc).__name__] += 1
+            await connection.close()
+            return
+        idle[url].append((connection, time.perf_counter()))
+        sender.statuses[response.status] += 1
+        if response.status in (429, 503) and "retry-after" not in response.headers:
+            sender.without_retry_after += 1
+
+    async def arrivals(sender: Sender) -> None:
+        sent, at = [], began
+        while at < began + seconds:
+            await asyncio.sleep(max(at - time.perf_counter(), 0))
+            url = urls[sender.offered % len(urls)]
+            sent.append(asyncio.create_task(send(sender, url, sender.body())))
+            sender.offered += 1
+            at += rng.expovariate(sender.rate)
+        await asyncio.sleep(max(began + seconds - time.perf_counter(), 0))  # the whole time
+        await asyncio.gather(*sent)
+
+    await asyncio.gather(*(arrivals(sender) for sender in senders))
+    for connections in idle.values():
+        for connection, _ in connections:
+            await connection.close()

@@ -12,6 +12,8 @@
   f. local model tokens/s through the pipeline vs llama-cpp-python direct
   g. response cache: repeated temperature-0 prompts, latency of a miss vs a hit and the
      share of backend calls saved (embedded; every other scenario bypasses the cache)
+  h. fairness: one API key floods at 5x capacity while another sends 5%: the small
+     key's queue wait vs idle, the flood's goodput, per-tier waits (scaled)
 
 It starts what it measures itself, as real processes: **embedded** (one
 ``manage.py serve`` with the worker inside, SQLite, in-memory layer) and

@@ -1,5 +1,5 @@
-"""The six measurements of issue 9 / DESIGN §12 and the response cache's, each
-returning one Table.
+"""The six measurements of issue 9 / DESIGN §12, the response cache's and
+fairness under a flood, each returning one Table.
 
 Each scenario starts the stacks it needs itself (fresh databases), warms them
 up, measures, and records as a *problem* anything that must not happen at any
@@ -18,17 +18,20 @@ import random
 import re
 import subprocess
 import sys
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import overload
 from bench.loads import (
     CACHE_OUTCOMES,
     RESULT_WAIT,
     Operation,
     Samples,
+    Sender,
     SocketSwarm,
     chat_body,
     chat_completion,
@@ -38,6 +41,7 @@ from bench.loads import (
     first_token_direct,
     first_token_sse,
     first_token_ws,
+    open_loop,
     percentile,
     submit_and_poll,
     submit_and_poll_each,
@@ -49,6 +53,7 @@ from bench.spy import hotspots, recording
 from bench.stack import ROOT, Stack, Workspace, die_with_parent, rss_mb
 from bench.upstream import FIRST_TOKEN_DELAY, MODEL
 from bench.wrk import REFUSED, SubmitRun, describe, run_submit
+from harness.processes import create_api_key
 
 CONFIGS = ("embedded", "scaled")
 SUBMIT_BODY = uncached({"prompt": "Summarise the benchmark results in one sentence."})
@@ -83,6 +88,12 @@ class Plan:
     cache_requests: int
     cache_prompts: int
     cache_connections: int
+    # h: a backlog to measure capacity, then seconds of each phase; every request's deadline
+    fair_backlog: int
+    fair_idle_seconds: float
+    fair_flood_seconds: float
+    fair_tier_seconds: float
+    fair_deadline: float
 
 
 FULL = Plan(
@@ -105,6 +116,11 @@ FULL = Plan(
     cache_requests=200,
     cache_prompts=20,
     cache_connections=4,
+    fair_backlog=80,
+    fair_idle_seconds=30,
+    fair_flood_seconds=60,
+    fair_tier_seconds=30,
+    fair_deadline=10,
 )
 SMOKE = Plan(
     warmup_seconds=1,
@@ -126,6 +142,11 @@ SMOKE = Plan(
     cache_requests=24,
     cache_prompts=4,
     cache_connections=4,
+    fair_backlog=16,
+    fair_idle_seconds=2,
+    fair_flood_seconds=3,
+    fair_tier_seconds=2,
+    fair_deadline=3,
 )
 
 
@@ -735,6 +756,176 @@ def _cache_rows(table: Table, by_cache_status: dict[str, list[float]], plan: Pla
         table.problems.append(f"{count} answers with cache_status {status!r}: cache not used")
 
 
+# --- h. fairness ------------------------------------------------------------------------
+
+# Paced like bench/overload.py: ~1 s per request on 2 workers x 4 slots, so 5x
+# capacity is a load the web processes and this client can really offer on 2 cores.
+FAIR_ENV = {"ORCHESTRATOR_ECHO_TOKEN_DELAY": "0.05", "ORCHESTRATOR_CONCURRENCY": "4"}
+# Requests of 10-30 tokens (0.5-1.5 s): of equal length, the slots would finish in
+# lockstep and a newcomer would wait for the whole wave, not for the next slot.
+FAIR_WORDS = (10, 30)
+FLOOD, TRICKLE = 5.0, 0.05  # arrival rates, as multiples of the measured capacity
+TIER_MIX = {"high": 0.1, "normal": 0.3, "low": 0.6}  # shares of the tier phase's 5x load
+FAIR_COLUMNS = ["phase", "key", "offered/s", "accepted/s", "refused/s", "expired"]
+FAIR_COLUMNS += ["completed/s", "wait p50 ms", "wait p95 ms", "wait p99 ms"]
+SETTLE = 2.0  # seconds into a phase before its goodput counts (the slots fill)
+FAIR_RECORDS = (
+    "SELECT metadata->>'sender', status, (timings->>'queue_wait')::float, "
+    "extract(epoch FROM coalesce(started_at, deadline_at) - created_at)::float, "
+    "status = 'completed' AND finished_at <= deadline_at, "
+    "extract(epoch FROM finished_at)::float "
+    "FROM inference_inferencerequest WHERE metadata->>'phase' = '{phase}'"
+)
+
+
+@dataclass
+class Sent:
+    """One sender's phase: what it was answered, then what its records say."""
+
+    sender: Sender
+    seconds: float
+    waits: list[float]  # submit -> claim (timings.queue_wait); never claimed: its deadline
+    expired: int
+    goodput: float  # completed within the deadline per second, once the slots are full
+
+    def row(self, phase: str, key: str) -> dict[str, Any]:
+        return {
+            "phase": phase,
+            "key": key,
+            "offered/s": self.sender.offered / self.seconds,
+            "accepted/s": self.sender.accepted / self.seconds,
+            "refused/s": self.sender.refused / self.seconds,
+            "expired": self.expired,
+            "completed/s": self.goodput,
+            **{f"wait p{p} ms": percentile(self.waits, p) * 1000 for p in (50, 95, 99)},
+        }
+
+
+def fairness(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "h",
+        "Fairness: one key floods at 5x capacity, another sends 5% (scaled: PostgreSQL + Redis)",
+        [*FAIR_COLUMNS, "vs"],
+    )
+    with workspace.stack("scaled", FAIR_ENV) as stack:
+        urls, database = stack.web_urls, stack.database
+        capacity = asyncio.run(overload.capacity(urls[0], database, plan.fair_backlog))
+        in_flight = max(int(capacity * plan.fair_deadline / 2), 1)
+        flood_key = create_api_key(stack.env, "--max-in-flight", str(in_flight))
+        trickle_key, tier_key = create_api_key(stack.env), create_api_key(stack.env)
+
+        def sender(
+            phase: str, name: str, rate: float, key: str, priority: str = "normal"
+        ) -> tuple[str, Sender]:
+            fields = {"deadline_seconds": plan.fair_deadline, "priority": priority}
+            fields |= {"metadata": {"phase": phase, "sender": name}}
+            rng = random.Random(f"{phase}-{name}")
+
+            def body() -> dict[str, Any]:
+                words = " ".join(f"w{i}" for i in range(rng.randint(*FAIR_WORDS)))
+                return uncached({**fields, "prompt": words})
+
+            return name, Sender(rate * capacity, body, key)
+
+        def phase(name: str, seconds: float, *senders: tuple[str, Sender]) -> dict[str, Sent]:
+            return _fair_phase(stack, name, seconds, dict(senders), plan, table)
+
+        idle = phase("idle", plan.fair_idle_seconds, sender("idle", "B", TRICKLE, trickle_key))
+        flood = phase(
+            "flood",
+            plan.fair_flood_seconds,
+            sender("flood", "A", FLOOD, flood_key),
+            sender("flood", "B", TRICKLE, trickle_key),
+        )
+        tiers = phase(
+            "tiers",
+            plan.fair_tier_seconds,
+            *(sender("tiers", t, FLOOD * share, tier_key, t) for t, share in TIER_MIX.items()),
+        )
+        check_alive(stack, table)
+    table.notes += _fair_notes(capacity, in_flight, plan)
+    _fair_rows(table, capacity, idle["B"], flood, tiers, in_flight)
+    return table
+
+
+def _fair_phase(
+    stack: Stack, phase: str, seconds: float, senders: dict[str, Sender], plan: Plan, table: Table
+) -> dict[str, Sent]:
+    """Offer the senders' arrivals for ``seconds``, let the queue drain (or expire),
+    then read every record the phase stored."""
+    began = time.time()
+    asyncio.run(open_loop(stack.web_urls, list(senders.values()), seconds))
+    ended = time.time()
+    stack.wait_drained(plan.fair_deadline + 60)
+    records: defaultdict[str, list[tuple]] = defaultdict(list)  # type: ignore[type-arg]
+    for name, *record in stack.query(FAIR_RECORDS.format(phase=phase)):
+        records[name].append(tuple(record))
+    settle = min(SETTLE, seconds / 2)
+    sent = {}
+    for name, sender in senders.items():
+        rows = records[name]
+        label = f"{phase} {name}"
+        table.problems += [f"{label}: {problem}" for problem in sender.problems()]
+        if len(rows) != sender.accepted:
+            table.problems.append(f"{label}: {sender.accepted} accepted, {len(rows)} stored")
+        statuses = Counter(status for status, *_ in rows)
+        for status in statuses.keys() - {"completed", "expired"}:
+            table.problems.append(f"{label}: {statuses[status]} requests {status}")
+        if any(status == "completed" and waited is None for status, waited, *_ in rows):
+            table.problems.append(f"{label}: a completed request without timings.queue_wait")
+        waits = [waited if waited is not None else bound for _, waited, bound, *_ in rows]
+        good = [at for *_, ok, at in rows if ok and began + settle <= at <= ended]
+        goodput = len(good) / (ended - began - settle)
+        sent[name] = Sent(sender, seconds, waits, statuses["expired"], goodput)
+    return sent
+
+
+def _fair_rows(
+    table: Table,
+    capacity: float,
+    idle: Sent,
+    flood: dict[str, Sent],
+    tiers: dict[str, Sent],
+    in_flight: int,
+) -> None:
+    table.add("", None, **idle.row("idle", "B alone (5%)"), vs="—")
+    share = flood["A"].goodput / capacity
+    a_row = flood["A"].row("flood", f"A (5x, in flight ≤{in_flight})")
+    table.add("≥90% of capacity", share >= 0.9, **a_row, vs=f"{share:.0%} of capacity")
+    ratios = [percentile(flood["B"].waits, p) / percentile(idle.waits, p) for p in (50, 99)]
+    b_row = flood["B"].row("flood", "B (5%)")
+    vs = f"idle x{ratios[0]:.1f} (p50), x{ratios[1]:.1f} (p99)"
+    table.add("p50, p99 ≤2x idle", all(r <= 2 for r in ratios), **b_row, vs=vs)
+    high, low = (percentile(tiers[t].waits, 95) for t in ("high", "low"))
+    for tier, share_of_load in TIER_MIX.items():
+        target, met = ("p95 < low's", high < low) if tier == "high" else ("", None)
+        row = tiers[tier].row("tiers (5x)", f"C {tier} ({share_of_load:.0%})")
+        table.add(target, met, **row, vs="—")
+
+
+def _fair_notes(capacity: float, in_flight: int, plan: Plan) -> list[str]:
+    return [
+        f"Capacity {capacity:.1f} completed/s (draining a backlog of {plan.fair_backlog}, as "
+        "bench/overload.py, 20-token prompts): 2 workers x 4 slots, echo backend at 50 "
+        f"ms/token; 2 web processes. Phase prompts: {FAIR_WORDS[0]}-{FAIR_WORDS[1]} tokens "
+        "(uniform: 0.5-1.5 s per request). Every request has a "
+        f"{plan.fair_deadline:g} s deadline and bypasses the cache.",
+        "Load: open-loop Poisson arrivals (the bench's raw-asyncio HTTP/1.1 client, this "
+        "process), each key with its own API key; rates are multiples of the capacity. "
+        f"Phases: idle, key B alone at 5% ({plan.fair_idle_seconds:g} s); flood, key A at 5x "
+        f"and B at 5% ({plan.fair_flood_seconds:g} s); tiers, key C at 5x as "
+        + ", ".join(f"{share:.0%} {tier}" for tier, share in TIER_MIX.items())
+        + f" ({plan.fair_tier_seconds:g} s). A's key has max_in_flight {in_flight} (what "
+        "drains in half the deadline; excess refused 429 + Retry-After), B's and C's none.",
+        "Wait: each record's timings.queue_wait (submit -> claim), read after the phase "
+        "drained; a request never claimed counts its deadline (a lower bound). completed/s: "
+        f"completed within the deadline per second, from {SETTLE:g} s into the phase to its end.",
+        "No preemption: under load even a request first in line waits for the next slot to "
+        "free; with completions ~Poisson at the capacity that is a median of ln 2 / capacity "
+        f"= {math.log(2) / capacity * 1000:.0f} ms.",
+    ]
+
+
 SCENARIOS = {
     "a": durable_submit,
     "b": orchestration_overhead,
@@ -743,4 +934,5 @@ SCENARIOS = {
     "e": memory_growth,
     "f": local_model,
     "g": response_cache,
+    "h": fairness,
 }
