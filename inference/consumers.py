@@ -154,7 +154,12 @@ class StreamConsumer(SSEConsumer):
     def final_event(self, event: Finished) -> bytes:
         request = event.request
         if request.status == Status.COMPLETED:
-            body = {"status": "done", "result": request.result, **request.cache_report}
+            body = {
+                "status": "done",
+                "result": request.result,
+                "finish_reason": request.finish_reason,
+                **request.cache_report,
+            }
             return sse("complete", body)
         return sse("error", {"error": finished_error(request), "status": request.status})
 
@@ -369,6 +374,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
                 "result": request.result,
                 "status": request.status,
                 "usage": request.usage,
+                "finish_reason": request.finish_reason,
                 **request.cache_report,
             }
         return {

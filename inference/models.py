@@ -82,6 +82,16 @@ def backend_names() -> list[str]:
     return sorted(settings.ORCHESTRATOR_BACKENDS)
 
 
+class FinishReason(models.TextChoices):
+    """Why a request's generation ended, for every final status."""
+
+    STOP = "stop", "the model ended its answer"
+    LENGTH = "length", "cut at max_tokens"
+    CANCELLED = "cancelled", "cancelled"
+    ERROR = "error", "failed"
+    EXPIRED = "expired", "its deadline (or its tier's wait) passed"
+
+
 class ErrorCode(models.TextChoices):
     BACKEND_ERROR = "backend_error"
     INTERNAL_ERROR = "internal_error"
@@ -458,6 +468,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             "status": Status.FAILED,
             "error_code": code,
             "error": message[:2000],
+            "finish_reason": FinishReason.ERROR,
             "finished_at": timezone.now(),
             "lease_expires_at": None,
         }
@@ -490,10 +501,18 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
                 status=Status.CANCELLED,
                 error_code=ErrorCode.CANCELLED,
                 error="Cancelled by the client.",
+                finish_reason=FinishReason.CANCELLED,
                 finished_at=timezone.now(),
                 lease_expires_at=None,
             )
         )
+
+    def record_consumption(self, pk: uuid.UUID, attempt: int, **consumed: Any) -> bool:
+        """What an attempt had consumed (tokens, messages) when its request ended
+        without it: cancelled or expired under it. Accounting only, for that attempt:
+        the status stays as it is."""
+        ended = (Status.CANCELLED, Status.EXPIRED)
+        return bool(self.filter(pk=pk, attempt=attempt, status__in=ended).update(**consumed))
 
     def reclaim_expired_leases(self) -> tuple[int, int]:
         """Expired leases go back to pending, or fail once attempts are spent.
@@ -506,6 +525,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             status=Status.FAILED,
             error_code=ErrorCode.WORKER_LOST,
             error="The worker running this request stopped responding.",
+            finish_reason=FinishReason.ERROR,
             finished_at=now,
             lease_expires_at=None,
         )
@@ -522,6 +542,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             status=Status.EXPIRED,
             error_code=ErrorCode.DEADLINE_EXCEEDED,
             error="The request's deadline passed before it finished.",
+            finish_reason=FinishReason.EXPIRED,
             finished_at=now,
             lease_expires_at=None,
         )
@@ -562,6 +583,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             expired += rows.update(
                 status=Status.EXPIRED,
                 error_code=ErrorCode.QUEUE_TIMEOUT,
+                finish_reason=FinishReason.EXPIRED,
                 error=f"No worker took it within the {tier} tier's {seconds:g} s wait.",
                 finished_at=now,
             )
@@ -683,7 +705,7 @@ class InferenceRequest(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
-    # Why generation stopped: "stop" (the model ended), "length" (max_tokens).
+    # Why generation ended (FinishReason, or what an upstream said: e.g. content_filter).
     finish_reason = models.CharField(max_length=16, blank=True, default="", db_default="")
     # /v1 requests: their live readers (inference.services.reading), and when the
     # last one left without the answer: cancelled after the disconnect grace unless

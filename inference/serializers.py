@@ -490,6 +490,13 @@ class InferenceRequestSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(read_only=True, allow_null=True)
     deadline_at = serializers.DateTimeField(read_only=True, allow_null=True)
     usage = UsageSerializer(read_only=True)
+    finish_reason = serializers.CharField(
+        read_only=True,
+        help_text=(
+            "Why it ended: stop, length (cut at max_tokens), cancelled, error, expired "
+            "(or what an upstream said); empty while it runs."
+        ),
+    )
     timings = serializers.DictField(child=serializers.FloatField(), read_only=True)
     passages = serializers.JSONField(read_only=True)
     messages = serializers.JSONField(read_only=True)
@@ -534,6 +541,7 @@ class InferenceRequestSerializer(serializers.Serializer):
             "finished_at": when(request.finished_at) if request.finished_at else None,
             "deadline_at": when(request.deadline_at) if request.deadline_at else None,
             "usage": request.usage,
+            "finish_reason": request.finish_reason,
             "timings": {stage: float(seconds) for stage, seconds in request.timings.items()},
             "passages": request.passages,
             "messages": request.messages,

@@ -30,7 +30,7 @@ from django.utils import timezone
 
 from inference import events, flags, logs, metrics
 from inference.models import CacheStatus, InferenceRequest, Outcome, Status
-from pipeline.backends import BackendError
+from pipeline.backends import BackendError, get_backend
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
 from pipeline.reaper import reap_once
@@ -270,25 +270,26 @@ class Engine:
             max_delay=settings.ORCHESTRATOR_CHUNK_BATCH_SECONDS,
             successor=self._successor,
         )
+        ctx = PipelineContext(request=RequestSnapshot.from_request(request), sink=writer)
         heartbeat = asyncio.create_task(self._heartbeat(writer))
         metrics.IN_FLIGHT.inc()
         waited = (timezone.now() - request.created_at).total_seconds()  # just claimed
         metrics.QUEUE_WAIT.labels(str(request.priority)).observe(waited)
         try:
-            await self._run_attempt(writer)
+            await self._run_attempt(writer, ctx)
         except asyncio.CancelledError:
-            await self._after_interrupt(writer)
+            await self._after_interrupt(writer, ctx)
         finally:
             heartbeat.cancel()
             metrics.IN_FLIGHT.dec()
 
-    async def _run_attempt(self, writer: ChunkWriter) -> None:
+    async def _run_attempt(self, writer: ChunkWriter, ctx: PipelineContext) -> None:
         request = writer.request
-        ctx = PipelineContext(request=RequestSnapshot.from_request(request), sink=writer)
         try:
             ctx = await run_stages(ctx, configured_stages())
         except LeaseLost:
             logger.info("request %s attempt %s lost its lease", request.pk, request.attempt)
+            await self._record_consumption(writer, ctx)  # e.g. it expired under it
             return
         except BackendError as exc:
             # Readers see the tokens that did stream, then the error.
@@ -419,7 +420,7 @@ class Engine:
         followers_fail: bool = False,
     ) -> None:
         fail = database_sync_to_async(InferenceRequest.objects.fail)
-        details = {"timings": ctx.timings, "passages": ctx.passages, "messages": ctx.messages}
+        details = consumption(ctx)
         details.update(error_detail=detail[:2000], skipped_stages=ctx.skipped)
         followers = await self._fenced(
             writer,
@@ -435,13 +436,25 @@ class Engine:
         if not followers_fail and ctx.cache_key:
             await events.ring_doorbell()  # any detached followers are pending again
 
-    async def _after_interrupt(self, writer: ChunkWriter) -> None:
+    async def _after_interrupt(self, writer: ChunkWriter, ctx: PipelineContext) -> None:
         request = writer.request
         reason = self._stop_reasons.get(request.pk, "shutdown")
         metrics.CANCELLATIONS.labels(reason).inc()
         logger.info("request %s attempt %s interrupted: %s", request.pk, request.attempt, reason)
         if reason == "shutdown":
             await self._hand_back(writer)
+        else:
+            await self._record_consumption(writer, ctx)
+
+    async def _record_consumption(self, writer: ChunkWriter, ctx: PipelineContext) -> None:
+        """A request that ended under this attempt (cancelled, expired) still says
+        what the attempt had consumed: the tokens it was billed for, what the model
+        was shown. Best effort: accounting never fails a worker."""
+        record = database_sync_to_async(InferenceRequest.objects.record_consumption)
+        try:
+            await record(writer.request.pk, writer.request.attempt, **consumption(ctx))
+        except Exception:
+            logger.warning("cannot record what %s consumed", writer.request.pk, exc_info=True)
 
     async def _hand_back(self, writer: ChunkWriter) -> None:
         """Return the attempt's request to the queue for another worker."""
@@ -474,6 +487,23 @@ class Engine:
         """One lease extension (None: the row is no longer held, for ``_fenced``)."""
         beat = database_sync_to_async(InferenceRequest.objects.heartbeat)
         return await beat(row.pk, row.attempt, self.config.lease_seconds) or None
+
+
+def consumption(ctx: PipelineContext) -> dict[str, Any]:
+    """What an attempt that did not complete had consumed, for its row. A stream
+    cut short never got the upstream's own count of the prompt: then it is the
+    backend's estimate."""
+    prompt_tokens = ctx.usage.prompt_tokens
+    if not prompt_tokens and ctx.usage.completion_tokens and ctx.messages:
+        count = get_backend(ctx.request.backend).count_tokens
+        prompt_tokens = sum(count(message["content"]) for message in ctx.messages)
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": ctx.usage.completion_tokens,
+        "timings": ctx.timings,
+        "passages": ctx.passages,
+        "messages": ctx.messages,
+    }
 
 
 def fails_followers_too(exc: BackendError) -> bool:

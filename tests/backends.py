@@ -26,6 +26,7 @@ class FailingBackend(Backend):
     ) -> AsyncIterator[str]:
         for i in range(self.tokens_before):
             await asyncio.sleep(self.delay)
+            usage.completion_tokens += 1
             yield f"t{i} "
         raise BackendError("upstream said no", code="upstream_error", retryable=self.retryable)
 
@@ -58,6 +59,7 @@ class EndlessBackend(Backend):
             while True:
                 await asyncio.sleep(self.interval)
                 n += 1
+                usage.completion_tokens += 1  # as a real backend counts as it streams
                 yield f"w{n} "
         finally:
             EndlessBackend.closed.set()

@@ -36,6 +36,7 @@ async def test_a_finished_request_replays_every_token_then_complete(engine: Engi
     assert events[-1].data == {
         "status": "done",
         "result": PROMPT,
+        "finish_reason": "stop",
         "cache_status": "ineligible",
         "cache_source": None,
     }

@@ -59,6 +59,7 @@ async def test_a_submit_is_acked_then_streamed_then_resulted(engine: Engine) -> 
         "result": PROMPT,
         "status": "completed",
         "usage": {"prompt_tokens": 26, "completion_tokens": 20, "total_tokens": 46},
+        "finish_reason": "stop",
         "cache_status": "ineligible",
         "cache_source": None,
     }

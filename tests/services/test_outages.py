@@ -50,6 +50,7 @@ def test_a_redis_restart_mid_stream_loses_no_request_or_token(stack: Stack) -> N
             "event": "complete",
             "status": "done",
             "result": prompt,
+            "finish_reason": "stop",
             "cache_status": "ineligible",
             "cache_source": None,
         }

@@ -60,6 +60,7 @@ def test_50_sse_and_50_websocket_clients_each_get_exactly_their_text(stack: Stac
             "event": "complete",
             "status": "done",
             "result": prompt,
+            "finish_reason": "stop",
             "cache_status": "ineligible",
             "cache_source": None,
         }

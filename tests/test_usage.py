@@ -1,0 +1,70 @@
+"""Every final request says why it ended and what it consumed: a cancelled or
+failed one too (it was billed for the tokens it streamed)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from channels.db import database_sync_to_async
+from django.test import Client
+
+from inference import services
+from inference.models import FinishReason, InferenceRequest, Status
+from inference.streaming import Token, follow
+from pipeline.worker import Engine
+from tests.conftest import asubmit, finished
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def tokens_seen(request_id, n: int) -> None:  # type: ignore[no-untyped-def]
+    seen = 0
+    async for event in follow(request_id):
+        if isinstance(event, Token):
+            seen += 1
+            if seen >= n:
+                return
+
+
+async def test_a_cancelled_stream_reports_what_it_consumed(engine: Engine) -> None:
+    request = await asubmit("count me", backend="endless")
+    await tokens_seen(request.pk, 5)
+    await database_sync_to_async(services.cancel_request)(request.pk)
+    for _ in range(100):  # the worker records it once it has stopped
+        row = await InferenceRequest.objects.aget(pk=request.pk)
+        if row.completion_tokens:
+            break
+        await asyncio.sleep(0.02)
+    assert row.status == Status.CANCELLED and row.finish_reason == FinishReason.CANCELLED
+    assert row.completion_tokens >= 5
+    assert row.prompt_tokens > 0 and row.messages[-1]["content"] == "count me"
+
+
+async def test_a_failed_request_reports_what_it_streamed(engine: Engine) -> None:
+    request = await finished((await asubmit("fail later", backend="failing-midway")).pk)
+    assert request.status == Status.FAILED and request.finish_reason == FinishReason.ERROR
+    assert request.completion_tokens == 3 and request.messages
+
+
+async def test_an_answer_cut_at_max_tokens_says_so_on_every_transport(engine: Engine) -> None:
+    request = await finished((await asubmit("one two three four", max_tokens=2)).pk)
+    assert request.finish_reason == FinishReason.LENGTH
+    body = (await database_sync_to_async(Client().get)(f"/api/v1/result/{request.pk}")).json()
+    assert body["finish_reason"] == "length" and body["usage"]["completion_tokens"] == 2
+
+
+def test_expired_requests_say_so() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tests.conftest import submit
+
+    request = submit("too late")
+    InferenceRequest.objects.filter(pk=request.pk).update(
+        deadline_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert InferenceRequest.objects.expire_overdue() == 1
+    request.refresh_from_db()
+    assert (request.status, request.finish_reason) == (Status.EXPIRED, FinishReason.EXPIRED)
