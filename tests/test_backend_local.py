@@ -34,9 +34,27 @@ async def test_tokens_stream_one_by_one_with_usage() -> None:
         async for t in get_backend("local").stream(QUESTION, GenerationParams(max_tokens=40), usage)
     ]
     assert len(tokens) > 5 and "".join(tokens).strip()
-    assert usage.completion_tokens == len(tokens)
     assert usage.prompt_tokens > 10
     assert usage.finish_reason in ("stop", "length")
+
+
+async def test_usage_is_the_tokenizers_count_of_the_prompt_and_the_answer() -> None:
+    """Exact, not chunks or context arithmetic: the prompt as llama-cpp-python itself
+    counts it for a chat completion, and the tokens of the text generated."""
+    backend = get_backend("local")
+    usage = Usage()
+    params = GenerationParams(max_tokens=30, temperature=0)
+    text = "".join([t async for t in backend.stream(QUESTION, params, usage)])
+    llama = await asyncio.to_thread(backend.load)
+    try:
+        reference = await asyncio.to_thread(
+            llama.create_chat_completion, messages=QUESTION, max_tokens=1, temperature=0
+        )
+        generated = llama.tokenize(text.encode(), add_bos=False, special=True)
+    finally:
+        backend.release(llama)
+    assert usage.prompt_tokens == reference["usage"]["prompt_tokens"]
+    assert usage.completion_tokens == len(generated) > 0
 
 
 async def test_max_tokens_is_honoured() -> None:

@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pipeline.backends.base import Backend, BackendError, GenerationParams, Usage
 
@@ -35,6 +35,31 @@ def bundled_smollm2() -> Path:
     if not path.is_file():
         raise BackendError(f"{path} is missing", code="model_missing")
     return path
+
+
+def count(llama: Any, text: str) -> int:
+    """Tokens ``text`` is to this model (the generated text: what was billed)."""
+    return len(llama.tokenize(text.encode(), add_bos=False, special=True)) if text else 0
+
+
+def prompt_tokens(llama: Any, messages: list[dict[str, str]]) -> int:
+    """The prompt's tokens as the model sees it: the model's own chat template
+    applied, then tokenized, as llama-cpp-python does for a chat completion."""
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    template = llama.metadata.get("tokenizer.chat_template")
+    if not template:  # no template: the contents alone (an undercount, by the markup)
+        return sum(count(llama, m["content"]) for m in messages)
+    eos, bos = llama.token_eos(), llama.token_bos()
+    formatter = Jinja2ChatFormatter(
+        template=template,
+        eos_token=llama.detokenize([eos], special=True).decode() if eos != -1 else "",
+        bos_token=llama.detokenize([bos], special=True).decode() if bos != -1 else "",
+        stop_token_ids=[eos],
+    )
+    prompt = formatter(messages=cast(Any, messages))  # (its TypedDicts: the same dicts)
+    tokens = llama.tokenize(prompt.prompt.encode(), add_bos=not prompt.added_special, special=True)
+    return len(tokens)
 
 
 class LlamaCppBackend(Backend):
@@ -146,6 +171,8 @@ class LlamaCppBackend(Backend):
             seed=params.seed,
             stream=True,
         )
+        usage.prompt_tokens = prompt_tokens(llama, messages)
+        generated: list[str] = []
         try:
             for chunk in chunks:
                 if stop.is_set():
@@ -156,9 +183,9 @@ class LlamaCppBackend(Backend):
                 if choice.get("finish_reason"):
                     usage.finish_reason = choice["finish_reason"]
                 if text:
-                    usage.completion_tokens += 1
+                    generated.append(text)
+                    usage.completion_tokens += 1  # a chunk is about a token: exact below
                     yield text
         finally:
             chunks.close()
-            # n_tokens counts what the model evaluated: the prompt plus our output.
-            usage.prompt_tokens = max(0, llama.n_tokens - usage.completion_tokens)
+            usage.completion_tokens = count(llama, "".join(generated))
