@@ -104,7 +104,7 @@ def record_finished(request, status: str, timings: dict[str, float], usage=None)
             STAGE_DURATION.labels(stage).observe(timings[stage])
     if usage is None:
         return
-    model = request.params.get("model", "") or backend
+    model = request.model_used or backend
     TOKENS.labels("prompt", backend).inc(usage.prompt_tokens)
     TOKENS.labels("completion", backend).inc(usage.completion_tokens)
     if "first_token" in timings:
@@ -113,6 +113,12 @@ def record_finished(request, status: str, timings: dict[str, float], usage=None)
         per_token = timings["inference"] / usage.completion_tokens
         TIME_PER_OUTPUT_TOKEN.labels(backend, model).observe(per_token)
 
+
+COST = Counter(
+    "orchestrator_cost_total",
+    "What backend calls cost by the price table (models.prices), in its currency",
+    ["backend", "model"],
+)
 
 # --- the response cache and in-flight dedup ---------------------------------------------
 CACHE_LOOKUPS = Counter(

@@ -15,6 +15,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
@@ -119,6 +120,14 @@ class Outcome:
     cache_key: str | None = None
     cache_status: str = ""
     cache_expires_at: datetime | None = None
+    model_used: str = ""
+    # What the backend call cost (only the request that made it pays: see ``billed``).
+    cost: Decimal = Decimal(0)
+    price_version: str = ""
+
+    @property
+    def billed(self) -> dict[str, Any]:
+        return {"cost": self.cost, "price_version": self.price_version}
 
 
 class CacheStatus(models.TextChoices):
@@ -146,6 +155,7 @@ def _answer(outcome: Outcome) -> dict[str, Any]:
         "messages": outcome.messages,
         "finish_reason": outcome.finish_reason,
         "cache_key": outcome.cache_key,
+        "model_used": outcome.model_used,
         "finished_at": timezone.now(),
         "lease_expires_at": None,
     }
@@ -268,6 +278,7 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         with transaction.atomic():
             held = self.held_by(pk, attempt).update(
                 **answer,
+                **outcome.billed,
                 skipped_stages=outcome.skipped_stages,
                 cache_status=outcome.cache_status,
                 cache_expires_at=outcome.cache_expires_at,
@@ -705,6 +716,12 @@ class InferenceRequest(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # The model that answered (the backend's, an upstream's, or a fallback's), and
+    # what its tokens cost by the price table (models.prices) of ``price_version``;
+    # 0 for a cache hit or a dedup follower: no backend was asked.
+    model_used = models.CharField(max_length=200, blank=True, default="", db_default="")
+    cost = models.DecimalField(max_digits=16, decimal_places=8, default=0, db_default=0)
+    price_version = models.CharField(max_length=12, blank=True, default="", db_default="")
     # Why generation ended (FinishReason, or what an upstream said: e.g. content_filter).
     finish_reason = models.CharField(max_length=16, blank=True, default="", db_default="")
     # /v1 requests: their live readers (inference.services.reading), and when the

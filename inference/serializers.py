@@ -490,6 +490,19 @@ class InferenceRequestSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(read_only=True, allow_null=True)
     deadline_at = serializers.DateTimeField(read_only=True, allow_null=True)
     usage = UsageSerializer(read_only=True)
+    model_used = serializers.CharField(read_only=True, help_text="The model that answered.")
+    cost = serializers.DecimalField(
+        max_digits=16,
+        decimal_places=8,
+        read_only=True,
+        help_text=(
+            "What its tokens cost by the configured price table (a decimal string); 0 "
+            "for a cache hit or a dedup follower, and for unpriced models."
+        ),
+    )
+    price_version = serializers.CharField(
+        read_only=True, help_text="The price table the cost was computed with."
+    )
     finish_reason = serializers.CharField(
         read_only=True,
         help_text=(
@@ -541,6 +554,9 @@ class InferenceRequestSerializer(serializers.Serializer):
             "finished_at": when(request.finished_at) if request.finished_at else None,
             "deadline_at": when(request.deadline_at) if request.deadline_at else None,
             "usage": request.usage,
+            "model_used": request.model_used,
+            "cost": _COST.to_representation(request.cost),
+            "price_version": request.price_version,
             "finish_reason": request.finish_reason,
             "timings": {stage: float(seconds) for stage, seconds in request.timings.items()},
             "passages": request.passages,
@@ -554,6 +570,7 @@ class InferenceRequestSerializer(serializers.Serializer):
 
 # Stateless when only rendering: one instance serves every call.
 _DATETIME = serializers.DateTimeField()
+_COST = serializers.DecimalField(max_digits=16, decimal_places=8)
 
 
 class StreamableRequestSerializer(InferenceRequestSerializer):

@@ -33,6 +33,7 @@ from inference.models import CacheStatus, InferenceRequest, Outcome, Status
 from pipeline.backends import BackendError, get_backend
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
+from pipeline.pricing import cost_of, price_version
 from pipeline.reaper import reap_once
 from pipeline.stages import configured_stages, run_stages
 
@@ -325,6 +326,7 @@ class Engine:
         record_timeline(request, ctx)
         finish_reason = (ctx.usage.finish_reason or "stop")[:16]  # (the column's width)
         stored_until = self._stored_until(request, ctx, finish_reason)
+        model = model_run(ctx)
         outcome = Outcome(
             result=ctx.result,
             prompt_tokens=ctx.usage.prompt_tokens,
@@ -338,14 +340,20 @@ class Engine:
             cache_key=ctx.cache_key,
             cache_status=CacheStatus.STORED if stored_until else ctx.cache_status,
             cache_expires_at=stored_until,
+            model_used=model,
+            cost=cost_of(
+                ctx.backend_used, model, ctx.usage.prompt_tokens, ctx.usage.completion_tokens
+            ),
+            price_version=price_version(),
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         followers = await self._fenced(writer, lambda row: complete(row.pk, row.attempt, outcome))
         if followers is None:
             return
         request = writer.request
-        request.backend_used = ctx.backend_used
+        request.backend_used, request.model_used = ctx.backend_used, model
         metrics.record_finished(request, Status.COMPLETED, ctx.timings, ctx.usage)
+        metrics.COST.labels(ctx.backend_used, model).inc(float(outcome.cost))
         await events.notify_finished(request.pk, Status.COMPLETED)
         saved = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
         for follower, transport in followers:
@@ -386,6 +394,7 @@ class Engine:
             skipped_stages=ctx.skipped,
             finish_reason=source.finish_reason,
             cache_key=ctx.cache_key,
+            model_used=source.model_used,  # (and it costs nothing: no backend was asked)
         )
         serve = database_sync_to_async(InferenceRequest.objects.serve_cached)
         followers = await serve(request.pk, request.attempt, source, outcome)
@@ -489,6 +498,15 @@ class Engine:
         return await beat(row.pk, row.attempt, self.config.lease_seconds) or None
 
 
+def model_run(ctx: PipelineContext) -> str:
+    """The model that answered: the request's own upstream model, or the backend's
+    (a fallback always runs its own)."""
+    backend = ctx.backend_used or ctx.request.backend
+    if backend == ctx.request.backend and ctx.request.params.model:
+        return ctx.request.params.model
+    return get_backend(backend).model
+
+
 def consumption(ctx: PipelineContext) -> dict[str, Any]:
     """What an attempt that did not complete had consumed, for its row. A stream
     cut short never got the upstream's own count of the prompt: then it is the
@@ -497,7 +515,12 @@ def consumption(ctx: PipelineContext) -> dict[str, Any]:
     if not prompt_tokens and ctx.usage.completion_tokens and ctx.messages:
         count = get_backend(ctx.request.backend).count_tokens
         prompt_tokens = sum(count(message["content"]) for message in ctx.messages)
+    backend, model = ctx.backend_used or ctx.request.backend, model_run(ctx)
+    completion_tokens = ctx.usage.completion_tokens
     return {
+        "model_used": model,
+        "cost": cost_of(backend, model, prompt_tokens, completion_tokens),
+        "price_version": price_version(),
         "prompt_tokens": prompt_tokens,
         "completion_tokens": ctx.usage.completion_tokens,
         "timings": ctx.timings,

@@ -68,3 +68,56 @@ def test_expired_requests_say_so() -> None:
     assert InferenceRequest.objects.expire_overdue() == 1
     request.refresh_from_db()
     assert (request.status, request.finish_reason) == (Status.EXPIRED, FinishReason.EXPIRED)
+
+
+# --- cost ------------------------------------------------------------------------
+
+PRICES = {
+    "echo": {"input_per_million": 1.5, "output_per_million": 6.0},
+    "upstream/ok": {"input_per_million": 0.25, "output_per_million": 2.0},
+}
+
+
+async def test_cost_comes_from_the_price_table(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    from decimal import Decimal
+
+    from pipeline.pricing import price_version
+
+    settings.ORCHESTRATOR_PRICES = PRICES
+    done = await finished((await asubmit("one two three four five")).pk)
+    expected = (Decimal("1.5") * done.prompt_tokens + 6 * done.completion_tokens) / 1_000_000
+    assert done.cost == expected.quantize(Decimal("0.00000001")) > 0
+    assert done.price_version == price_version() != ""
+    assert done.model_used == "echo"
+    body = (await database_sync_to_async(Client().get)(f"/api/v1/result/{done.pk}")).json()
+    assert Decimal(body["cost"]) == done.cost and body["price_version"] == done.price_version
+    settings.ORCHESTRATOR_PRICES = {}
+    unpriced = await finished((await asubmit("free")).pk)
+    assert (unpriced.cost, unpriced.price_version) == (0, "")
+
+
+async def test_a_priced_upstream_model_and_a_hit_that_costs_nothing(
+    engine: Engine,
+    upstream,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.ORCHESTRATOR_PRICES = PRICES
+    first = await finished((await asubmit("the quick brown fox", temperature=0.0)).pk)
+    hit = await finished((await asubmit("the quick brown fox", temperature=0.0)).pk)
+    assert first.model_used == "ok" and first.cost > 0
+    assert hit.cache_status == "hit" and hit.cost == 0 and hit.usage == first.usage
+
+
+async def test_a_cancelled_request_is_billed_for_what_it_streamed(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_PRICES = {
+        "endless": {"input_per_million": 1e6, "output_per_million": 1e6}
+    }
+    request = await asubmit("bill me", backend="endless")
+    await tokens_seen(request.pk, 5)
+    await database_sync_to_async(services.cancel_request)(request.pk)
+    for _ in range(100):
+        row = await InferenceRequest.objects.aget(pk=request.pk)
+        if row.completion_tokens:
+            break
+        await asyncio.sleep(0.02)
+    assert row.cost == row.prompt_tokens + row.completion_tokens > 5  # a dollar a token
