@@ -504,7 +504,10 @@ def model_run(ctx: PipelineContext) -> str:
     backend = ctx.backend_used or ctx.request.backend
     if backend == ctx.request.backend and ctx.request.params.model:
         return ctx.request.params.model
-    return get_backend(backend).model
+    try:
+        return get_backend(backend).model
+    except KeyError:  # no longer configured (the request fails for that very reason)
+        return ""
 
 
 def consumption(ctx: PipelineContext) -> dict[str, Any]:
@@ -513,7 +516,7 @@ def consumption(ctx: PipelineContext) -> dict[str, Any]:
     backend's estimate."""
     prompt_tokens = ctx.usage.prompt_tokens
     if not prompt_tokens and ctx.usage.completion_tokens and ctx.messages:
-        count = get_backend(ctx.request.backend).count_tokens
+        count = get_backend(ctx.backend_used or ctx.request.backend).count_tokens
         prompt_tokens = sum(count(message["content"]) for message in ctx.messages)
     backend, model = ctx.backend_used or ctx.request.backend, model_run(ctx)
     completion_tokens = ctx.usage.completion_tokens

@@ -121,3 +121,14 @@ async def test_a_cancelled_request_is_billed_for_what_it_streamed(engine: Engine
             break
         await asyncio.sleep(0.02)
     assert row.cost == row.prompt_tokens + row.completion_tokens > 5  # a dollar a token
+
+
+async def test_a_backend_no_longer_configured_fails_the_request_cleanly(engine: Engine) -> None:
+    """Accounting for a failure must not fail in turn (it looks the backend up)."""
+    row = await InferenceRequest.objects.acreate(prompt="p", session_id="s", backend="gone")
+    done = await finished(row.pk, timeout=5)
+    assert (done.status, done.error_code, done.finish_reason) == (
+        "failed",
+        "internal_error",
+        "error",
+    )
