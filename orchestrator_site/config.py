@@ -192,6 +192,11 @@ class Backend(Section):
     )
 
 
+class Price(Section):
+    input_per_million: float = Field(0.0, ge=0, description="Per million prompt tokens.")
+    output_per_million: float = Field(0.0, ge=0, description="Per million completion tokens.")
+
+
 class Models(Section):
     default_backend: str = key(
         "local", "DEFAULT_BACKEND", "Backend of requests that name none.", reload=True
@@ -214,6 +219,12 @@ class Models(Section):
     )
     echo_failure_rate: float = key(
         0.0, "ECHO_FAILURE_RATE", "Share of echo calls that fail.", ge=0, le=1, reload=True
+    )
+    prices: dict[str, Price] = key(
+        {},
+        "PRICES",
+        "'backend' or 'backend/model' -> {input_per_million, output_per_million}; unlisted: 0.",
+        reload=True,
     )
 
 
