@@ -351,6 +351,44 @@ class CacheStatsSerializer(serializers.Serializer):
     window_seconds = serializers.IntegerField(help_text="The window the counts cover.")
 
 
+class UsageQuerySerializer(serializers.Serializer):
+    """``GET /api/v1/usage``'s query: a window (default: the last 30 days) and groups."""
+
+    since = serializers.DateTimeField(required=False)
+    until = serializers.DateTimeField(required=False)
+    group_by = serializers.MultipleChoiceField(
+        choices=["day", "key", "model"],
+        required=False,
+        help_text="Repeat or comma-separate: day (UTC), key, model (with its backend).",
+    )
+    key = StrictCharField(
+        required=False, max_length=16, help_text="Staff: one key's usage (its prefix)."
+    )
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        flat = {name: data.get(name) for name in ("since", "until", "key") if name in data}
+        groups = [g for value in data.getlist("group_by") for g in value.split(",") if g]
+        return super().to_internal_value({**flat, "group_by": groups or ["day"]})
+
+
+class UsageRowSerializer(serializers.Serializer):
+    day = serializers.DateField(required=False)
+    key = serializers.CharField(required=False, allow_null=True, help_text="null: anonymous")
+    backend = serializers.CharField(required=False)
+    model = serializers.CharField(required=False)
+    requests = serializers.IntegerField()
+    prompt_tokens = serializers.IntegerField()
+    completion_tokens = serializers.IntegerField()
+    cost = serializers.DecimalField(max_digits=20, decimal_places=8)
+
+
+class UsageReportSerializer(serializers.Serializer):
+    since = serializers.DateTimeField()
+    until = serializers.DateTimeField()
+    group_by = serializers.ListField(child=serializers.CharField())
+    rows = UsageRowSerializer(many=True)
+
+
 class CacheFlushSerializer(serializers.Serializer):
     epoch = serializers.IntegerField()
     entries_removed = serializers.IntegerField()

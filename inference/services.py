@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from contextvars import Context
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -22,6 +22,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import Count, F, Sum
+from django.db.models.functions import TruncDate
 from django.utils import timezone
 
 from inference import admission, events, logs, metrics
@@ -395,3 +396,47 @@ def cache_stats(window_seconds: int = 86_400) -> dict[str, Any]:
         "epoch": CacheEpoch.current(),
         "window_seconds": window_seconds,
     }
+
+
+# --- usage ------------------------------------------------------------------------------
+
+USAGE_GROUPS = ("day", "key", "model")
+
+
+def usage_report(
+    requests: InferenceRequestQuerySet, since: datetime, until: datetime, group_by: list[str]
+) -> list[dict[str, Any]]:
+    """Requests finished in ``[since, until)`` (every final status: each consumed
+    what it consumed), their tokens and cost, grouped by day (UTC), key and/or
+    backend + model. ``requests``: what the caller may see (its own, or staff's)."""
+    columns = {
+        "day": TruncDate("finished_at", tzinfo=UTC),
+        "key": F("api_key_id"),
+        "backend": F("backend_used"),
+        "model": F("model_used"),
+    }
+    wanted = [
+        name for name in columns if name in group_by or (name == "backend" and "model" in group_by)
+    ]
+    rows = (
+        requests.filter(finished_at__gte=since, finished_at__lt=until)
+        .annotate(**{f"group_{name}": columns[name] for name in wanted})
+        .values(*(f"group_{name}" for name in wanted))
+        .annotate(
+            requests=Count("pk"),
+            prompt_tokens=Sum("prompt_tokens"),
+            completion_tokens=Sum("completion_tokens"),
+            cost=Sum("cost"),
+        )
+        .order_by(*(f"group_{name}" for name in wanted))
+    )
+    return [
+        {
+            **{name: row[f"group_{name}"] for name in wanted},
+            "requests": row["requests"],
+            "prompt_tokens": row["prompt_tokens"] or 0,
+            "completion_tokens": row["completion_tokens"] or 0,
+            "cost": row["cost"] or 0,
+        }
+        for row in rows
+    ]

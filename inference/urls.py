@@ -17,6 +17,7 @@ urlpatterns = [
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
     path("sessions/<str:session_id>", views.SessionView.as_view(), name="session"),
     path("config", views.ConfigView.as_view(), name="config"),
+    path("usage", views.UsageView.as_view(), name="usage"),
     path("cache", views.CacheView.as_view(), name="cache"),
     path("cache/stats", views.CacheStatsView.as_view(), name="cache-stats"),
     path("cache/<str:cache_key>", views.CacheEntryView.as_view(), name="cache-entry"),

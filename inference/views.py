@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from adrf.views import APIView as AsyncAPIView
@@ -21,6 +22,7 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.db import connection
 from django.http import Http404, HttpRequest, HttpResponseBase
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
 from django.views.generic import TemplateView
@@ -57,6 +59,8 @@ from inference.serializers import (
     InferRequestSerializer,
     SessionSerializer,
     StreamableRequestSerializer,
+    UsageQuerySerializer,
+    UsageReportSerializer,
     cache_headers,
     idempotency_key_of,
 )
@@ -464,3 +468,30 @@ class CacheEntryView(APIView):
         if not CACHE_KEY.fullmatch(cache_key) or not await forget(cache_key):
             raise Http404("No cached answer under that key.")
         return Response(status=204)
+
+
+class UsageView(APIView):
+    """Tokens and cost of finished requests over time: a key's own (staff: any key's,
+    or everyone's)."""
+
+    @extend_schema(
+        operation_id="usage",
+        parameters=[UsageQuerySerializer],
+        responses={200: UsageReportSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        query = UsageQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        caller = caller_of(request)
+        now = timezone.now()
+        since = query.validated_data.get("since") or now - timedelta(days=30)
+        until = query.validated_data.get("until") or now
+        requests = caller.requests()
+        if key := query.validated_data.get("key"):
+            if not caller.staff:
+                raise PermissionDenied("Only staff may ask for another key's usage.")
+            requests = requests.filter(api_key_id=key)
+        groups = sorted(query.validated_data["group_by"])
+        rows = await sync_to_async(services.usage_report)(requests, since, until, groups)
+        report = {"since": since, "until": until, "group_by": groups, "rows": rows}
+        return Response(UsageReportSerializer(report).data)
