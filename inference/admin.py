@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import F, OuterRef, QuerySet, Subquery, Sum
 from django.http import HttpRequest
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
@@ -62,6 +64,21 @@ class BackendFilter(admin.SimpleListFilter):
         return queryset.filter(backend=self.value()) if self.value() else queryset
 
 
+class KeyFilter(admin.SimpleListFilter):
+    """The requests of one API key (the keys table lists them: no scan of requests)."""
+
+    title = "API key"
+    parameter_name = "key"
+    LISTED = 50
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        keys = ApiKey.objects.order_by("-last_used_at", "name").values_list("prefix", "name")
+        return [(prefix, f"{name} ({prefix})") for prefix, name in keys[: self.LISTED]]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(api_key_id=self.value()) if self.value() else queryset
+
+
 class TransportFilter(admin.SimpleListFilter):
     title = "transport"
     parameter_name = "transport"
@@ -90,6 +107,8 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "status",
         "backend",
         "priority",
+        "api_key",
+        "tokens",
         "created_at",
         "duration_display",
         "attempt",
@@ -99,6 +118,7 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     list_filter = (
         "status",
         "cache_status",
+        KeyFilter,
         BackendFilter,
         TransportFilter,
         ("created_at", admin.DateFieldListFilter),
@@ -198,6 +218,10 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     @admin.display(description="the client's messages (/v1)")
     def conversation_display(self, obj: InferenceRequest) -> str:
         return messages_html(obj.conversation)
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: InferenceRequest) -> int:
+        return obj.prompt_tokens + obj.completion_tokens
 
     @admin.display(description="answer came from")
     def cache_source_link(self, obj: InferenceRequest) -> str:
@@ -317,6 +341,17 @@ class DocumentAdmin(admin.ModelAdmin):
 admin.site.unregister(LibraryAPIKey)
 
 
+def key_usage(since: Any, amount: Any) -> Subquery:
+    """The sum of ``amount`` over the outer key's requests created since ``since``."""
+    rows = (
+        InferenceRequest.objects.filter(api_key=OuterRef("prefix"), created_at__gte=since)
+        .values("api_key")
+        .annotate(total=Sum(amount))
+        .values("total")
+    )
+    return Subquery(rows)
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(APIKeyModelAdmin):
     """Create a key (its secret is shown once, in a message) and revoke it."""
@@ -331,9 +366,40 @@ class ApiKeyAdmin(APIKeyModelAdmin):
         "expiry_date",
         "_has_expired",
         "revoked",
+        "tokens_24h",
+        "tokens_30d",
+        "cost_30d",
     )
     list_filter = ("revoked", "created")  # type: ignore[assignment]
     search_fields = ("=prefix", "name", "owner__username")  # type: ignore[assignment]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        """Each listed key's usage, one subquery per column on the page's rows only
+        (by the key's requests created in the window: the (key, created) index)."""
+        now = timezone.now()
+        day, month = now - timedelta(days=1), now - timedelta(days=30)
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                tokens_24h_sum=key_usage(day, F("prompt_tokens") + F("completion_tokens")),
+                tokens_30d_sum=key_usage(month, F("prompt_tokens") + F("completion_tokens")),
+                cost_30d_sum=key_usage(month, F("cost")),
+            )
+        )
+
+    @admin.display(description="tokens, 24 h")
+    def tokens_24h(self, obj: Any) -> int:
+        return obj.tokens_24h_sum or 0
+
+    @admin.display(description="tokens, 30 d")
+    def tokens_30d(self, obj: Any) -> int:
+        return obj.tokens_30d_sum or 0
+
+    @admin.display(description="cost, 30 d")
+    def cost_30d(self, obj: Any) -> Any:
+        return obj.cost_30d_sum or 0
+
     raw_id_fields = ("owner",)
     actions = ["revoke_selected"]
 

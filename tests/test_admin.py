@@ -139,3 +139,32 @@ def test_a_hit_links_to_its_source_and_the_list_filters_by_cache_status(
     assert f'href="{URL}{source.pk}/change/"' in page and "c" * 64 in page
     listed = admin_client.get(URL, {"cache_status__exact": "hit"}).content.decode()
     assert str(hit.pk) in listed and str(source.pk) not in listed
+
+
+def test_the_key_list_shows_usage_and_the_request_list_filters_by_key(
+    admin_client: Client,
+) -> None:
+    from decimal import Decimal
+
+    from inference.models import ApiKey
+
+    key, _ = ApiKey.objects.create_key(name="metered")
+    other, _ = ApiKey.objects.create_key(name="other")
+    for tokens, cost in ((100, "0.5"), (20, "0.25")):
+        InferenceRequest.objects.create(
+            api_key=key,
+            prompt="p",
+            session_id="s",
+            backend="echo",
+            status="completed",
+            prompt_tokens=tokens,
+            completion_tokens=tokens,
+            cost=Decimal(cost),
+        )
+    InferenceRequest.objects.create(api_key=other, prompt="q", session_id="s", backend="echo")
+    keys_page = admin_client.get(KEYS_URL).content.decode()
+    row = keys_page[keys_page.index(key.prefix) :][:2000]
+    assert "240" in row and "0.75" in row  # tokens (24 h and 30 d), cost (30 d)
+    listed = admin_client.get(URL, {"key": key.prefix}).content.decode()
+    assert listed.count('class="field-tokens"') == 2
+    assert '<td class="field-tokens">200</td>' in listed
