@@ -404,11 +404,29 @@ USAGE_GROUPS = ("day", "key", "model")
 
 
 def usage_report(
+    caller: Caller,
+    group_by: set[str],
+    since: datetime | None = None,
+    until: datetime | None = None,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """What the caller may see (its own requests; staff: everyone's, or ``key``'s)
+    of the requests finished in ``[since, until)`` (default: the last 30 days)."""
+    until = until or timezone.now()
+    since = since or until - timedelta(days=30)
+    requests = caller.requests()
+    if key:
+        requests = requests.filter(api_key_id=key)
+    groups = sorted(group_by)
+    rows = _usage_rows(requests, since, until, groups)
+    return {"since": since, "until": until, "group_by": groups, "rows": rows}
+
+
+def _usage_rows(
     requests: InferenceRequestQuerySet, since: datetime, until: datetime, group_by: list[str]
 ) -> list[dict[str, Any]]:
-    """Requests finished in ``[since, until)`` (every final status: each consumed
-    what it consumed), their tokens and cost, grouped by day (UTC), key and/or
-    backend + model. ``requests``: what the caller may see (its own, or staff's)."""
+    """Their tokens and cost (every final status: each consumed what it consumed),
+    grouped by day (UTC), key and/or backend + model."""
     columns = {
         "day": TruncDate("finished_at", tzinfo=UTC),
         "key": F("api_key_id"),
