@@ -3,7 +3,8 @@
 The scenario comes from the request's ``model`` field, so one server plays many
 upstreams: "ok", "429-once" (429 with retry-after, then ok), "500", "500-once",
 "stall-first" (headers, then silence), "stall-mid" (two tokens, then silence),
-"error-mid" (two tokens, then an in-stream error), "slow" (a token every 50 ms).
+"error-mid" (two tokens, then an in-stream error), "slow" (a token every 50 ms),
+"no-usage" (an OpenAI-compatible server that ignores ``stream_options``).
 It answers by echoing the last user message word by word, and records every
 request and every client disconnect.
 """
@@ -88,7 +89,8 @@ class FakeLLMServer:
             await asyncio.sleep(WORD_DELAY.get(scenario, 0))
             await _send(writer, events.delta(body, word))
         for frame in events.end(body, len(words)):
-            await _send(writer, frame)
+            if scenario != "no-usage" or '"usage"' not in frame:
+                await _send(writer, frame)
 
 
 def _words(body: dict) -> list[str]:

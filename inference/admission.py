@@ -96,12 +96,16 @@ class Refusal(Exception):
         retry_after: int | None = None,
         quota: Quota | None = None,
         param: str | None = None,
+        headers: dict[str, str] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.retry_after = retry_after
         self.quota = quota
         self.param = param  # the request field it is about, if one
+        self.extra_headers = headers or {}
+        self.details = details or {}  # more members of the error object
 
     @classmethod
     def from_database(cls, exc: DatabaseError, advice: str = "retry later") -> Refusal:
@@ -125,7 +129,7 @@ class Refusal(Exception):
             headers["retry-after-ms"] = str(self.retry_after * 1000)
         if self.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="api"'
-        return headers
+        return {**headers, **self.extra_headers}
 
 
 # --- calls: who, and how often -----------------------------------------------------

@@ -91,7 +91,9 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
 
 
 def refusal_body(refusal: Refusal) -> dict[str, Any]:
-    return error_body(refusal.message, refusal.status, refusal.code, refusal.param)
+    return error_body(
+        refusal.message, refusal.status, refusal.code, refusal.param, **refusal.details
+    )
 
 
 def refusal_response(refusal: Refusal, quotas: Iterable[Quota] = ()) -> Response:

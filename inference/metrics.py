@@ -10,6 +10,7 @@ In embedded mode the worker lives in the web process, so ``/metrics`` has it all
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.utils import timezone
 from prometheus_client import Counter, Gauge, Histogram, Info
 
@@ -65,7 +66,11 @@ TIME_PER_OUTPUT_TOKEN = Histogram(
     ["backend", "model"],
     buckets=TOKEN_BUCKETS,
 )
-TOKENS = Counter("orchestrator_tokens_total", "Tokens processed", ["direction", "backend"])
+TOKENS = Counter(
+    "orchestrator_tokens_total",
+    "Tokens backends consumed (every final status), by the model actually run",
+    ["direction", "backend", "model"],
+)
 IN_FLIGHT = Gauge("orchestrator_worker_in_flight", "Requests this worker process is running")
 BACKEND_ERRORS = Counter(
     "orchestrator_backend_errors_total", "Backend calls that failed", ["backend", "code"]
@@ -105,8 +110,6 @@ def record_finished(request, status: str, timings: dict[str, float], usage=None)
     if usage is None:
         return
     model = request.model_used or backend
-    TOKENS.labels("prompt", backend).inc(usage.prompt_tokens)
-    TOKENS.labels("completion", backend).inc(usage.completion_tokens)
     if "first_token" in timings:
         TIME_TO_FIRST_TOKEN.labels(backend, model).observe(timings["first_token"])
     if usage.completion_tokens and "inference" in timings:
@@ -119,6 +122,29 @@ COST = Counter(
     "What backend calls cost by the price table (models.prices), in its currency",
     ["backend", "model"],
 )
+# Per API key (its 8-character prefix; "none" without a key): one series per key
+# and direction, so as many as there are keys. usage.per_key_metrics turns them off.
+KEY_TOKENS = Counter(
+    "orchestrator_key_tokens_total", "Tokens backends consumed per API key", ["key", "direction"]
+)
+KEY_COST = Counter("orchestrator_key_cost_total", "What backend calls cost per API key", ["key"])
+
+
+def record_usage(request, consumed: dict) -> None:  # type: ignore[no-untyped-def,type-arg]
+    """Count what a request's backend call consumed (``consumed``: the usage fields
+    the worker wrote to its row)."""
+    backend = request.backend_used or request.backend
+    model = consumed["model_used"] or backend
+    prompt, completion = consumed["prompt_tokens"], consumed["completion_tokens"]
+    TOKENS.labels("prompt", backend, model).inc(prompt)
+    TOKENS.labels("completion", backend, model).inc(completion)
+    COST.labels(backend, model).inc(float(consumed["cost"]))
+    if settings.ORCHESTRATOR_PER_KEY_METRICS:
+        key = request.api_key_id or "none"
+        KEY_TOKENS.labels(key, "prompt").inc(prompt)
+        KEY_TOKENS.labels(key, "completion").inc(completion)
+        KEY_COST.labels(key).inc(float(consumed["cost"]))
+
 
 # --- the response cache and in-flight dedup ---------------------------------------------
 CACHE_LOOKUPS = Counter(

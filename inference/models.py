@@ -121,6 +121,7 @@ class Outcome:
     cache_status: str = ""
     cache_expires_at: datetime | None = None
     model_used: str = ""
+    usage_estimated: bool = False
     # What the backend call cost (only the request that made it pays: see ``billed``).
     cost: Decimal = Decimal(0)
     price_version: str = ""
@@ -156,6 +157,7 @@ def _answer(outcome: Outcome) -> dict[str, Any]:
         "finish_reason": outcome.finish_reason,
         "cache_key": outcome.cache_key,
         "model_used": outcome.model_used,
+        "usage_estimated": outcome.usage_estimated,
         "finished_at": timezone.now(),
         "lease_expires_at": None,
     }
@@ -605,6 +607,14 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         return self.filter(status=Status.PENDING, created_at__lt=cutoff).exists()
 
 
+class BudgetPeriod(models.TextChoices):
+    """How often a key's budget starts over (UTC)."""
+
+    DAY = "day", "a calendar day"
+    MONTH = "month", "a calendar month"
+    WINDOW = "window", "fixed windows of budget_window_hours from the key's creation"
+
+
 class ApiKey(AbstractAPIKey):
     """A client's credential. The secret is shown once, at creation; only its
     SHA-512 hash is stored, and the 8-character ``prefix`` finds the row."""
@@ -638,6 +648,30 @@ class ApiKey(AbstractAPIKey):
         validators=[MinValueValidator(1)],
         help_text="Its share of a busy tier against other keys (2: twice a weight-1 key's).",
     )
+    # Budgets (inference.budgets): blank takes the server default (usage.budget_*).
+    budget_tokens = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Tokens per period. Blank: the server default. 0: none."
+    )
+    budget_cost = models.DecimalField(
+        max_digits=16,
+        decimal_places=8,
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0)],
+        help_text="Cost per period (models.prices). Blank: the server default. 0: none.",
+    )
+    budget_period = models.CharField(
+        max_length=8,
+        choices=BudgetPeriod.choices,
+        blank=True,
+        help_text="Blank: the server default.",
+    )
+    budget_window_hours = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="A window period's length, counted from the key's creation. Blank: default.",
+    )
 
     class Meta(AbstractAPIKey.Meta):
         pass
@@ -652,7 +686,34 @@ class ApiKey(AbstractAPIKey):
             self.last_used_at = now
 
 
+class BudgetLedger(models.Model):
+    """What a key's finished requests consumed in one budget period, folded in
+    (inference.budgets). Requests still running, or finished too recently to fold,
+    count on their own rows until they are."""
+
+    api_key = models.ForeignKey(
+        ApiKey, to_field="prefix", on_delete=models.CASCADE, related_name="budget_ledgers"
+    )
+    period_start = models.DateTimeField()
+    tokens = models.PositiveBigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=8, default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "period_start"], name="one_ledger_per_key_and_period"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.api_key_id} from {self.period_start:%Y-%m-%d %H:%M}"
+
+
 class InferenceRequest(models.Model):
+    # Set by admission on the instance a submit returns: what its key's budget has
+    # left (inference.budgets.Remaining), for the response's headers.
+    budget_left: Any = None
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     # The key that submitted it (None: anonymous, or a staff session). A key sees
     # only its own requests; deleting a key deletes them (revoke to keep them).
@@ -716,6 +777,18 @@ class InferenceRequest(models.Model):
     timings = models.JSONField(default=dict, blank=True)
     prompt_tokens = models.PositiveIntegerField(default=0)
     completion_tokens = models.PositiveIntegerField(default=0)
+    # The counts are the backend's estimate: nothing better existed (an upstream
+    # that sent no usage, a stream cut before the upstream counted).
+    usage_estimated = models.BooleanField(default=False, db_default=False)
+    # Its key's budget (inference.budgets): the period it counts toward (None: the
+    # key had no budget), what admission reserved for it while it runs, and whether
+    # its final usage has been folded into that period's BudgetLedger.
+    budget_period = models.DateTimeField(null=True, blank=True)
+    budget_reserved_tokens = models.PositiveIntegerField(default=0, db_default=0)
+    budget_reserved_cost = models.DecimalField(
+        max_digits=16, decimal_places=8, default=0, db_default=0
+    )
+    budget_settled = models.BooleanField(default=False, db_default=False)
     # The model that answered (the backend's, an upstream's, or a fallback's), and
     # what its tokens cost by the price table (models.prices) of ``price_version``;
     # 0 for a cache hit or a dedup follower: no backend was asked.
@@ -802,6 +875,12 @@ class InferenceRequest(models.Model):
                 condition=Q(cache_expires_at__isnull=False),
                 name="cache_expiry_idx",
             ),
+            # A budgeted key's requests not yet folded into its ledger.
+            models.Index(
+                fields=["api_key"],
+                condition=Q(budget_period__isnull=False, budget_settled=False),
+                name="budget_unsettled_idx",
+            ),
         ]
         # An Idempotency-Key is unique per key (two clients may pick the same
         # one); anonymous callers share one namespace.
@@ -849,12 +928,20 @@ class InferenceRequest(models.Model):
         return {"cache_status": self.cache_status, "cache_source": source}
 
     @property
-    def usage(self) -> dict[str, int]:
+    def usage(self) -> dict[str, int | bool]:
         return {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
+            "estimated": self.usage_estimated,
         }
+
+    @property
+    def billed_tokens(self) -> int:
+        """Tokens its own backend call consumed (a cache hit or follower made none)."""
+        if self.cache_status in (CacheStatus.HIT, CacheStatus.COLLAPSED):
+            return 0
+        return self.prompt_tokens + self.completion_tokens
 
     def append_chunks(
         self, first_seq: int, texts: list[str], mirror: bool = False

@@ -35,6 +35,7 @@ from rest_framework.response import Response
 from inference import admission, flags, metrics, services
 from inference.admission import Refusal, open_streams
 from inference.auth import Caller, ConnectionTerm, authenticate_scope, scope_headers
+from inference.budgets import budget_headers
 from inference.drf import OpenAIKeyAuthentication, caller_of
 from inference.errors import error_body, validation_error_body
 from inference.models import InferenceRequest, Status, Transport, tier_of
@@ -68,6 +69,7 @@ def request_headers(request: InferenceRequest, ignored: list[str]) -> dict[str, 
     headers = {
         "X-Orchestrator-Request-Id": str(request.pk),
         "X-Priority-Applied": tier_of(request.priority),
+        **budget_headers(request),
     }
     if ignored:
         headers["X-Orchestrator-Ignored-Params"] = ", ".join(ignored)

@@ -18,7 +18,8 @@ COMMON_ERRORS = {
     "400": "Invalid input (body, query or headers).",
     "401": "Missing, malformed, invalid, revoked or expired API key.",
     "403": "Authenticated, but not allowed.",
-    "429": "Rate limited; see Retry-After and the RateLimit headers.",
+    "429": "Rate limited (see Retry-After and the RateLimit headers), or a submit over the "
+    "key's budget (budget_exceeded, x-should-retry: false: not before x-budget-reset).",
     "503": "Database unavailable; see Retry-After.",
 }
 

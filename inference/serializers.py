@@ -497,6 +497,10 @@ class UsageSerializer(serializers.Serializer):
     prompt_tokens = serializers.IntegerField()
     completion_tokens = serializers.IntegerField()
     total_tokens = serializers.IntegerField()
+    estimated = serializers.BooleanField(
+        help_text="The counts are an estimate: the backend reported none (e.g. an upstream "
+        "that sends no usage, or a stream cut before it counted)."
+    )
 
 
 # Declared field by field rather than as a ModelSerializer: model introspection on
@@ -629,6 +633,9 @@ class ErrorDetailSerializer(serializers.Serializer):
     type = serializers.CharField()
     code = serializers.CharField()
     param = serializers.CharField(allow_null=True)
+    reset_at = serializers.DateTimeField(
+        required=False, help_text="budget_exceeded: when the key's budget starts over."
+    )
 
 
 class ErrorSerializer(serializers.Serializer):

@@ -25,7 +25,7 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from inference import admission, events, logs, metrics
+from inference import admission, budgets, events, logs, metrics, pricing
 from inference.auth import Caller
 from inference.models import (
     ACTIVE_STATUSES,
@@ -80,12 +80,23 @@ class Submission:
         }
         return canonical_sha256(asked)
 
-    def estimated_tokens(self) -> int:
-        """Tokens it may cost, before any are counted: its text (4 characters a
-        token) and the most it may generate."""
+    def estimated_usage(self) -> tuple[int, int]:
+        """(prompt, completion) tokens it may cost, before any are counted: its
+        text (4 characters a token) and the most it may generate."""
         text = sum(len(m.get("content", "")) for m in self.conversation) or len(self.prompt)
         max_tokens = self.params.get("max_tokens") or settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS
-        return text // 4 + int(max_tokens)
+        return text // 4, int(max_tokens)
+
+    def estimated_tokens(self) -> int:
+        return sum(self.estimated_usage())
+
+    def reserve_budget(self, backend: str, arrived: datetime) -> dict[str, Any]:
+        """Hold the most it can consume of its key's budget (inside the transaction
+        that stores it); its row's budget fields and what is ``left``."""
+        prompt, completion = self.estimated_usage()
+        model = self.params.get("model") or ""
+        cost = pricing.most_cost_of(backend, model, prompt, completion)
+        return budgets.reserve(self.caller, arrived, prompt + completion, cost)
 
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
@@ -139,7 +150,10 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
         metrics.PRIORITY_CLAMPED.inc()
     try:
         with transaction.atomic():
+            fields.update(submission.reserve_budget(fields["backend"], fields["created_at"]))
+            left = fields.pop("left", None)
             request = InferenceRequest.objects.create(**fields)
+            request.budget_left = left
             if ring:
                 _after_commit(events.ring_doorbell, request.pk)
     except Exception as exc:

@@ -34,6 +34,7 @@ from rest_framework.response import Response
 
 from inference import services
 from inference.auth import Caller
+from inference.budgets import budget_headers
 from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
 from inference.models import (
     Document,
@@ -143,7 +144,11 @@ class InferView(APIView):
         return Response(
             StreamableRequestSerializer(row).data,
             status=202 if created else 200,
-            headers={"Location": status_url, "X-Priority-Applied": tier_of(row.priority)},
+            headers={
+                "Location": status_url,
+                "X-Priority-Applied": tier_of(row.priority),
+                **budget_headers(row),
+            },
         )
 
 

@@ -372,6 +372,33 @@ class Fairness(Section):
     )
 
 
+class Usage(Section):
+    """Budgets every key has unless it sets its own (the admin's key page), and
+    per-key usage metrics."""
+
+    budget_tokens: int = key(
+        0, "BUDGET_TOKENS", "Tokens a key may consume per period (0: no budget).", ge=0, reload=True
+    )
+    budget_cost: float = key(
+        0.0, "BUDGET_COST", "Cost a key may run up per period (0: no budget).", ge=0, reload=True
+    )
+    budget_period: Literal["day", "month", "window"] = key(
+        "month",
+        "BUDGET_PERIOD",
+        "When budgets start over: a UTC day or month, or a window from the key's creation.",
+        reload=True,
+    )
+    budget_window_hours: int = key(
+        24 * 7, "BUDGET_WINDOW_HOURS", "A window period's length.", ge=1, reload=True
+    )
+    per_key_metrics: bool = key(
+        True,
+        "PER_KEY_METRICS",
+        "Tokens and cost per key prefix in /metrics (a series per key).",
+        reload=True,
+    )
+
+
 class OpenAI(Section):
     cancel_on_disconnect: bool = key(
         True,
@@ -438,6 +465,7 @@ class OrchestratorConfig(Section):
     dedup: Dedup = Dedup()
     queue: Queue = Queue()
     fairness: Fairness = Fairness()
+    usage: Usage = Usage()
     openai: OpenAI = OpenAI()
     features: Features = Features()
     config: Reloading = Reloading()

@@ -30,10 +30,10 @@ from django.utils import timezone
 
 from inference import events, flags, logs, metrics
 from inference.models import CacheStatus, InferenceRequest, Outcome, Status
+from inference.pricing import cost_of, price_version
 from pipeline.backends import BackendError, get_backend
 from pipeline.chunks import ChunkWriter, LeaseLost
 from pipeline.context import PipelineContext, RequestSnapshot
-from pipeline.pricing import cost_of, price_version
 from pipeline.reaper import reap_once
 from pipeline.stages import configured_stages, run_stages
 
@@ -326,11 +326,9 @@ class Engine:
         record_timeline(request, ctx)
         finish_reason = (ctx.usage.finish_reason or "stop")[:16]  # (the column's width)
         stored_until = self._stored_until(request, ctx, finish_reason)
-        model = model_run(ctx)
+        usage = measured_usage(ctx, answered=True)
         outcome = Outcome(
             result=ctx.result,
-            prompt_tokens=ctx.usage.prompt_tokens,
-            completion_tokens=ctx.usage.completion_tokens,
             timings=ctx.timings,
             backend_used=ctx.backend_used,
             passages=ctx.passages,
@@ -340,22 +338,18 @@ class Engine:
             cache_key=ctx.cache_key,
             cache_status=CacheStatus.STORED if stored_until else ctx.cache_status,
             cache_expires_at=stored_until,
-            model_used=model,
-            cost=cost_of(
-                ctx.backend_used, model, ctx.usage.prompt_tokens, ctx.usage.completion_tokens
-            ),
-            price_version=price_version(),
+            **usage,
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)
         followers = await self._fenced(writer, lambda row: complete(row.pk, row.attempt, outcome))
         if followers is None:
             return
         request = writer.request
-        request.backend_used, request.model_used = ctx.backend_used, model
+        request.backend_used, request.model_used = ctx.backend_used, outcome.model_used
         metrics.record_finished(request, Status.COMPLETED, ctx.timings, ctx.usage)
-        metrics.COST.labels(ctx.backend_used, model).inc(float(outcome.cost))
+        metrics.record_usage(request, usage)
         await events.notify_finished(request.pk, Status.COMPLETED)
-        saved = ctx.usage.prompt_tokens + ctx.usage.completion_tokens
+        saved = outcome.prompt_tokens + outcome.completion_tokens
         for follower, transport in followers:
             metrics.REQUESTS.labels(transport, request.backend, Status.COMPLETED).inc()
             metrics.SAVED_TOKENS.labels(ctx.backend_used, "dedup").inc(saved)
@@ -395,6 +389,7 @@ class Engine:
             finish_reason=source.finish_reason,
             cache_key=ctx.cache_key,
             model_used=source.model_used,  # (and it costs nothing: no backend was asked)
+            usage_estimated=source.usage_estimated,
         )
         serve = database_sync_to_async(InferenceRequest.objects.serve_cached)
         followers = await serve(request.pk, request.attempt, source, outcome)
@@ -438,6 +433,7 @@ class Engine:
         if followers is None:
             return
         metrics.record_finished(writer.request, Status.FAILED, ctx.timings)
+        metrics.record_usage(writer.request, details)
         await events.notify_finished(writer.request.pk, Status.FAILED)
         for follower, transport in followers:
             metrics.REQUESTS.labels(transport, writer.request.backend, Status.FAILED).inc()
@@ -460,8 +456,10 @@ class Engine:
         what the attempt had consumed: the tokens it was billed for, what the model
         was shown. Best effort: accounting never fails a worker."""
         record = database_sync_to_async(InferenceRequest.objects.record_consumption)
+        consumed = consumption(ctx)
         try:
-            await record(writer.request.pk, writer.request.attempt, **consumption(ctx))
+            if await record(writer.request.pk, writer.request.attempt, **consumed):
+                metrics.record_usage(writer.request, consumed)
         except Exception:
             logger.warning("cannot record what %s consumed", writer.request.pk, exc_info=True)
 
@@ -510,22 +508,32 @@ def model_run(ctx: PipelineContext) -> str:
         return ""
 
 
-def consumption(ctx: PipelineContext) -> dict[str, Any]:
-    """What an attempt that did not complete had consumed, for its row. A stream
-    cut short never got the upstream's own count of the prompt: then it is the
-    backend's estimate."""
-    prompt_tokens = ctx.usage.prompt_tokens
-    if not prompt_tokens and ctx.usage.completion_tokens and ctx.messages:
-        count = get_backend(ctx.backend_used or ctx.request.backend).count_tokens
-        prompt_tokens = sum(count(message["content"]) for message in ctx.messages)
-    backend, model = ctx.backend_used or ctx.request.backend, model_run(ctx)
-    completion_tokens = ctx.usage.completion_tokens
+def measured_usage(ctx: PipelineContext, answered: bool = False) -> dict[str, Any]:
+    """What the attempt consumed and what it cost, for its row. Without the
+    upstream's own count of the prompt (a stream cut short, a server that sends no
+    usage) the prompt is the backend's estimate, and the usage says it is one."""
+    usage, backend = ctx.usage, ctx.backend_used or ctx.request.backend
+    prompt_tokens, estimated = usage.prompt_tokens, usage.estimated
+    if not prompt_tokens and ctx.messages and (usage.completion_tokens or answered):
+        with contextlib.suppress(KeyError):  # (a backend no longer configured)
+            count = get_backend(backend).count_tokens
+            prompt_tokens = sum(count(message["content"]) for message in ctx.messages)
+            estimated = True
+    model = model_run(ctx)
     return {
         "model_used": model,
-        "cost": cost_of(backend, model, prompt_tokens, completion_tokens),
+        "cost": cost_of(backend, model, prompt_tokens, usage.completion_tokens),
         "price_version": price_version(),
         "prompt_tokens": prompt_tokens,
-        "completion_tokens": ctx.usage.completion_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "usage_estimated": estimated,
+    }
+
+
+def consumption(ctx: PipelineContext) -> dict[str, Any]:
+    """What an attempt that did not complete had consumed, for its row."""
+    return {
+        **measured_usage(ctx),
         "timings": ctx.timings,
         "passages": ctx.passages,
         "messages": ctx.messages,

@@ -85,3 +85,15 @@ async def test_closing_the_stream_disconnects_within_a_second(upstream: FakeLLMS
     await stream.aclose()
     await asyncio.wait_for(upstream.disconnected.wait(), timeout=1)
     assert upstream.disconnected_at - closed_at < 1
+
+
+async def test_a_stream_cut_before_the_upstream_counted_is_an_estimate(
+    upstream: FakeLLMServer,
+) -> None:
+    usage = Usage()
+    with pytest.raises(BackendError):
+        async for _ in backend(upstream.url, "error-mid").stream(
+            MESSAGES, GenerationParams(), usage
+        ):
+            pass
+    assert (usage.completion_tokens, usage.estimated) == (2, True)

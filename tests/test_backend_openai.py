@@ -144,3 +144,15 @@ def test_the_fake_server_speaks_the_format_the_official_sdk_reads() -> None:
         return texts
 
     assert "".join(asyncio.run(run())) == "the quick brown fox"
+
+
+async def test_a_stream_cut_before_the_upstream_counted_is_an_estimate(
+    upstream: FakeLLMServer,
+) -> None:
+    usage = Usage()
+    with pytest.raises(BackendError):
+        async for _ in backend(upstream.url, "error-mid").stream(
+            MESSAGES, GenerationParams(), usage
+        ):
+            pass
+    assert (usage.completion_tokens, usage.estimated) == (2, True)

@@ -5,7 +5,7 @@ import (module level or inside a function), by reading the source:
         |         \
     inference (edge)   pipeline (engine)     never import each other's modules...
         |         /
-    inference.{models, events, metrics, logs, flags}   ...only this shared domain
+    inference.{models, events, metrics, logs, flags, pricing}   ...only this shared domain
 
 and beside them: ``harness`` drives processes and imports no application code;
 ``bench`` and ``scripts`` may use anything but ``tests``.
@@ -26,6 +26,7 @@ DOMAIN = {
     "inference.metrics",
     "inference.logs",
     "inference.flags",
+    "inference.pricing",
 }
 OURS = ("inference", "pipeline", "orchestrator_site", "harness", "tests", "bench", "scripts")
 

@@ -41,7 +41,8 @@ async def test_a_completed_request_moves_the_worker_metrics(engine: Engine) -> N
 
     grew("orchestrator_requests_total", transport="rest", backend="echo", status="completed")
     grew("orchestrator_requests_submitted_total", transport="rest")
-    grew("orchestrator_tokens_total", 4, direction="completion", backend="echo")
+    grew("orchestrator_tokens_total", 4, direction="completion", backend="echo", model="echo")
+    grew("orchestrator_key_tokens_total", 4, key="none", direction="completion")
     grew("orchestrator_request_duration_seconds_count", backend="echo")
     grew("orchestrator_queue_wait_seconds_count", priority="5")
     for stage in ("rag", "assemble", "inference", "post", "stream"):

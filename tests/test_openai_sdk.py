@@ -292,6 +292,26 @@ def test_the_sdk_retries_a_429_and_then_raises(server: Server) -> None:
     assert 1.5 < time.monotonic() - began < 10
 
 
+def test_a_spent_budget_is_a_429_the_sdk_does_not_retry(server: Server) -> None:
+    """x-should-retry: false: the budget resets at the period's end, not in seconds."""
+    key = create_api_key(server.env, "--budget-tokens", "90", "--budget-period", "day")
+    sent: list[str] = []
+    http = httpx.Client(
+        event_hooks={"request": [lambda r: sent.append(r.headers["x-stainless-retry-count"])]}
+    )
+    client = server.client(key, http_client=http, max_retries=3)
+    raw = client.chat.completions.with_raw_response.create(
+        model="echo", messages=MESSAGES, max_tokens=60
+    )
+    assert int(raw.headers["x-budget-remaining-tokens"]) == 90 - (9 + 43) // 4 - 60
+    with pytest.raises(openai.RateLimitError) as raised:
+        client.chat.completions.create(model="echo", messages=MESSAGES, max_tokens=60)
+    assert sent == ["0", "0"]  # the refused call was not retried
+    assert raised.value.code == "budget_exceeded"
+    assert raised.value.response.headers["x-should-retry"] == "false"
+    assert raised.value.body["reset_at"] == raised.value.response.headers["x-budget-reset"]
+
+
 # --- failures, disconnects and resuming -------------------------------------------
 
 

@@ -81,7 +81,7 @@ PRICES = {
 async def test_cost_comes_from_the_price_table(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
     from decimal import Decimal
 
-    from pipeline.pricing import price_version
+    from inference.pricing import price_version
 
     settings.ORCHESTRATOR_PRICES = PRICES
     done = await finished((await asubmit("one two three four five")).pk)
@@ -132,3 +132,59 @@ async def test_a_backend_no_longer_configured_fails_the_request_cleanly(engine: 
         "internal_error",
         "error",
     )
+
+
+# --- what upstreams report ------------------------------------------------------------
+
+
+async def test_an_openai_compatible_upstreams_own_usage_is_recorded(
+    engine: Engine,
+    upstream,  # type: ignore[no-untyped-def]
+) -> None:
+    done = await finished((await asubmit("three little words")).pk)
+    assert done.usage == {  # what the fake upstream's usage chunk said
+        "prompt_tokens": 11,
+        "completion_tokens": 3,
+        "total_tokens": 14,
+        "estimated": False,
+    }
+
+
+async def test_an_upstream_without_usage_gets_an_estimate_marked_as_one(
+    engine: Engine,
+    upstream,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.ORCHESTRATOR_BACKENDS = {
+        **settings.ORCHESTRATOR_BACKENDS,
+        "quiet": {
+            **settings.ORCHESTRATOR_BACKENDS["upstream"],
+            "options": {
+                **settings.ORCHESTRATOR_BACKENDS["upstream"]["options"],
+                "model": "no-usage",
+            },
+        },
+    }
+    done = await finished((await asubmit("three little words", backend="quiet")).pk)
+    expected_prompt = sum(max(1, len(m["content"]) // 4) for m in done.messages)
+    assert (done.prompt_tokens, done.completion_tokens) == (expected_prompt, 3)
+    assert done.usage_estimated is True
+    body = (await database_sync_to_async(Client().get)(f"/api/v1/result/{done.pk}")).json()
+    assert body["usage"]["estimated"] is True
+
+
+async def test_an_anthropic_upstreams_own_usage_is_recorded(
+    engine: Engine,
+    upstream,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.ORCHESTRATOR_BACKENDS = {
+        **settings.ORCHESTRATOR_BACKENDS,
+        "claude": {
+            "class": "pipeline.backends.anthropic.AnthropicBackend",
+            "options": {"base_url": upstream.url, "api_key": "sk-ant", "model": "ok"},
+        },
+    }
+    done = await finished((await asubmit("four words from claude", backend="claude")).pk)
+    assert (done.prompt_tokens, done.completion_tokens, done.usage_estimated) == (13, 4, False)
+    assert done.model_used == "ok"

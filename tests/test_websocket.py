@@ -58,7 +58,12 @@ async def test_a_submit_is_acked_then_streamed_then_resulted(engine: Engine) -> 
         "request_id": request_id,
         "result": PROMPT,
         "status": "completed",
-        "usage": {"prompt_tokens": 26, "completion_tokens": 20, "total_tokens": 46},
+        "usage": {
+            "prompt_tokens": 26,
+            "completion_tokens": 20,
+            "total_tokens": 46,
+            "estimated": False,
+        },
         "finish_reason": "stop",
         "cache_status": "ineligible",
         "cache_source": None,

@@ -68,11 +68,16 @@ class AnthropicBackend(StreamingHttpBackend):
             usage.prompt_tokens = start_usage.get("input_tokens", 0)
         elif kind == "content_block_delta":
             text = (payload.get("delta") or {}).get("text")
+            if text:  # about a token each, until message_delta counts them
+                usage.completion_tokens += 1
+                usage.estimated = True
             return [text] if text else []
         elif kind == "message_delta":
             reason = (payload.get("delta") or {}).get("stop_reason") or ""
             usage.finish_reason = FINISH_REASONS.get(reason, reason)
-            usage.completion_tokens = (payload.get("usage") or {}).get("output_tokens", 0)
+            output_tokens = (payload.get("usage") or {}).get("output_tokens")
+            if output_tokens is not None:
+                usage.completion_tokens, usage.estimated = output_tokens, False
         elif kind == "message_stop":
             return None
         elif kind == "error":

@@ -64,6 +64,8 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = ""
+    # The counts are guesses (e.g. a stream cut before the upstream's own count).
+    estimated: bool = False
 
 
 class Backend:

@@ -75,8 +75,10 @@ class OpenAICompatBackend(StreamingHttpBackend):
             content = (choice.get("delta") or {}).get("content")
             if content:
                 usage.completion_tokens += 1  # an estimate; the usage chunk corrects it
+                usage.estimated = True
                 deltas.append(content)
         if chunk.get("usage"):  # the final usage chunk is authoritative
+            usage.estimated = False
             usage.prompt_tokens = chunk["usage"].get("prompt_tokens", usage.prompt_tokens)
             usage.completion_tokens = chunk["usage"].get(
                 "completion_tokens", usage.completion_tokens

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -83,3 +84,29 @@ def test_in_flight_slots_are_shared_by_both_processes(two_web_processes) -> None
     assert busy.json()["error"]["code"] == "too_many_in_flight"
     assert busy.headers["RateLimit"].startswith('"in_flight";r=0;')
     assert int(busy.headers["Retry-After"]) >= 1
+
+
+def test_a_token_budget_admits_exactly_what_fits_across_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
+    """20 concurrent submits, half to each process, each reserving 13 tokens of a
+    budget of 5 x 13 + 12: five are admitted (the ledger row serialises them on
+    PostgreSQL), the rest refused with the budget's 429."""
+    urls, env = two_web_processes
+    headers = bearer_key(
+        env, "--requests-per-minute", "0", "--max-in-flight", "0", "--budget-tokens", "77"
+    )
+    body = {"prompt": "one two three", "max_tokens": 10}  # 3 + 10 tokens reserved
+
+    def submit(i: int) -> httpx.Response:
+        return httpx.post(f"{urls[i % 2]}/api/v1/infer", json=body, headers=headers, timeout=30)
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        responses = list(pool.map(submit, range(20)))
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] * 5 + [429] * 15
+    refused = [r for r in responses if r.status_code == 429]
+    assert {r.json()["error"]["code"] for r in refused} == {"budget_exceeded"}
+    assert {r.headers["x-should-retry"] for r in refused} == {"false"}
+    remaining = sorted(
+        int(r.headers["x-budget-remaining-tokens"]) for r in responses if r.status_code == 202
+    )
+    assert remaining == [12, 25, 38, 51, 64]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
-from inference.models import ApiKey
+from inference.models import ApiKey, BudgetPeriod
 
 
 class Command(BaseCommand):
@@ -31,18 +32,41 @@ class Command(BaseCommand):
             help="Requests asking for more run at this priority. Default: any.",
         )
         parser.add_argument(
+            "--budget-tokens",
+            type=int,
+            help="Tokens per budget period (0: none). Default: the server's.",
+        )
+        parser.add_argument(
+            "--budget-cost",
+            type=Decimal,
+            help="Cost per budget period (0: none). Default: the server's.",
+        )
+        parser.add_argument(
+            "--budget-period",
+            choices=BudgetPeriod.values,
+            help="day or month (UTC), or window (--budget-window-hours). Default: the server's.",
+        )
+        parser.add_argument("--budget-window-hours", type=int, help="Default: the server's.")
+        parser.add_argument(
             "--manage-documents",
             action="store_true",
             help="May add and delete documents of the shared RAG store.",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
+        for name in ("budget_tokens", "budget_cost", "budget_window_hours"):
+            if options[name] is not None and options[name] < 0:
+                raise CommandError(f"--{name.replace('_', '-')} cannot be negative.")
         fields: dict[str, Any] = {
             "name": options["name"][:50],
             "requests_per_minute": options["requests_per_minute"],
             "max_in_flight": options["max_in_flight"],
             "can_manage_documents": options["manage_documents"],
             "max_priority": options["max_priority"],
+            "budget_tokens": options["budget_tokens"],
+            "budget_cost": options["budget_cost"],
+            "budget_period": options["budget_period"] or "",
+            "budget_window_hours": options["budget_window_hours"],
         }
         if options["owner"]:
             try:

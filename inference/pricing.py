@@ -24,6 +24,24 @@ def cost_of(backend: str, model: str, prompt_tokens: int, completion_tokens: int
     """The model's price for these tokens; 0 when it has none (the local model)."""
     prices = settings.ORCHESTRATOR_PRICES
     price = prices.get(f"{backend}/{model}") or prices.get(backend)
+    return _priced(price, prompt_tokens, completion_tokens)
+
+
+def most_cost_of(backend: str, model: str, prompt_tokens: int, completion_tokens: int) -> Decimal:
+    """The most these tokens can cost: ``cost_of`` when the model is named; else
+    (the backend's own model answers, not known here) the backend's price, or its
+    dearest model's. A budget reserves this at admission."""
+    prices = settings.ORCHESTRATOR_PRICES
+    if model or backend in prices:
+        return cost_of(backend, model, prompt_tokens, completion_tokens)
+    dearest = [price for name, price in prices.items() if name.startswith(f"{backend}/")]
+    return max(
+        (_priced(price, prompt_tokens, completion_tokens) for price in dearest),
+        default=Decimal(0),
+    )
+
+
+def _priced(price: dict[str, float] | None, prompt_tokens: int, completion_tokens: int) -> Decimal:
     if not price:
         return Decimal(0)
     cost = (
