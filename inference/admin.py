@@ -18,8 +18,11 @@ from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
 from inference import events, services
 from inference.admission import Refusal
+from inference.auth import Caller
+from inference.budgets import budget_of
 from inference.models import (
     ApiKey,
+    BudgetLedger,
     Document,
     DocumentChunk,
     FeatureFlag,
@@ -352,9 +355,25 @@ def key_usage(since: Any, amount: Any) -> Subquery:
     return Subquery(rows)
 
 
+class BudgetLedgerInline(admin.TabularInline):
+    """A key's budget periods: what its finished requests consumed (folded in a
+    lease after they end; requests still running count on their own rows)."""
+
+    model = BudgetLedger
+    fields = ("period_start", "tokens", "cost")
+    readonly_fields = fields
+    ordering = ("-period_start",)
+    extra = 0
+    max_num = 0  # read-only: nothing to add
+    can_delete = False
+    verbose_name_plural = "budget periods (finished requests, folded)"
+
+
 @admin.register(ApiKey)
 class ApiKeyAdmin(APIKeyModelAdmin):
     """Create a key (its secret is shown once, in a message) and revoke it."""
+
+    inlines = [BudgetLedgerInline]
 
     # The library types these as fixed-length tuples; ours are longer.
     list_display = (  # type: ignore[assignment]
@@ -369,6 +388,7 @@ class ApiKeyAdmin(APIKeyModelAdmin):
         "tokens_24h",
         "tokens_30d",
         "cost_30d",
+        "budget",
     )
     list_filter = ("revoked", "created")  # type: ignore[assignment]
     search_fields = ("=prefix", "name", "owner__username")  # type: ignore[assignment]
@@ -399,6 +419,15 @@ class ApiKeyAdmin(APIKeyModelAdmin):
     @admin.display(description="cost, 30 d")
     def cost_30d(self, obj: Any) -> Any:
         return obj.cost_30d_sum or 0
+
+    @admin.display(description="budget")
+    def budget(self, obj: ApiKey) -> str:
+        budget = budget_of(Caller(key=obj))
+        if budget is None:
+            return "-"
+        limits = [f"{budget.tokens} tokens"] if budget.tokens else []
+        limits += [f"{budget.cost} cost"] if budget.cost else []
+        return f"{' + '.join(limits)} / {budget.period}"
 
     raw_id_fields = ("owner",)
     actions = ["revoke_selected"]

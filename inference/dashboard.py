@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import Count
+from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
 from inference.models import TIERS, CacheStatus, InferenceRequest, Status, tier_of
@@ -16,6 +16,10 @@ WINDOW_SECONDS = 60
 SERVED = (CacheStatus.HIT, CacheStatus.COLLAPSED)
 KEYED = (*SERVED, CacheStatus.MISS, CacheStatus.STORED)
 BUSIEST = 5
+# Top keys by tokens look back further than the live window: a day, recounted at
+# most this often per process (an aggregate over a day of rows, not per tick).
+TOP_KEYS_WINDOW = timedelta(hours=24)
+TOP_KEYS_EVERY = timedelta(seconds=30)
 Rows = Sequence[Mapping[str, Any]]
 
 
@@ -77,6 +81,7 @@ def snapshot() -> dict[str, Any]:
         },
         "tiers": tier_waits(finished, waiting),
         "busiest_keys": busiest_keys(finished, pending),
+        "top_keys_by_tokens": top_keys.get(now),
         "latest": [
             {**row, "id": str(row["id"]), "created_at": row["created_at"].isoformat()}
             for row in latest
@@ -108,3 +113,42 @@ def busiest_keys(finished: Rows, pending: Any) -> list[dict[str, Any]]:
         {"key": prefix or "anonymous", "finished": done[prefix], "waiting": queued[prefix]}
         for prefix, _ in top
     ]
+
+
+class TopKeys:
+    """The keys whose requests consumed the most tokens in the last day (a cache
+    hit or dedup follower consumed none), with their cost."""
+
+    def __init__(self) -> None:
+        self.counted: tuple[Any, list[dict[str, Any]]] | None = None
+
+    def get(self, now: Any) -> list[dict[str, Any]]:
+        if self.counted is None or now - self.counted[0] >= TOP_KEYS_EVERY:
+            self.counted = (now, self.count(now))
+        return self.counted[1]
+
+    @staticmethod
+    def count(now: Any) -> list[dict[str, Any]]:
+        billed = ~Q(cache_status__in=SERVED)
+        rows = (
+            InferenceRequest.objects.filter(finished_at__gte=now - TOP_KEYS_WINDOW)
+            .values("api_key_id")
+            .annotate(
+                requests=Count("pk"),
+                tokens=Sum(F("prompt_tokens") + F("completion_tokens"), filter=billed),
+                cost=Sum("cost"),
+            )
+            .order_by(F("tokens").desc(nulls_last=True))[:BUSIEST]
+        )
+        return [
+            {
+                "key": row["api_key_id"] or "anonymous",
+                "requests": row["requests"],
+                "tokens": row["tokens"] or 0,
+                "cost": float(row["cost"] or 0),
+            }
+            for row in rows
+        ]
+
+
+top_keys = TopKeys()

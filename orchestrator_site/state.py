@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from channels.layers import channel_layers
 
-from inference import admission, auth, events, flags
+from inference import admission, auth, dashboard, events, flags
 from pipeline.backends import reset_backends
 from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
@@ -21,6 +21,7 @@ def reset() -> None:
     events.reset()
     admission.reset()
     auth.reset()
+    dashboard.top_keys.counted = None
     flags.invalidate()
     reset_backends()
     reset_breakers()

@@ -105,7 +105,14 @@ def test_the_admin_creates_a_key_and_shows_its_secret_once(admin_client: Client)
 
     response = admin_client.post(
         f"{KEYS_URL}add/",
-        {"name": "partner", "requests_per_minute": "100", "fair_share_weight": "1"},
+        {
+            "name": "partner",
+            "requests_per_minute": "100",
+            "fair_share_weight": "1",
+            # The (read-only) budget periods inline's empty formset, as the page sends it.
+            "budget_ledgers-TOTAL_FORMS": "0",
+            "budget_ledgers-INITIAL_FORMS": "0",
+        },
         follow=True,
     )
     key = ApiKey.objects.get(name="partner")
@@ -168,3 +175,22 @@ def test_the_key_list_shows_usage_and_the_request_list_filters_by_key(
     listed = admin_client.get(URL, {"key": key.prefix}).content.decode()
     assert listed.count('class="field-tokens"') == 2
     assert '<td class="field-tokens">200</td>' in listed
+
+
+def test_a_keys_budget_shows_in_the_list_and_its_periods_on_its_page(
+    admin_client: Client,
+) -> None:
+    from datetime import UTC, datetime
+
+    from inference.models import ApiKey, BudgetLedger
+
+    key, _ = ApiKey.objects.create_key(name="budgeted", budget_tokens=5000, budget_period="day")
+    ApiKey.objects.create_key(name="unbudgeted")
+    period = datetime(2026, 11, 30, tzinfo=UTC)
+    BudgetLedger.objects.create(api_key=key, period_start=period, tokens=1234, cost=0)
+    keys_page = admin_client.get(KEYS_URL).content.decode()
+    assert '<td class="field-budget">5000 tokens / day</td>' in keys_page
+    assert '<td class="field-budget">-</td>' in keys_page
+    page = admin_client.get(f"{KEYS_URL}{key.pk}/change/").content.decode()
+    assert "budget periods (finished requests, folded)" in page.lower()
+    assert "1234" in page and "Nov. 30, 2026" in page

@@ -120,3 +120,28 @@ async def test_the_feed_streams_stats_to_staff_and_refuses_others() -> None:
     assert event.event == "stats" and {"throughput", "latency", "queue", "latest"} <= set(
         event.data
     )
+
+
+def test_the_snapshot_ranks_keys_by_the_tokens_they_consumed_in_a_day() -> None:
+    from decimal import Decimal
+
+    from tests.keys import make_key
+
+    heavy, _ = make_key("heavy")
+    light, _ = make_key("light")
+    for key, tokens, cache in [
+        (heavy, 100, ""),
+        (heavy, 50, ""),
+        (light, 30, ""),
+        (light, 500, "hit"),
+    ]:
+        finished("completed", 1, tokens=tokens, cache=cache)
+        InferenceRequest.objects.filter(api_key=None).update(api_key=key, cost=Decimal("0.5"))
+    old = timezone.now() - timedelta(hours=25)
+    finished("completed", 1, tokens=10_000)
+    InferenceRequest.objects.filter(api_key=None).update(api_key=light, finished_at=old)
+    top = snapshot()["top_keys_by_tokens"]
+    assert top == [  # 5 prompt tokens each; the hit and the row of yesterday count nothing
+        {"key": heavy.prefix, "requests": 2, "tokens": 160, "cost": 1.0},
+        {"key": light.prefix, "requests": 2, "tokens": 35, "cost": 1.0},
+    ]

@@ -66,6 +66,8 @@
       return [tier, String(n), fmt(p95, 3)];
     }));
     rows("keys", stats.busiest_keys.map((k) => [k.key, String(k.finished), String(k.waiting)]));
+    rows("top-keys", stats.top_keys_by_tokens.map((k) =>
+      [k.key, String(k.requests), String(k.tokens), fmt(k.cost, 4)]));
     rows("latest", stats.latest.map((r) =>
       [r.id.slice(0, 8), r.status, r.backend, r.created_at.slice(11, 19)]));
     root.dataset.updates = String(Number(root.dataset.updates) + 1);
