@@ -43,6 +43,7 @@ from harness.clients import Received, chat_read, sse_read, ws_run
 from harness.outages import restart_redis, start_postgres, stop_postgres
 from harness.processes import (
     OPEN_ACCESS,
+    create_api_key,
     free_port,
     manage,
     run_manage,
@@ -239,7 +240,11 @@ async def chat(client: httpx.AsyncClient, outcome: Outcome, deadline: float) -> 
 
 
 async def one_client(
-    cluster: Cluster, client: httpx.AsyncClient, outcome: Outcome, deadline: float
+    cluster: Cluster,
+    client: httpx.AsyncClient,
+    anonymous: httpx.AsyncClient,
+    outcome: Outcome,
+    deadline: float,
 ) -> None:
     if outcome.mode == "ws":
         ws_url = cluster.base_url.replace("http", "ws") + "/api/v1/ws"
@@ -265,7 +270,9 @@ async def one_client(
         if outcome.mode == "sse":
             await follow_sse(client, outcome)
     if outcome.request_id:
-        outcome.final = await result_of(client, outcome.request_id)
+        # (a WebSocket client is anonymous: its requests are not the key's)
+        reader = anonymous if outcome.mode == "ws" else client
+        outcome.final = await result_of(reader, outcome.request_id)
 
 
 def plan(count: int) -> list[Outcome]:
@@ -363,6 +370,32 @@ class Query:
             for rid, attempt, status, lease in rows
         )
 
+    def consumed(self, prefix: str) -> tuple[int, int]:
+        """The key's finished rows: (their tokens, the tokens billed to its budget:
+        rows that ran a model, not cache hits or followers)."""
+        rows = self._rows(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0), "
+            "COALESCE(SUM(prompt_tokens + completion_tokens) FILTER (WHERE cache_status "
+            "NOT IN ('hit', 'collapsed') AND budget_period IS NOT NULL), 0) "
+            "FROM inference_inferencerequest WHERE finished_at IS NOT NULL AND api_key_id = %s",
+            (prefix,),
+        )
+        return int(rows[0][0]), int(rows[0][1])
+
+    def ledger(self, prefix: str) -> int:
+        """What the key's budget holds as used: its ledgers plus the rows not folded yet."""
+        folded = self._rows(
+            "SELECT COALESCE(SUM(tokens), 0) FROM inference_budgetledger WHERE api_key_id = %s",
+            (prefix,),
+        )
+        live = self._rows(
+            "SELECT COALESCE(SUM(prompt_tokens + completion_tokens), 0) "
+            "FROM inference_inferencerequest WHERE api_key_id = %s AND budget_period IS NOT NULL "
+            "AND NOT budget_settled AND cache_status NOT IN ('hit', 'collapsed')",
+            (prefix,),
+        )
+        return int(folded[0][0]) + int(live[0][0])
+
     def requests(self) -> list[Row]:
         rows = self._rows(
             "SELECT id::text, prompt, status, result, error_code, attempt, cache_status, "
@@ -391,6 +424,54 @@ class Row(NamedTuple):
     attempt: int
     cache_status: str
     cache_source: str | None
+
+
+@dataclass
+class UsageCheck:
+    """Usage summed three ways must agree with the rows: the usage API's total,
+    and the budget ledger of the key (folded and not), however often a request
+    was re-run after a kill."""
+
+    rows_total: int
+    api_total: int
+    billed: int
+    ledger: int
+    folded_requests: int
+
+    @property
+    def ok(self) -> bool:
+        return self.rows_total == self.api_total and self.billed == self.ledger
+
+    def rows(self) -> list[tuple[str, object]]:
+        return [
+            ("USAGE: API total vs the rows (tokens)", f"{self.api_total} vs {self.rows_total}"),
+            (
+                "BUDGET: ledger vs billed rows (tokens; requests folded)",
+                f"{self.ledger} vs {self.billed} ({self.folded_requests})",
+            ),
+        ]
+
+
+async def usage_check(cluster: Cluster, query: Query, key: str) -> UsageCheck:
+    """After a lease has passed, one more submit folds the key's finished requests
+    into its ledger; then the three sums."""
+    prefix = key.partition(".")[0]
+    await asyncio.sleep(float(cluster.env["ORCHESTRATOR_LEASE_SECONDS"]) + 0.5)
+    async with httpx.AsyncClient(
+        base_url=cluster.base_url, timeout=30, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
+        folding = await client.post("/api/v1/infer", json={"prompt": "fold", "max_tokens": 1})
+        await result_of(client, folding.json()["request_id"])
+        reported = await client.get("/api/v1/usage", params={"group_by": "key"})
+    rows_total, billed = query.consumed(prefix)
+    api_total = sum(
+        row["prompt_tokens"] + row["completion_tokens"] for row in reported.json()["rows"]
+    )
+    folded = query._rows(
+        "SELECT COUNT(*) FROM inference_inferencerequest WHERE api_key_id = %s AND budget_settled",
+        (prefix,),
+    )[0][0]
+    return UsageCheck(rows_total, api_total, billed, query.ledger(prefix), int(folded))
 
 
 # --- the verdict -----------------------------------------------------------------------
@@ -532,17 +613,29 @@ def verdict(
     return table, ok
 
 
-async def drive(cluster: Cluster, outcomes: list[Outcome], stats: Stats, args, query) -> None:  # type: ignore[no-untyped-def]
+async def drive(
+    cluster: Cluster, outcomes: list[Outcome], stats: Stats, args, query, key: str
+) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + args.duration + 120
     limits = httpx.Limits(max_connections=200)
-    async with httpx.AsyncClient(base_url=cluster.base_url, timeout=30, limits=limits) as client:
+    # REST and /v1 clients use a key with a budget (WebSocket clients stay
+    # anonymous): its ledger must come out equal to what its rows consumed.
+    headers = {"Authorization": f"Bearer {key}"}
+    async with (
+        httpx.AsyncClient(
+            base_url=cluster.base_url, timeout=30, limits=limits, headers=headers
+        ) as client,
+        httpx.AsyncClient(base_url=cluster.base_url, timeout=30, limits=limits) as anonymous,
+    ):
         gap = args.duration * 0.8 / max(len(outcomes), 1)
         tasks = []
         chaos_task = asyncio.create_task(
             chaos(cluster, stats, args.duration, args.kill_every, query)
         )
         for outcome in outcomes:  # spread the arrivals over most of the run
-            tasks.append(asyncio.create_task(one_client(cluster, client, outcome, deadline)))
+            tasks.append(
+                asyncio.create_task(one_client(cluster, client, anonymous, outcome, deadline))
+            )
             await asyncio.sleep(gap)
         await chaos_task
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
@@ -592,6 +685,7 @@ def main() -> int:
     import redis
 
     redis.Redis.from_url(REDIS_URL).flushdb()
+    key = create_api_key(env, "--budget-tokens", str(10**12), "--budget-period", "month")
     cluster = Cluster(env, logs)
     stats = Stats()
     query = Query(env["DATABASE_URL"])
@@ -599,11 +693,14 @@ def main() -> int:
     began = time.monotonic()
     try:
         cluster.start(workers=3)
-        asyncio.run(drive(cluster, outcomes, stats, args, query))
+        asyncio.run(drive(cluster, outcomes, stats, args, query, key))
         rows, chunks = query.requests(), query.chunks()
+        usage = asyncio.run(usage_check(cluster, query, key))
     finally:
         cluster.stop()
     table, ok = verdict(outcomes, rows, chunks, stats, args.requests)
+    table += usage.rows()
+    ok = ok and usage.ok
     print(
         f"\nChaos: {args.requests} requests, {args.duration:.0f} s, a worker SIGKILLed every "
         f"{args.kill_every:.0f} s, Redis and PostgreSQL restarted once; "
