@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import BigIntegerField, Case, DecimalField, F, QuerySet, Sum, Value, When
+from django.db.models.functions import Greatest
 
 from inference import metrics
 from inference.admission import Refusal
@@ -42,7 +43,10 @@ from inference.models import (
     BudgetPeriod,
     CacheStatus,
     InferenceRequest,
+    Status,
 )
+
+SERVED = (CacheStatus.HIT, CacheStatus.COLLAPSED)
 
 if TYPE_CHECKING:
     from inference.auth import Caller
@@ -85,7 +89,7 @@ class Remaining:
         if self.tokens is not None:
             headers["x-budget-remaining-tokens"] = str(max(self.tokens, 0))
         if self.cost is not None:
-            headers["x-budget-remaining-cost"] = str(max(self.cost, Decimal(0)))
+            headers["x-budget-remaining-cost"] = plain(max(self.cost, Decimal(0)))
         return headers
 
 
@@ -125,6 +129,8 @@ def reserve(caller: Caller, arrived: datetime, tokens: int, cost: Decimal) -> di
     if budget is None:
         return {}
     start, end = budget.bounds(arrived)
+    if (budget.tokens and tokens > budget.tokens) or (budget.cost and cost > budget.cost):
+        raise larger_than(budget, tokens, cost)
     used_tokens, used_cost = used(caller.key_prefix or "", start, end, arrived)
     over_tokens = budget.tokens and used_tokens + tokens > budget.tokens
     over_cost = budget.cost and used_cost + cost > budget.cost
@@ -138,6 +144,25 @@ def reserve(caller: Caller, arrived: datetime, tokens: int, cost: Decimal) -> di
     )
     fields = {"budget_period": start, "budget_reserved_tokens": tokens}
     return {**fields, "budget_reserved_cost": cost, "left": left}
+
+
+def larger_than(budget: Budget, tokens: int, cost: Decimal) -> Refusal:
+    """A 400: this request could not fit even an untouched budget."""
+    if budget.tokens and tokens > budget.tokens:
+        ask, whole = f"{tokens} tokens", f"{budget.tokens} tokens"
+    else:
+        ask, whole = f"a cost of {plain(cost)}", plain(budget.cost)
+    message = (
+        f"This request may take {ask}, more than the key's whole budget of {whole} per "
+        f"{budget.period}: lower max_tokens or shorten the prompt."
+    )
+    return Refusal(400, "request_exceeds_budget", message, param="max_tokens")
+
+
+def plain(amount: Decimal) -> str:
+    """A cost as people write it: 0.5, 12, 0.00000123 (not 0E-8 or 12.00000000)."""
+    text = f"{amount:f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def exceeded(
@@ -154,8 +179,8 @@ def exceeded(
         spent = f"{used_tokens} of {budget.tokens} tokens used"
         ask = f"this request may take {tokens}"
     else:
-        spent = f"{used_cost} of {budget.cost} used"
-        ask = f"this request may cost {cost}"
+        spent = f"{plain(used_cost)} of {plain(budget.cost)} used"
+        ask = f"this request may cost {plain(cost)}"
     reset = end.isoformat().replace("+00:00", "Z")
     message = f"This key's budget for the period is spent: {spent}, {ask}. It resets at {reset}."
     left = Remaining(None, None, end)
@@ -173,42 +198,51 @@ def used(prefix: str, start: datetime, end: datetime, now: datetime) -> tuple[in
     """Tokens and cost the key's period [start, end) has used (or holds reserved),
     with its ledger locked; finished requests a lease old are folded in first."""
     ledger = _locked_ledger(prefix, start, end)
+    unsettled = InferenceRequest.objects.filter(
+        api_key_id=prefix, budget_period__gte=start, budget_period__lt=end, budget_settled=False
+    )
     grace = now - timedelta(seconds=settings.ORCHESTRATOR_LEASE_SECONDS)
-    unsettled = list(
-        InferenceRequest.objects.filter(
-            api_key_id=prefix, budget_period__isnull=False, budget_settled=False
-        ).only(
-            "status",
-            "finished_at",
-            "budget_period",
-            "budget_reserved_tokens",
-            "budget_reserved_cost",
-            "prompt_tokens",
-            "completion_tokens",
-            "cost",
-            "cache_status",
+    _fold(ledger, unsettled.exclude(status__in=ACTIVE_STATUSES).filter(finished_at__lt=grace))
+    live = unsettled.aggregate(tokens=Sum(LIVE_TOKENS), cost=Sum(LIVE_COST))
+    # A period's other ledgers: those of a shorter period the key had before.
+    others = (
+        BudgetLedger.objects.filter(
+            api_key_id=prefix, period_start__gte=start, period_start__lt=end
         )
+        .exclude(pk=ledger.pk)
+        .aggregate(tokens=Sum("tokens"), cost=Sum("cost"))
     )
-    ripe = [r for r in unsettled if r.status not in ACTIVE_STATUSES and _ended(r) < grace]
-    _fold(ledger, ripe)
-    folded = {r.pk for r in ripe}
-    live = [r for r in unsettled if r.budget_period == start and r.pk not in folded]
     return (
-        ledger.tokens + sum(_tokens(r) for r in live),
-        ledger.cost + sum((_cost(r) for r in live), Decimal(0)),
+        ledger.tokens + (live["tokens"] or 0) + (others["tokens"] or 0),
+        ledger.cost + (live["cost"] or 0) + (others["cost"] or 0),
     )
 
 
-def _ended(row: InferenceRequest) -> datetime:
-    return row.finished_at or datetime.max.replace(tzinfo=UTC)
-
-
-def _tokens(row: InferenceRequest) -> int:
-    return row.budget_reserved_tokens if row.status in ACTIVE_STATUSES else row.billed_tokens
-
-
-def _cost(row: InferenceRequest) -> Decimal:
-    return row.budget_reserved_cost if row.status in ACTIVE_STATUSES else row.cost
+# What a request not folded yet holds of its budget: its reservation while it
+# runs; what it consumed once finished (a cache hit or follower: nothing). A
+# cancelled or expired one holds the larger of the two: its worker may still be
+# about to record what it had consumed.
+BILLED_TOKENS = Case(
+    When(cache_status__in=SERVED, then=Value(0)),
+    default=F("prompt_tokens") + F("completion_tokens"),
+    output_field=BigIntegerField(),
+)
+ENDED_UNDER_A_WORKER = (Status.CANCELLED, Status.EXPIRED)
+LIVE_TOKENS = Case(
+    When(status__in=ACTIVE_STATUSES, then=F("budget_reserved_tokens")),
+    When(
+        status__in=ENDED_UNDER_A_WORKER,
+        then=Greatest(F("budget_reserved_tokens"), BILLED_TOKENS),
+    ),
+    default=BILLED_TOKENS,
+    output_field=BigIntegerField(),
+)
+LIVE_COST = Case(
+    When(status__in=ACTIVE_STATUSES, then=F("budget_reserved_cost")),
+    When(status__in=ENDED_UNDER_A_WORKER, then=Greatest(F("budget_reserved_cost"), F("cost"))),
+    default=F("cost"),
+    output_field=DecimalField(max_digits=16, decimal_places=8),
+)
 
 
 def _locked_ledger(prefix: str, start: datetime, end: datetime) -> BudgetLedger:
@@ -221,18 +255,13 @@ def _locked_ledger(prefix: str, start: datetime, end: datetime) -> BudgetLedger:
     before = InferenceRequest.objects.filter(
         api_key_id=prefix, budget_period__isnull=True, created_at__gte=start, created_at__lt=end
     ).exclude(status__in=ACTIVE_STATUSES)
-    billed = ~Q(cache_status__in=[CacheStatus.HIT, CacheStatus.COLLAPSED])
-    totals = before.aggregate(
-        prompt=Sum("prompt_tokens", filter=billed),
-        completion=Sum("completion_tokens", filter=billed),
-        cost=Sum("cost"),
-    )
+    totals = before.aggregate(tokens=Sum(BILLED_TOKENS), cost=Sum("cost"))
     try:
         with transaction.atomic():  # another process may be creating it too
             BudgetLedger.objects.create(
                 api_key_id=prefix,
                 period_start=start,
-                tokens=(totals["prompt"] or 0) + (totals["completion"] or 0),
+                tokens=totals["tokens"] or 0,
                 cost=totals["cost"] or 0,
             )
     except IntegrityError:
@@ -240,24 +269,18 @@ def _locked_ledger(prefix: str, start: datetime, end: datetime) -> BudgetLedger:
     return ledgers.get(api_key_id=prefix, period_start=start)
 
 
-def _fold(ledger: BudgetLedger, rows: list[InferenceRequest]) -> None:
-    """Add finished requests to their periods' ledgers, once each."""
-    if not rows:
+def _fold(ledger: BudgetLedger, finished: QuerySet[InferenceRequest]) -> None:
+    """Add finished requests to the (locked) ledger, each once: they are claimed
+    row by row (FOR UPDATE re-reads budget_settled after waiting for a concurrent
+    fold, which then has them)."""
+    claimed = list(
+        finished.select_for_update()
+        .annotate(billed=BILLED_TOKENS)
+        .values_list("pk", "billed", "cost")
+    )
+    if not claimed:
         return
-    periods: dict[datetime, tuple[int, Decimal]] = {}
-    for row in rows:
-        tokens, cost = periods.get(row.budget_period, (0, Decimal(0)))  # type: ignore[arg-type]
-        periods[row.budget_period] = (tokens + row.billed_tokens, cost + row.cost)  # type: ignore[index]
-    for start, (tokens, cost) in periods.items():
-        if start == ledger.period_start:
-            ledger.tokens += tokens
-            ledger.cost += cost
-            ledger.save(update_fields=["tokens", "cost"])
-        else:  # a request from an earlier period, finishing late
-            earlier, _ = BudgetLedger.objects.get_or_create(
-                api_key_id=ledger.api_key_id, period_start=start
-            )
-            BudgetLedger.objects.filter(pk=earlier.pk).update(
-                tokens=F("tokens") + tokens, cost=F("cost") + cost
-            )
-    InferenceRequest.objects.filter(pk__in=[row.pk for row in rows]).update(budget_settled=True)
+    ledger.tokens += sum(billed for _, billed, _ in claimed)
+    ledger.cost += sum((cost for _, _, cost in claimed), Decimal(0))
+    ledger.save(update_fields=["tokens", "cost"])
+    InferenceRequest.objects.filter(pk__in=[pk for pk, _, _ in claimed]).update(budget_settled=True)

@@ -393,9 +393,10 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
         request_id: Any = None,
         status: int = 400,
         retry_after: int | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         extra = {"retry_after": retry_after} if retry_after is not None else {}
-        body = error_body(message, status, code, param, **extra)
+        body = error_body(message, status, code, param, **extra, **(details or {}))
         await self.send_json({"type": "error", "request_id": request_id, **body})
 
     async def send_refusal(self, refusal: Refusal, request_id: Any = None) -> None:
@@ -405,6 +406,7 @@ class InferenceSocketConsumer(AsyncJsonWebsocketConsumer):
             request_id=request_id,
             status=refusal.status,
             retry_after=refusal.retry_after,
+            details=refusal.details,
         )
 
 

@@ -523,9 +523,31 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
     def record_consumption(self, pk: uuid.UUID, attempt: int, **consumed: Any) -> bool:
         """What an attempt had consumed (tokens, messages) when its request ended
         without it: cancelled or expired under it. Accounting only, for that attempt:
-        the status stays as it is."""
-        ended = (Status.CANCELLED, Status.EXPIRED)
-        return bool(self.filter(pk=pk, attempt=attempt, status__in=ended).update(**consumed))
+        the status stays as it is. If its key's budget had already folded it in (the
+        worker learnt late), the ledger gets the difference."""
+        ended = self.filter(pk=pk, attempt=attempt, status__in=(Status.CANCELLED, Status.EXPIRED))
+        with transaction.atomic():
+            row = ended.values("api_key_id", "budget_period").first()
+            if row is None:
+                return False
+            ledger = None
+            if row["budget_period"] is not None:  # locked first, as admission does
+                ledger = (
+                    BudgetLedger.objects.select_for_update()
+                    .filter(api_key_id=row["api_key_id"], period_start__lte=row["budget_period"])
+                    .order_by("-period_start")
+                    .first()
+                )
+            before = ended.select_for_update().get()
+            if not ended.update(**consumed):
+                return False
+            if ledger is not None and before.budget_settled:
+                after = self.get(pk=pk)
+                BudgetLedger.objects.filter(pk=ledger.pk).update(
+                    tokens=F("tokens") + after.billed_tokens - before.billed_tokens,
+                    cost=F("cost") + after.cost - before.cost,
+                )
+            return True
 
     def reclaim_expired_leases(self) -> tuple[int, int]:
         """Expired leases go back to pending, or fail once attempts are spent.

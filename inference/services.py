@@ -145,23 +145,27 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
         priority=fields["priority"],
         cost=admission.fair_share_cost(caller, submission.estimated_tokens()),
     )
-    fields["fair_at"] = admission.admit_submission(caller, arrival)
-    if fields["priority"] < submission.priority:
-        metrics.PRIORITY_CLAMPED.inc()
     try:
         with transaction.atomic():
+            # The budget first: a refused request must not take an in-flight slot
+            # or move its key's fair-share clock.
             fields.update(submission.reserve_budget(fields["backend"], fields["created_at"]))
             left = fields.pop("left", None)
+            fields["fair_at"] = admission.admit_submission(caller, arrival)
             request = InferenceRequest.objects.create(**fields)
             request.budget_left = left
             if ring:
                 _after_commit(events.ring_doorbell, request.pk)
     except Exception as exc:
         admission.release_in_flight(submission.caller, fields["id"])
-        if not (key and isinstance(exc, IntegrityError)):
-            raise
-        # Lost a race with the same key: the winner's row is the answer.
-        return _replayed(mine.get(idempotency_key=key), submission), False
+        # Raced the same Idempotency-Key (lost the insert, or was refused while the
+        # winner held the budget): the winner's row is the answer.
+        raced = key and isinstance(exc, IntegrityError | admission.Refusal)
+        if raced and (winner := mine.filter(idempotency_key=key).first()) is not None:
+            return _replayed(winner, submission), False
+        raise
+    if fields["priority"] < submission.priority:
+        metrics.PRIORITY_CLAMPED.inc()
     metrics.SUBMITTED.labels(submission.transport).inc()
     logs.REQUEST_ID.set(str(request.pk))
     logger.info("accepted %s request", submission.transport)

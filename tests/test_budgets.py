@@ -88,7 +88,7 @@ async def test_finished_requests_fold_into_the_ledger_once(engine: Engine, setti
     assert await settled.acount() == 3
 
 
-async def test_a_cancelled_request_counts_what_it_consumed(engine: Engine) -> None:
+async def test_a_cancelled_request_counts_what_it_consumed(engine: Engine, settings) -> None:  # type: ignore[no-untyped-def]
     from tests.test_usage import tokens_seen
 
     key, secret = await database_sync_to_async(make_key)(budget_tokens=10_000)
@@ -101,8 +101,30 @@ async def test_a_cancelled_request_counts_what_it_consumed(engine: Engine) -> No
         if row.completion_tokens:
             break
         await asyncio.sleep(0.02)
-    assert row.status == Status.CANCELLED and row.billed_tokens > 5
+    assert row.status == Status.CANCELLED and 5 < row.billed_tokens < 503
+    # Until folded it holds its reservation (its worker may not have recorded yet)...
+    assert (await database_sync_to_async(used)(key))[0] == 3 + 500
+    settings.ORCHESTRATOR_LEASE_SECONDS = 0.001
+    await asyncio.sleep(0.01)
+    # ...then what it consumed.
     assert (await database_sync_to_async(used)(key))[0] == row.billed_tokens
+
+
+def test_a_cancelled_request_keeps_its_reservation_until_its_consumption_is_known(
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    key, secret = make_key(budget_tokens=ASK)
+    first = post(secret).json()["request_id"]
+    InferenceRequest.objects.filter(pk=first).update(status=Status.PROCESSING, attempt=1)
+    services.cancel_request(first)
+    assert post(secret).status_code == 429  # its worker has not said what it consumed
+    settings.ORCHESTRATOR_LEASE_SECONDS = 0.001
+    assert post(secret, "hi", max_tokens=1).status_code == 202  # folded: consumed 0 so far
+    # ...the worker records late: the ledger gets the difference, not nothing.
+    consumed = {"prompt_tokens": 3, "completion_tokens": 9, "cost": Decimal(0)}
+    assert InferenceRequest.objects.record_consumption(first, 1, **consumed)
+    assert BudgetLedger.objects.get(api_key=key).tokens == 12
+    assert used(key)[0] == 12 + 1
 
 
 async def test_a_cache_hit_costs_the_budget_nothing(engine: Engine) -> None:
@@ -124,10 +146,7 @@ def test_a_cost_budget_reserves_at_the_price_table(settings) -> None:  # type: i
     assert post(secret).status_code == 202
     refused = post(secret)
     assert refused.status_code == 429
-    assert (
-        "46.00000000 of 60.00000000 used, this request may cost 23"
-        in refused.json()["error"]["message"]
-    )
+    assert "46 of 60 used, this request may cost 23." in refused.json()["error"]["message"]
 
 
 def test_the_server_default_applies_unless_the_key_overrides_it(
@@ -195,3 +214,64 @@ def test_staff_have_no_budget(settings) -> None:  # type: ignore[no-untyped-def]
     client.force_login(operator())
     body = {"prompt": PROMPT}
     assert client.post("/api/v1/infer", body, content_type="application/json").status_code == 202
+
+
+def test_a_request_larger_than_the_whole_budget_is_a_400_not_a_wait() -> None:
+    _, secret = make_key(budget_tokens=200, budget_period="day")
+    response = post(secret, max_tokens=256)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["param"]) == ("request_exceeds_budget", "max_tokens")
+    assert "259 tokens, more than the key's whole budget of 200 tokens per day" in error["message"]
+
+
+def test_what_is_left_of_a_cost_budget_reads_as_a_number(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ORCHESTRATOR_PRICES = {"echo": {"input_per_million": 1e6, "output_per_million": 2e6}}
+    _, secret = make_key(budget_cost=Decimal("23.5"))
+    assert post(secret)["x-budget-remaining-cost"] == "0.5"
+
+
+def test_a_longer_period_counts_what_its_shorter_one_consumed() -> None:
+    key, secret = make_key(budget_tokens=ASK, budget_period="day")
+    assert post(secret).status_code == 202
+    assert post(secret).status_code == 429
+    ApiKey.objects.filter(pk=key.pk).update(budget_period="month")
+    assert post(secret).status_code == 429  # the day's request is in the month too
+
+
+def test_refused_requests_do_not_move_the_keys_fair_share_clock() -> None:
+    key, secret = make_key(budget_tokens=ASK)
+    first = InferenceRequest.objects.get(pk=post(secret).json()["request_id"])
+    for _ in range(20):
+        assert post(secret).status_code == 429
+    ApiKey.objects.filter(pk=key.pk).update(budget_tokens=10 * ASK)
+    second = InferenceRequest.objects.get(pk=post(secret).json()["request_id"])
+    # one request's cost after the first, not twenty-one
+    assert second.fair_at - first.fair_at < 3 * (first.fair_at - first.created_at)
+
+
+def test_an_idempotent_replay_reserves_nothing() -> None:
+    _, secret = make_key(budget_tokens=ASK)
+    headers = {**bearer(secret), "Idempotency-Key": "once"}
+    body = {"prompt": PROMPT, "max_tokens": 10}
+    client = Client()
+    statuses = [
+        client.post("/api/v1/infer", body, content_type="application/json", headers=headers)
+        for _ in range(2)
+    ]
+    assert [r.status_code for r in statuses] == [202, 200]
+
+
+async def test_a_websocket_submit_over_budget_gets_the_refusal_with_its_reset(
+    engine: Engine,
+) -> None:
+    from tests.test_websocket import connected
+
+    _, secret = await database_sync_to_async(make_key)(budget_tokens=ASK)
+    socket = await connected(headers=[(b"authorization", f"Bearer {secret}".encode())])
+    for _ in range(2):
+        await socket.send_json_to({"prompt": PROMPT, "max_tokens": 10, "stream": False})
+    messages = [await socket.receive_json_from(timeout=5) for _ in range(3)]
+    refusal = next(m for m in messages if m["type"] == "error")
+    assert refusal["error"]["code"] == "budget_exceeded" and refusal["error"]["reset_at"]
+    await socket.disconnect()
