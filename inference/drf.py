@@ -9,10 +9,13 @@ per request and hands it to throttles and to the exception handler).
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
 from rest_framework import authentication, exceptions, permissions
+from rest_framework.exceptions import ErrorDetail
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
@@ -92,6 +95,37 @@ class CallerRateThrottle(BaseThrottle):
         quota = admission.count_call(caller_of(request))  # raises the 429
         view.quotas = [quota] if quota else []
         return True
+
+
+def unknown_field(name: str, known: Iterable[str], what: str = "field") -> ErrorDetail:
+    """A 400's detail for a name the API does not have, with the likely intended one."""
+    message = f"Unknown {what} {name!r}."
+    if close := difflib.get_close_matches(name, list(known), n=1):
+        message += f" Did you mean {close[0]!r}?"
+    elif name == "model":
+        message += " Pick a model by its backend: 'backend' (GET /v1/models lists them)."
+    return ErrorDetail(message, code=f"unknown_{what.replace(' ', '_')}")
+
+
+class KnownQueryOnly:
+    """A list route: a query parameter it does not take (a filter, the page's
+    cursor and size) is a 400 naming it, not silently an unfiltered list."""
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)  # type: ignore[misc]
+        if getattr(self, "action", None) != "list":
+            return
+        known = {"format"}
+        if filters := getattr(self, "filterset_class", None):
+            known |= set(filters.base_filters)
+        if paginator := getattr(self, "paginator", None):
+            known |= {paginator.cursor_query_param, paginator.page_size_query_param}
+        unknown = [name for name in request.query_params if name not in known]
+        if unknown:
+            what = "query parameter"
+            raise exceptions.ValidationError(
+                {name: [unknown_field(name, known, what)] for name in unknown}
+            )
 
 
 class QuotaHeadersMixin:

@@ -13,8 +13,10 @@ from django.core.validators import RegexValidator
 from django.utils.functional import Promise
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import serializers
+from rest_framework.exceptions import ErrorDetail
 
 from inference.auth import stream_token
+from inference.drf import unknown_field
 from inference.models import (
     TIERS,
     CacheStatus,
@@ -351,7 +353,28 @@ class CacheStatsSerializer(serializers.Serializer):
     window_seconds = serializers.IntegerField(help_text="The window the counts cover.")
 
 
-class UsageQuerySerializer(serializers.Serializer):
+class KnownFieldsOnly(serializers.Serializer):
+    """An input whose every field the API has: an unknown one is a 400 naming it
+    (a misspelt ``max_token`` silently ignored gave a default the client never chose)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = {
+                name: [unknown_field(name, self.fields)] for name in data if name not in self.fields
+            }
+            if unknown:
+                raise serializers.ValidationError(unknown)
+        return super().to_internal_value(data)
+
+
+def context_window(backend: str) -> int | None:
+    """The context window of ``backend``'s model, in tokens, if configured (the
+    local model's is its n_ctx); None: not known here, not checked."""
+    spec = settings.ORCHESTRATOR_BACKENDS.get(backend) or {}
+    return spec.get("context_tokens") or spec.get("options", {}).get("n_ctx")
+
+
+class UsageQuerySerializer(KnownFieldsOnly):
     """``GET /api/v1/usage``'s query: a window (default: the last 30 days) and groups."""
 
     since = serializers.DateTimeField(required=False)
@@ -366,6 +389,10 @@ class UsageQuerySerializer(serializers.Serializer):
     )
 
     def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if unknown := [name for name in data if name not in self.fields]:
+            raise serializers.ValidationError(
+                {name: [unknown_field(name, self.fields, "query parameter")] for name in unknown}
+            )
         flat = {name: data.get(name) for name in ("since", "until", "key") if name in data}
         groups = [g for value in data.getlist("group_by") for g in value.split(",") if g]
         return super().to_internal_value({**flat, "group_by": groups or ["day"]})
@@ -394,7 +421,7 @@ class CacheFlushSerializer(serializers.Serializer):
     entries_removed = serializers.IntegerField()
 
 
-class InferRequestSerializer(serializers.Serializer):
+class InferRequestSerializer(KnownFieldsOnly):
     """The body of ``POST /api/v1/infer`` (and of a WebSocket submit)."""
 
     # NOT_BLANK puts "some non-space character" in the schema too.
@@ -428,7 +455,26 @@ class InferRequestSerializer(serializers.Serializer):
                 attrs["priority"] = PriorityField().to_internal_value(hint)
             except serializers.ValidationError:
                 pass  # free-form metadata: an unknown hint is not an error
+        self.check_context(attrs)
         return attrs
+
+    @staticmethod
+    def check_context(attrs: dict[str, Any]) -> None:
+        """Refuse a prompt that cannot fit its model's context with its max_tokens
+        (estimated at four characters a token, as admission does: the model's own
+        tokenizer is not loaded in a web process), not accept it to fail later."""
+        backend = attrs.get("backend") or settings.ORCHESTRATOR_DEFAULT_BACKEND
+        window = context_window(backend)
+        max_tokens = attrs.get("max_tokens") or settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS
+        prompt_tokens = len(attrs["prompt"]) // 4
+        if window and prompt_tokens + max_tokens > window:
+            message = (
+                f"This prompt is about {prompt_tokens} tokens and max_tokens is {max_tokens}: "
+                f"together more than the {window}-token context of {backend!r}. "
+                "Shorten the prompt or lower max_tokens."
+            )
+            detail = ErrorDetail(message, code="context_length_exceeded")
+            raise serializers.ValidationError({"prompt": [detail]})
 
     def validate_prompt(self, value: str) -> str:
         if not value.strip():
@@ -669,7 +715,7 @@ class HealthSerializer(serializers.Serializer):
     version = serializers.CharField()
 
 
-class DocumentSerializer(serializers.ModelSerializer):
+class DocumentSerializer(KnownFieldsOnly, serializers.ModelSerializer):
     """A document in the store; ``chunks`` is how many pieces it was split into."""
 
     title = StrictCharField(max_length=300)

@@ -35,7 +35,13 @@ from rest_framework.response import Response
 from inference import services
 from inference.auth import Caller
 from inference.budgets import budget_headers
-from inference.drf import CanManageDocuments, IsPermittedCaller, QuotaHeadersMixin, caller_of
+from inference.drf import (
+    CanManageDocuments,
+    IsPermittedCaller,
+    KnownQueryOnly,
+    QuotaHeadersMixin,
+    caller_of,
+)
 from inference.models import (
     Document,
     InferenceRequest,
@@ -278,6 +284,7 @@ class NewestFirst(pagination.CursorPagination):
 
 
 class RequestViewSet(
+    KnownQueryOnly,
     QuotaHeadersMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -367,6 +374,7 @@ async def _probe(check) -> str:  # type: ignore[no-untyped-def]
 
 
 class DocumentViewSet(
+    KnownQueryOnly,
     QuotaHeadersMixin,
     mixins.CreateModelMixin,
     mixins.ListModelMixin,

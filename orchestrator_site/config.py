@@ -190,6 +190,12 @@ class Backend(Section):
         default_factory=list,
         description="Upstream models /v1 may name as 'backend/model' ('*': any).",
     )
+    context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Its model's context window: a submit whose prompt cannot fit with its "
+        "max_tokens is a 400 (default: the options' n_ctx; else not checked).",
+    )
 
 
 class Price(Section):

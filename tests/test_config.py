@@ -124,6 +124,7 @@ def test_lists_and_tables_come_from_the_environment_as_json_or_commas() -> None:
             "options": {},
             "fallback": [],
             "models": [],
+            "context_tokens": None,
         }
     }
 
