@@ -1,18 +1,24 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from asgiref.sync import async_to_sync
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.db import transaction
 from django.db.models import F, OuterRef, QuerySet, Subquery, Sum
+from django.db.models.functions import Substr
 from django.http import HttpRequest
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+from django.utils.text import Truncator
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey as LibraryAPIKey
 
@@ -47,6 +53,43 @@ def messages_html(messages: list[dict[str, str]]) -> str:
         "", '<div><code>{}</code><pre style="white-space:pre-wrap">{}</pre></div>', rows
     )
     return html or "—"
+
+
+def millis(value: datetime | None) -> str:
+    """A time to the millisecond, with its zone: stage timings are milliseconds,
+    and Django's default format stops at the minute."""
+    if value is None:
+        return "—"
+    local = timezone.localtime(value)
+    return f"{local:%Y-%m-%d %H:%M:%S}.{local.microsecond // 1000:03d} {local:%Z}"
+
+
+def millis_field(name: str) -> Callable[[Any, Any], str]:
+    """A read-only admin column showing the model's time field ``name`` by ``millis``."""
+
+    @admin.display(description=name.replace("_", " "), ordering=name)
+    def show(model_admin: Any, obj: Any) -> str:
+        return millis(getattr(obj, name))
+
+    return show
+
+
+def preview(text: str | None, width: int = 60) -> str:
+    """Text on one line (runs of whitespace become one space), cut at ``width``."""
+    return Truncator(" ".join((text or "").split())).chars(width) or "—"
+
+
+SHORT_ID = re.compile(r"[0-9a-f]{8,31}")
+
+
+def id_prefix_range(term: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The ids starting with ``term`` (a short id: 8 or more hex digits) as the
+    range [prefix-000…, prefix-fff…]: a range on the primary key uses its index,
+    where a LIKE on a PostgreSQL uuid would need a cast and scan the table."""
+    digits = term.replace("-", "").lower()
+    if not SHORT_ID.fullmatch(digits):
+        return None
+    return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
 
 
 def request_link(request_id: uuid.UUID | None) -> str:
@@ -93,27 +136,63 @@ class TransportFilter(admin.SimpleListFilter):
         return queryset.filter(transport=self.value()) if self.value() else queryset
 
 
-class StreamChunkInline(admin.TabularInline):
-    model = StreamChunk
-    fields = ("seq", "attempt", "text", "created_at")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    max_num = 0
-    show_change_link = False
+# What the request list never shows: loading them for 50 rows could be megabytes
+# (prompts, answers, message lists); the previews read a prefix in SQL instead.
+LIST_DEFERRED = (
+    "prompt",
+    "result",
+    "conversation",
+    "metadata",
+    "params",
+    "passages",
+    "messages",
+    "error_detail",
+)
+PREVIEW_CHARS = 200  # read, before whitespace is collapsed and the preview cut
+
+
+class RequestChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .defer(*LIST_DEFERRED)
+            .annotate(
+                prompt_head=Substr("prompt", 1, PREVIEW_CHARS),
+                result_head=Substr("result", 1, PREVIEW_CHARS),
+            )
+        )
+
+
+TIME_FIELDS = (
+    "created_at",
+    "fair_at",
+    "promoted_at",
+    "started_at",
+    "finished_at",
+    "lease_expires_at",
+    "deadline_at",
+    "cache_expires_at",
+    "detached_at",
+)
 
 
 @admin.register(InferenceRequest)
 class InferenceRequestAdmin(admin.ModelAdmin):
+    """Requests are records: read-only (no save buttons), with actions to cancel
+    or re-run them."""
+
     list_display = (
         "id",
         "status",
+        "prompt_preview",
+        "result_preview",
         "backend",
         "priority",
         "api_key",
         "tokens",
-        "created_at",
-        "duration_display",
+        "created_at_ms",
+        "duration_ms",
         "attempt",
     )
     # No filter here may scan the table (no DISTINCT over a million rows, no date
@@ -128,10 +207,10 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     )
     search_fields = ("=id", "=session_id", "prompt")
     ordering = ("-created_at",)
+    list_select_related = ("api_key",)  # a nullable key: a bare select_related skips it
     list_per_page = 50
     show_full_result_count = False  # no COUNT(*) over millions of rows per page
     actions = ["cancel_selected", "retry_selected"]
-    inlines = [StreamChunkInline]
     readonly_fields = (
         "id",
         "session_id",
@@ -151,13 +230,16 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "attempt",
         "max_attempts",
         "lease_owner",
-        "lease_expires_at",
-        "deadline_at",
+        "lease_expires_at_ms",
+        "deadline_at_ms",
         "last_seq",
-        "created_at",
-        "started_at",
-        "finished_at",
+        "created_at_ms",
+        "fair_at_ms",
+        "promoted_at_ms",
+        "started_at_ms",
+        "finished_at_ms",
         "timeline",
+        "streamed_text",
         "passages_display",
         "conversation_display",
         "messages_display",
@@ -168,9 +250,9 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "cache_source_link",
         "coalesced_into_link",
         "cache_key",
-        "cache_expires_at",
+        "cache_expires_at_ms",
         "cache_control",
-        "detached_at",
+        "detached_at_ms",
         "api_key",
         "idempotency_key",
         "client_ip",
@@ -185,20 +267,76 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         "cache_source",
         "coalesced_into",
         "dedup_key",
+        *TIME_FIELDS,  # shown to the millisecond by the *_ms fields above
     )
+
+    created_at_ms = millis_field("created_at")
+    fair_at_ms = millis_field("fair_at")
+    promoted_at_ms = millis_field("promoted_at")
+    started_at_ms = millis_field("started_at")
+    finished_at_ms = millis_field("finished_at")
+    lease_expires_at_ms = millis_field("lease_expires_at")
+    deadline_at_ms = millis_field("deadline_at")
+    cache_expires_at_ms = millis_field("cache_expires_at")
+    detached_at_ms = millis_field("detached_at")
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Nobody edits a request: its page is a view (no save buttons, a POST to
+        it is refused). The list's actions still work with the view permission."""
+        return False
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        """The curated fields first; any other model field (bookkeeping) after them."""
+        rest = super().get_fields(request, obj)
+        return [*self.readonly_fields, *(f for f in rest if f not in self.readonly_fields)]
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return RequestChangeList
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[Any], search_term: str
     ) -> tuple[QuerySet[Any], bool]:
-        """A request id finds that request by primary key alone: OR-ing it with
-        the prompt's ILIKE would scan the whole table (~1 s at a million rows)."""
+        """A request id, or the short id the chat page and the dashboard show,
+        finds its request by primary key alone: OR-ing it with the prompt's ILIKE
+        would scan the whole table (~1 s at a million rows)."""
+        term = search_term.strip()
         try:
-            return queryset.filter(pk=uuid.UUID(search_term.strip())), False
+            return queryset.filter(pk=uuid.UUID(term)), False
         except ValueError:
-            return super().get_search_results(request, queryset, search_term)
+            pass
+        # A prompt may hold a hex-looking word ("12345678"): no such id, search text.
+        if (ids := id_prefix_range(term)) and (found := queryset.filter(pk__range=ids)).exists():
+            return found, False
+        return super().get_search_results(request, queryset, search_term)
+
+    @admin.display(description="prompt")
+    def prompt_preview(self, obj: Any) -> str:
+        return preview(obj.prompt_head)
+
+    @admin.display(description="result")
+    def result_preview(self, obj: Any) -> str:
+        return preview(obj.result_head)
+
+    @admin.display(description="streamed text")
+    def streamed_text(self, obj: InferenceRequest) -> str:
+        """The tokens as one block, whitespace kept (a row per chunk made a
+        190-token answer 14,000 pixels tall); the chunks are a link away."""
+        texts = list(obj.chunks.order_by("seq").values_list("text", flat=True))
+        if not texts:
+            return "—"
+        chunks = reverse("admin:inference_streamchunk_changelist")
+        return format_html(
+            '<pre style="white-space:pre-wrap;font-family:monospace;margin:0">{}</pre>'
+            '<a href="{}?{}">{} chunks (attempt {})</a>',
+            "".join(texts),
+            chunks,
+            urlencode({"request__id__exact": str(obj.pk)}),
+            len(texts),
+            obj.attempt,
+        )
 
     @admin.display(description="metadata")
     def metadata_display(self, obj: InferenceRequest) -> str:
@@ -234,9 +372,12 @@ class InferenceRequestAdmin(admin.ModelAdmin):
     def coalesced_into_link(self, obj: InferenceRequest) -> str:
         return request_link(obj.coalesced_into_id)
 
-    @admin.display(description="duration")
-    def duration_display(self, obj: InferenceRequest) -> str:
-        return f"{obj.duration.total_seconds():.3f}s" if obj.duration else "—"
+    @admin.display(description="duration (ms)")
+    def duration_ms(self, obj: InferenceRequest) -> str:
+        """Submitted to finished, as the client waited (queue included)."""
+        if obj.finished_at is None:
+            return "—"
+        return str(round((obj.finished_at - obj.created_at).total_seconds() * 1000))
 
     @admin.display(description="stage timings")
     def timeline(self, obj: InferenceRequest) -> str:
@@ -291,8 +432,37 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         count = sum(row is not None for row in retried)
         self.message_user(request, f"Resubmitted {count} request(s).", messages.SUCCESS)
 
-    def get_inline_instances(self, request: HttpRequest, obj: Any = None) -> list[Any]:
-        return super().get_inline_instances(request, obj) if obj else []
+
+@admin.register(StreamChunk)
+class StreamChunkAdmin(admin.ModelAdmin):
+    """A request's chunks, one row each, linked from its page (not on the index:
+    the table is every token ever streamed)."""
+
+    list_display = ("seq", "attempt", "text_display", "created_at_ms")
+    list_display_links = None
+    ordering = ("request_id", "seq")  # the (request, seq) unique index
+    list_per_page = 500
+    show_full_result_count = False
+    created_at_ms = millis_field("created_at")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm("inference.view_inferencerequest")  # its request's
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="text")
+    def text_display(self, obj: StreamChunk) -> str:
+        return format_html('<code style="white-space:pre">{}</code>', obj.text)
 
 
 class DocumentChunkInline(admin.TabularInline):

@@ -8,11 +8,14 @@ from datetime import timedelta
 from typing import Any
 
 from django.db.models import Count, F, Q, Sum
+from django.urls import reverse
 from django.utils import timezone
 
 from inference.models import TIERS, CacheStatus, InferenceRequest, Status, tier_of
 
 WINDOW_SECONDS = 60
+# The window's history, for a page just opened to draw the minute it missed.
+HISTORY_BUCKET_SECONDS = 5
 SERVED = (CacheStatus.HIT, CacheStatus.COLLAPSED)
 KEYED = (*SERVED, CacheStatus.MISS, CacheStatus.STORED)
 BUSIEST = 5
@@ -47,19 +50,9 @@ def snapshot() -> dict[str, Any]:
             "api_key_id",
         )
     )
-    completed = [row for row in finished if row["status"] == Status.COMPLETED]
     # Answers no backend was asked for: from the cache, or a shared call.
-    served = [row for row in completed if row["cache_status"] in SERVED]
-    generated = [row for row in completed if row["cache_status"] not in SERVED]
+    served = [row for row in finished if row["status"] == Status.COMPLETED and served_row(row)]
     keyed = [row for row in finished if row["cache_status"] in KEYED]
-    durations = sorted(
-        (row["finished_at"] - row["created_at"]).total_seconds()
-        for row in completed
-        if row["finished_at"]
-    )
-    first_tokens = sorted(
-        row["timings"]["first_token"] for row in generated if "first_token" in row["timings"]
-    )
     pending = InferenceRequest.objects.filter(status=Status.PENDING)
     waiting = pending.values("priority").annotate(n=Count("id"))
     latest = InferenceRequest.objects.order_by("-created_at").values(
@@ -67,14 +60,9 @@ def snapshot() -> dict[str, Any]:
     )[:10]
     return {
         "time": now.isoformat(),
-        "throughput": len(completed) / WINDOW_SECONDS,
-        "latency": {f"p{q}": quantile(durations, q / 100) for q in (50, 95, 99)},
-        "first_token_p50": quantile(first_tokens, 0.5),
+        **rates(finished, WINDOW_SECONDS),
         "queue": {str(row["priority"]): row["n"] for row in waiting},
         "in_flight": InferenceRequest.objects.filter(status=Status.PROCESSING).count(),
-        "error_rate": sum(row["status"] == Status.FAILED for row in finished)
-        / max(len(finished), 1),
-        "tokens_per_second": sum(row["completion_tokens"] for row in generated) / WINDOW_SECONDS,
         "cache": {
             "hit_rate": len(served) / len(keyed) if keyed else None,
             "saved_tokens": sum(row["prompt_tokens"] + row["completion_tokens"] for row in served),
@@ -83,10 +71,64 @@ def snapshot() -> dict[str, Any]:
         "busiest_keys": busiest_keys(finished, pending),
         "top_keys_by_tokens": top_keys.get(now),
         "latest": [
-            {**row, "id": str(row["id"]), "created_at": row["created_at"].isoformat()}
+            {
+                **row,
+                "id": str(row["id"]),
+                "created_at": row["created_at"].isoformat(),
+                "url": reverse("admin:inference_inferencerequest_change", args=[row["id"]]),
+            }
             for row in latest
         ],
+        "history": history(finished, now),
     }
+
+
+def served_row(row: Mapping[str, Any]) -> bool:
+    return row["cache_status"] in SERVED
+
+
+def rates(finished: Rows, seconds: float) -> dict[str, Any]:
+    """Throughput, latency, first token, errors and tokens/s of the rows that
+    finished in a span of ``seconds``."""
+    completed = [row for row in finished if row["status"] == Status.COMPLETED]
+    # Generated tokens and time to first token are the backend's, not the cache's.
+    generated = [row for row in completed if not served_row(row)]
+    durations = sorted(
+        (row["finished_at"] - row["created_at"]).total_seconds() for row in completed
+    )
+    first_tokens = sorted(
+        row["timings"]["first_token"] for row in generated if "first_token" in row["timings"]
+    )
+    return {
+        "throughput": len(completed) / seconds,
+        "latency": {f"p{q}": quantile(durations, q / 100) for q in (50, 95, 99)},
+        "first_token_p50": quantile(first_tokens, 0.5),
+        "error_rate": sum(row["status"] == Status.FAILED for row in finished)
+        / max(len(finished), 1),
+        "tokens_per_second": sum(row["completion_tokens"] for row in generated) / seconds,
+    }
+
+
+def history(finished: Rows, now: Any) -> list[dict[str, Any]]:
+    """The window as buckets of HISTORY_BUCKET_SECONDS, oldest first, each timed
+    at its start with its own rates, so a page just opened draws the last minute
+    instead of starting empty. Every snapshot carries it (the feed has no first
+    message of its own); it costs no query, being the rows read anyway. The live
+    points are rolling minutes: the same units, smoother. Queue depth has no
+    history: finished rows cannot say what was waiting then."""
+    count = WINDOW_SECONDS // HISTORY_BUCKET_SECONDS
+    start = now - timedelta(seconds=WINDOW_SECONDS)
+    buckets: list[list[Mapping[str, Any]]] = [[] for _ in range(count)]
+    for row in finished:
+        index = int((row["finished_at"] - start).total_seconds() // HISTORY_BUCKET_SECONDS)
+        buckets[min(max(index, 0), count - 1)].append(row)
+    return [
+        {
+            "time": (start + timedelta(seconds=i * HISTORY_BUCKET_SECONDS)).isoformat(),
+            **rates(rows, HISTORY_BUCKET_SECONDS),
+        }
+        for i, rows in enumerate(buckets)
+    ]
 
 
 def tier_waits(finished: Rows, waiting: Any) -> dict[str, dict[str, Any]]:

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import html
+import re
+from datetime import UTC, datetime, timedelta
+
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from inference.models import InferenceRequest, Outcome
 from tests.conftest import submit
@@ -11,6 +18,14 @@ from tests.conftest import submit
 pytestmark = pytest.mark.django_db
 
 URL = "/admin/inference/inferencerequest/"
+CHUNKS_URL = "/admin/inference/streamchunk/"
+
+
+def cell(page: str, field: str) -> str:
+    """The text of the first list cell of ``field``."""
+    found = re.search(rf'<td class="field-{field}[^"]*">(.*?)</td>', page, re.S)
+    assert found is not None, field
+    return html.unescape(re.sub(r"<[^>]+>", "", found.group(1)))
 
 
 def completed(prompt: str = "a b") -> InferenceRequest:
@@ -53,6 +68,75 @@ def test_search_finds_by_id_session_and_prompt(admin_client: Client) -> None:
         assert str(target.pk) in page, query
 
 
+def test_the_list_previews_prompt_and_result_with_key_tokens_and_duration_in_ms(
+    admin_client: Client,
+) -> None:
+    from inference.models import ApiKey
+
+    key, _ = ApiKey.objects.create_key(name="previewed")
+    now = timezone.now()
+    InferenceRequest.objects.create(
+        api_key=key,
+        prompt="first line\n\n   second line " + "long " * 100,
+        result="an answer\nover lines " + "more " * 100,
+        session_id="s",
+        backend="echo",
+        status="completed",
+        prompt_tokens=7,
+        completion_tokens=5,
+        created_at=now - timedelta(milliseconds=1234),
+        finished_at=now,
+    )
+    page = admin_client.get(URL).content.decode()
+    prompt = cell(page, "prompt_preview")
+    assert prompt.startswith("first line second line long") and prompt.endswith("…")
+    assert len(prompt) <= 60
+    result = cell(page, "result_preview")
+    assert result.startswith("an answer over lines more") and "\n" not in result
+    assert cell(page, "api_key") == "previewed" and cell(page, "tokens") == "12"
+    assert cell(page, "duration_ms") == "1234"
+
+
+def test_the_list_queries_do_not_grow_with_its_rows(admin_client: Client) -> None:
+    from inference.models import ApiKey
+
+    def listed(rows: int) -> int:
+        for i in range(rows):
+            key, _ = ApiKey.objects.create_key(name=f"k{rows}-{i}")
+            InferenceRequest.objects.create(
+                api_key=key, prompt=f"p{i}", result="r", session_id="s", backend="echo"
+            )
+        with CaptureQueriesContext(connection) as queries:
+            assert admin_client.get(URL).status_code == 200
+        return len(queries)
+
+    assert listed(1) == listed(20)
+
+
+def test_a_short_id_finds_its_request_by_a_range_on_the_primary_key(
+    admin_client: Client,
+) -> None:
+    target, other = submit("one"), submit("two")
+    short = str(target.pk)[:8]
+    assert not str(other.pk).startswith(short)
+    with CaptureQueriesContext(connection) as queries:
+        page = admin_client.get(URL, {"q": short}).content.decode()
+    assert str(target.pk) in page and str(other.pk) not in page
+    searched = [q["sql"] for q in queries if "inference_inferencerequest" in q["sql"]]
+    assert any("BETWEEN" in sql for sql in searched)
+    assert not any("LIKE" in sql for sql in searched)  # no scan of the prompts
+    for query in (str(target.pk), str(target.pk).upper(), str(target.pk)[:13]):
+        page = admin_client.get(URL, {"q": query}).content.decode()
+        assert str(target.pk) in page and str(other.pk) not in page, query
+
+
+def test_a_hex_word_that_is_no_id_still_searches_the_prompts(admin_client: Client) -> None:
+    order = submit("order 12345678 shipped")
+    assert not str(order.pk).startswith("12345678")
+    page = admin_client.get(URL, {"q": "12345678"}).content.decode()
+    assert str(order.pk) in page
+
+
 def test_the_list_runs_a_fixed_number_of_queries(
     admin_client: Client, django_assert_max_num_queries
 ) -> None:  # type: ignore[no-untyped-def]
@@ -62,12 +146,57 @@ def test_the_list_runs_a_fixed_number_of_queries(
         assert admin_client.get(URL).status_code == 200
 
 
-def test_the_detail_shows_stage_timings_and_streamed_chunks(admin_client: Client) -> None:
+def test_the_detail_shows_stage_timings(admin_client: Client) -> None:
     done = completed()
     page = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
     assert "inference" in page and "500.0 ms" in page
     assert "first token after 100.0 ms" in page and "queued for" not in page
-    assert "Stream chunks" in page and " b" in page
+
+
+def test_the_detail_shows_the_streamed_text_as_one_block_and_links_the_chunks(
+    admin_client: Client,
+) -> None:
+    request = submit("code please")
+    held = InferenceRequest.objects.claim_next("w", 30)
+    held.append_chunks(0, ["def f():\n", "    return 1\n", "\n", "f()"])
+    page = admin_client.get(f"{URL}{request.pk}/change/").content.decode()
+    # One block, newlines and indentation as streamed, not a table row per chunk.
+    assert ">def f():\n    return 1\n\nf()</pre>" in page
+    assert "Stream chunks" not in page and page.count("    return 1") == 1
+    link = re.search(r'<a href="([^"]+)">4 chunks \(attempt 1\)</a>', page)
+    assert link is not None
+    chunks = admin_client.get(html.unescape(link.group(1))).content.decode()
+    assert chunks.count('class="field-seq"') == 4 and "    return 1" in chunks
+
+
+def test_a_chunk_list_shows_only_its_requests_chunks(admin_client: Client) -> None:
+    done, _ = completed(), completed()  # two chunks each
+    rows = 'class="field-seq"'
+    assert admin_client.get(CHUNKS_URL).content.decode().count(rows) == 4
+    page = admin_client.get(CHUNKS_URL, {"request__id__exact": str(done.pk)}).content.decode()
+    assert page.count(rows) == 2
+
+
+def test_the_detail_shows_times_to_the_millisecond_with_their_zone(admin_client: Client) -> None:
+    done = completed()
+    created = datetime(2026, 11, 30, 12, 3, 4, 567_891, tzinfo=UTC)
+    InferenceRequest.objects.filter(pk=done.pk).update(
+        created_at=created, finished_at=created + timedelta(milliseconds=1234)
+    )
+    page = admin_client.get(f"{URL}{done.pk}/change/").content.decode()
+    assert "2026-11-30 12:03:04.567 UTC" in page and "2026-11-30 12:03:05.801 UTC" in page
+
+
+def test_a_request_is_read_only_but_its_actions_still_work(admin_client: Client) -> None:
+    waiting = submit("keep me")
+    page = admin_client.get(f"{URL}{waiting.pk}/change/").content.decode()
+    for button in ("_save", "_continue", "_addanother"):
+        assert f'name="{button}"' not in page, button
+    edit = admin_client.post(f"{URL}{waiting.pk}/change/", {"prompt": "changed"})
+    assert edit.status_code == 403
+    assert InferenceRequest.objects.get(pk=waiting.pk).prompt == "keep me"
+    admin_client.post(URL, {"action": "cancel_selected", "_selected_action": [str(waiting.pk)]})
+    assert InferenceRequest.objects.get(pk=waiting.pk).status == "cancelled"
 
 
 def test_the_cancel_action_cancels_active_requests(admin_client: Client) -> None:

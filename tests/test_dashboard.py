@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import itertools
+from datetime import datetime, timedelta
 
 import pytest
 from channels.routing import URLRouter
@@ -22,9 +23,15 @@ pytestmark = pytest.mark.django_db
 
 
 def finished(
-    status: str, seconds: float, tokens: int = 10, first_token: float = 0.1, cache: str = ""
+    status: str,
+    seconds: float,
+    tokens: int = 10,
+    first_token: float = 0.1,
+    cache: str = "",
+    ago: float = 0,
 ) -> None:
-    now = timezone.now()
+    """A request that took ``seconds`` and finished ``ago`` seconds ago."""
+    now = timezone.now() - timedelta(seconds=ago)
     InferenceRequest.objects.create(
         prompt="p",
         session_id="s",
@@ -82,6 +89,43 @@ def test_the_snapshot_counts_what_the_cache_saved() -> None:
     # Generated tokens and time to first token are the backend's, not the cache's.
     assert stats["tokens_per_second"] == 27 / 60
     assert stats["first_token_p50"] == 0.1
+
+
+def test_the_snapshot_backfills_the_last_minute_in_buckets() -> None:
+    now = timezone.now()
+    finished("completed", 1, ago=52)  # the bucket starting 55 s ago
+    finished("completed", 3, ago=52)
+    finished("completed", 2, ago=12)  # 15 s ago
+    finished("completed", 1, ago=1)  # 5 s ago
+    finished("failed", 1, ago=1)
+    stats = snapshot()
+    history = stats["history"]
+    times = [datetime.fromisoformat(point["time"]) for point in history]
+    assert len(history) == 12
+    assert all(b - a == timedelta(seconds=5) for a, b in itertools.pairwise(times))
+    assert datetime.fromisoformat(stats["time"]) - times[0] == timedelta(seconds=60)
+    by_age = {
+        round((now - t).total_seconds()): point for t, point in zip(times, history, strict=True)
+    }
+    assert by_age[55]["throughput"] == 2 / 5 and by_age[55]["tokens_per_second"] == 20 / 5
+    assert by_age[55]["latency"]["p50"] == pytest.approx(3, abs=0.1)
+    assert by_age[15]["throughput"] == 1 / 5
+    assert by_age[5]["throughput"] == 1 / 5 and by_age[5]["error_rate"] == 1 / 2
+    assert by_age[30] == {
+        "time": by_age[30]["time"],
+        "throughput": 0,
+        "latency": {"p50": None, "p95": None, "p99": None},
+        "first_token_p50": None,
+        "error_rate": 0,
+        "tokens_per_second": 0,
+    }
+    assert sum(point["throughput"] for point in history) * 5 == pytest.approx(4)
+
+
+def test_the_latest_requests_link_to_their_admin_page() -> None:
+    request = submit()
+    [row] = snapshot()["latest"]
+    assert row["url"] == f"/admin/inference/inferencerequest/{request.pk}/change/"
 
 
 def test_the_page_is_for_staff_only(client: Client, admin_client: Client) -> None:
