@@ -29,7 +29,7 @@ from inference.services import Submission
 
 PRIORITY_NAMES = TIERS  # a tier's name stands for its lowest priority
 # Submit fields stored together in the request's ``params``.
-REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag")
+REQUEST_PARAMS = ("max_tokens", "temperature", "top_p", "stop", "rag", "system")
 MAX_RAG_DOCUMENTS = 100
 
 
@@ -446,6 +446,12 @@ class InferRequestSerializer(KnownFieldsOnly):
     )
     rag = RagOptionsField(required=False)
     cache = CacheOptionsField(required=False)
+    system = StrictCharField(
+        required=False,
+        trim_whitespace=False,
+        max_length=settings.ORCHESTRATOR_MAX_PROMPT_CHARS,
+        help_text="A system prompt for this request, instead of the configured one.",
+    )
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         # The seed's clients put "priority" inside metadata; honour it there too.

@@ -32,6 +32,7 @@ IN_KEY = {
     "messages": "the assembled messages",
     "session_id": "the assembled messages (its earlier turns)",
     "rag": "the assembled messages (the passages retrieved)",
+    "system": "the assembled messages",
     "backend": "backend, and the fingerprint of its options",
     "model": "model",
     "params": "params (every generation parameter, defaults filled in)",

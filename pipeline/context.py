@@ -38,6 +38,7 @@ class RequestSnapshot:
     created_at: datetime | None = None
     api_key_id: str | None = None  # the owner: session history is per key
     rag: dict[str, Any] = field(default_factory=dict)
+    system: str = ""  # the request's own system prompt ("": the configured one)
     conversation: list[dict[str, str]] = field(default_factory=list)
     # For the response cache: the client's directives, whether the answer is
     # sampled (temperature not sent as 0), and whether dedup gave up on it.
@@ -57,6 +58,7 @@ class RequestSnapshot:
             created_at=request.created_at,
             api_key_id=request.api_key_id,
             rag=request.params.get("rag") or {},
+            system=request.params.get("system") or "",
             params=replace(GenerationParams.from_params(request.params), priority=request.priority),
             conversation=request.conversation,
             cache_control=request.cache_control,

@@ -123,3 +123,14 @@ async def test_retrieved_passages_are_stored_and_shown_to_the_model(engine: Engi
         (await asubmit("What is the capital of Zorblax?", rag={"enabled": False})).pk
     )
     assert off.passages == [] and "Quenthar-9" not in off.messages[0]["content"]
+
+
+async def test_a_requests_own_system_prompt_replaces_the_configured_one(
+    engine: Engine,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.ORCHESTRATOR_SYSTEM_PROMPT = "Be brief."
+    own = await finished((await asubmit("hello", system="Answer in French.")).pk)
+    default = await finished((await asubmit("hello")).pk)
+    assert own.messages[0] == {"role": "system", "content": "Answer in French."}
+    assert default.messages[0] == {"role": "system", "content": "Be brief."}

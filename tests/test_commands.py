@@ -98,6 +98,14 @@ def test_infer_passes_temperature_and_no_rag_as_the_rest_fields() -> None:
     assert without.passages == []
 
 
+@pytest.mark.django_db(transaction=True)
+def test_infer_passes_a_system_prompt() -> None:
+    call_command("infer", "hello", system="Answer in French.")
+    request = InferenceRequest.objects.get()
+    assert request.params == {"system": "Answer in French."}
+    assert request.messages[0] == {"role": "system", "content": "Answer in French."}
+
+
 def _worker_env(data_dir: Path) -> dict[str, str]:
     return {
         "ORCHESTRATOR_DATA_DIR": str(data_dir),

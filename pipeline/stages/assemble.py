@@ -21,9 +21,10 @@ def sources_text(passages: list[dict[str, Any]]) -> str:
     return settings.ORCHESTRATOR_RAG_TEMPLATE.format(sources=sources)
 
 
-def system_message(passages: list[dict[str, Any]]) -> Message:
-    """The system prompt, plus the numbered sources the model may cite."""
-    content = settings.ORCHESTRATOR_SYSTEM_PROMPT
+def system_message(passages: list[dict[str, Any]], system: str = "") -> Message:
+    """The system prompt (the request's own, else the configured one), plus the
+    numbered sources the model may cite."""
+    content = system or settings.ORCHESTRATOR_SYSTEM_PROMPT
     if passages:
         content += "\n\n" + sources_text(passages)
     return {"role": "system", "content": content}
@@ -96,7 +97,7 @@ class AssembleStage(Stage):
         history = await database_sync_to_async(earlier_turns)(ctx.request)
         budget = settings.ORCHESTRATOR_CONTEXT_TOKENS - ctx.request.params.max_tokens
         ctx.messages = fit_to_budget(
-            system_message(ctx.passages),
+            system_message(ctx.passages, ctx.request.system),
             history,
             {"role": "user", "content": ctx.request.prompt},
             budget,

@@ -44,6 +44,7 @@ class Command(BaseCommand):
         parser.add_argument("--max-tokens", type=int)
         parser.add_argument("--temperature", type=float)
         parser.add_argument("--no-rag", action="store_true", help="skip retrieval (the RAG stage)")
+        parser.add_argument("--system", help="a system prompt instead of the configured one")
 
     def handle(self, *args: Any, **options: Any) -> None:
         submission = self._submission(options)
@@ -63,6 +64,7 @@ class Command(BaseCommand):
             "max_tokens": options["max_tokens"],
             "temperature": options["temperature"],
             "rag": False if options["no_rag"] else None,
+            "system": options["system"],
         }
         serializer = InferRequestSerializer(
             data={field: value for field, value in body.items() if value is not None}
