@@ -16,7 +16,9 @@ SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	@echo "Installing requirements.txt. The first time, llama-cpp-python compiles llama.cpp:"
+	@echo "about 5 minutes on 2 cores, while pip shows 'Building wheel for llama-cpp-python'."
+	$(PY) -m pip install --progress-bar on -r requirements.txt
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt

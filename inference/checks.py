@@ -12,7 +12,8 @@ from django.utils.module_loading import import_string
 @register(Tags.security, deploy=True)
 def check_production_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
     errors = []
-    if settings.SECRET_KEY == settings.DEV_SECRET_KEY:
+    # (With DEBUG off, inference.E003 says so already, without --deploy.)
+    if settings.SECRET_KEY == settings.DEV_SECRET_KEY and settings.DEBUG:
         errors.append(
             Error(
                 "SECRET_KEY is the development key.",
@@ -75,8 +76,9 @@ def check_debug_off_needs_secret(app_configs: Any, **kwargs: Any) -> list[Error]
     if not settings.DEBUG and settings.SECRET_KEY == settings.DEV_SECRET_KEY:
         return [
             Error(
-                "DEBUG is off but SECRET_KEY is the development key.",
-                hint="Set SECRET_KEY (or SECRET_KEY_FILE).",
+                "DEBUG is off but SECRET_KEY is unset, empty or the development key.",
+                hint="Set SECRET_KEY (or SECRET_KEY_FILE) to a long random value, e.g. "
+                "python -c 'import secrets; print(secrets.token_urlsafe(50))'.",
                 id="inference.E003",
             )
         ]

@@ -9,6 +9,14 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning, register
 
+from orchestrator_site import env
+
+
+@register()
+def check_environment(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """Django's own settings' variables (settings.py) that could not be read."""
+    return [Error(f"Environment: {problem}.", id="orchestrator.E003") for problem in env.PROBLEMS]
+
 
 @register()
 def check_configuration(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:

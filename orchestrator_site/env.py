@@ -1,25 +1,51 @@
 """Small typed readers for environment variables.
 
 Only settings.py calls these: application code reads ``django.conf.settings``.
-A malformed value fails at startup with the variable's name in the message.
+A malformed value fails with the variable's name in the message: at once, or —
+while settings.py is read (``collect_problems``) — kept in ``PROBLEMS`` with the default
+standing in, so that the system check reports every malformed variable together
+instead of a traceback for the first.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
 
 from django.core.exceptions import ImproperlyConfigured
 
+T = TypeVar("T")
+
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+# Malformed variables seen while collecting (orchestrator_site.checks reports them).
+PROBLEMS: list[str] = []
+_collecting = False
+
+
+def collect_problems(on: bool = True) -> None:
+    """From now on (settings.py, until its end), keep malformed values' problems in
+    PROBLEMS instead of raising."""
+    global _collecting
+    _collecting = on
+
+
+def _malformed(message: str, default: T) -> T:
+    if not _collecting:
+        raise ImproperlyConfigured(message)
+    PROBLEMS.append(message)
+    return default
 
 
 def env_str(name: str, default: str = "") -> str:
     """A string from ``NAME``, or from the file named by ``NAME_FILE`` (secrets)."""
     file_path = os.environ.get(f"{name}_FILE")
     if file_path:
-        return Path(file_path).read_text().strip()
+        try:
+            return Path(file_path).read_text().strip()
+        except OSError as exc:
+            return _malformed(f"{name}_FILE={file_path!r} cannot be read ({exc.strerror})", default)
     return os.environ.get(name, default)
 
 
@@ -32,7 +58,7 @@ def env_bool(name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean (use true/false)")
+    return _malformed(f"{name}={raw!r} is not a boolean (use true/false)", default)
 
 
 def env_int(name: str, default: int) -> int:
@@ -42,7 +68,7 @@ def env_int(name: str, default: int) -> int:
     try:
         return int(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer") from None
+        return _malformed(f"{name}={raw!r} is not an integer", default)
 
 
 def env_float(name: str, default: float) -> float:
@@ -52,7 +78,7 @@ def env_float(name: str, default: float) -> float:
     try:
         return float(raw)
     except ValueError:
-        raise ImproperlyConfigured(f"{name}={raw!r} is not a number") from None
+        return _malformed(f"{name}={raw!r} is not a number", default)
 
 
 def env_list(name: str, default: list[str] | None = None) -> list[str]:

@@ -16,8 +16,13 @@ from typing import Any
 
 import dj_database_url
 
+from orchestrator_site import env
 from orchestrator_site.config import load as load_config
 from orchestrator_site.env import env_bool, env_float, env_int, env_list, env_str
+
+# Every malformed variable is reported together, by the system check, instead of
+# a traceback for the first (orchestrator_site.env); collection ends at the end.
+env.collect_problems()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("ORCHESTRATOR_DATA_DIR", str(BASE_DIR / "var")))
@@ -25,7 +30,10 @@ DATA_DIR.mkdir(parents=True, exist_ok=True)
 
 # A well-known key: the deploy check (inference.E001) refuses it when DEBUG is off.
 DEV_SECRET_KEY = "dev-insecure-prompt-orchestrator-key-change-me-in-production"
-SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
+# An empty SECRET_KEY= is "not set" (Django itself would fail on first use, with a
+# traceback): the development key then stands in, and with DEBUG off the system
+# check refuses it with the other problems (inference.checks).
+SECRET_KEY = env_str("SECRET_KEY") or DEV_SECRET_KEY
 DEBUG = env_bool("DEBUG", True)
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 # Kubernetes: the pod's own IP (downward API), which is the Host a Prometheus
@@ -257,6 +265,10 @@ SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", not DEBUG)
 CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", not DEBUG)
 # Where the admin lives: an unguessable path keeps scanners off the login page.
 ADMIN_URL = env_str("ADMIN_URL", "admin/")
+# The chat page's sign-in, for accounts with or without staff rights.
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "login"
 
 # --- The orchestrator: orchestrator_site/config.py ------------------------------------
 # One typed schema for everything the orchestrator owns, one precedence (defaults <
@@ -289,3 +301,5 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+env.collect_problems(False)

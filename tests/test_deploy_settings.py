@@ -48,7 +48,7 @@ def test_check_deploy_names_every_unsafe_default() -> None:
     """Plain DEBUG=false without the rest: each gap is reported by its id."""
     result = check_deploy({"DEBUG": "false", "ORCHESTRATOR_AUTH_REQUIRED": "false"})
     assert result.returncode != 0
-    for issue in ("inference.E001", "inference.E002", "inference.E004", "security.W004"):
+    for issue in ("inference.E003", "inference.E002", "inference.E004", "security.W004"):
         assert issue in result.stderr, issue
 
 

@@ -39,13 +39,50 @@ def test_the_dev_configuration_passes_the_checks(settings) -> None:  # type: ign
 
 
 def test_deploy_checks_refuse_the_dev_key_and_open_hosts(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.DEBUG = True
     settings.ALLOWED_HOSTS = ["*"]
     assert {"inference.E001", "inference.E002"} <= ids(deploy=True)
 
 
-def test_debug_off_with_the_dev_key_fails_even_without_deploy(settings) -> None:  # type: ignore[no-untyped-def]
+def test_debug_off_with_the_dev_key_fails_even_without_deploy_and_only_once(settings) -> None:  # type: ignore[no-untyped-def]
     settings.DEBUG = False
-    assert "inference.E003" in ids()
+    assert "inference.E003" in ids() and "inference.E001" not in ids(deploy=True)
+
+
+def run_check(**environ: str):  # type: ignore[no-untyped-def]
+    import os
+    import subprocess
+    import sys
+
+    from harness.processes import ROOT
+
+    env = {**os.environ, **environ}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
+def test_every_malformed_variable_is_reported_at_once_without_a_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    checked = run_check(
+        ORCHESTRATOR_DATA_DIR=str(tmp_path),
+        DEBUG="perhaps",
+        SECURE_HSTS_SECONDS="a year",
+        SECRET_KEY_FILE=str(tmp_path / "missing"),
+    )
+    assert checked.returncode != 0 and "Traceback" not in checked.stderr
+    for problem in (
+        "DEBUG='perhaps' is not a boolean",
+        "SECURE_HSTS_SECONDS='a year' is not an integer",
+        "SECRET_KEY_FILE=",
+    ):
+        assert problem in checked.stderr, problem
+
+
+def test_an_empty_secret_key_is_the_friendly_check_not_a_traceback(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    checked = run_check(ORCHESTRATOR_DATA_DIR=str(tmp_path), DEBUG="false", SECRET_KEY="")
+    assert checked.returncode != 0 and "Traceback" not in checked.stderr
+    assert "SECRET_KEY is unset, empty or the development key" in checked.stderr
 
 
 def test_an_unknown_default_backend_is_an_error(settings) -> None:  # type: ignore[no-untyped-def]
