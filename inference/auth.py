@@ -1,12 +1,14 @@
 """Who is calling, on every transport, and what they may see.
 
 A caller is an API key (``Authorization: Bearer <key>`` or ``X-API-Key``), a
-staff session (the chat page, the dashboard, the admin), or anonymous. With
-``ORCHESTRATOR_AUTH_REQUIRED`` (the default when DEBUG is off) anonymous callers
-are refused; in development they are let in, so ``make run`` needs no key.
+staff session (the chat page, the dashboard, the admin), a member's session (a
+signed-in account without staff rights: the chat page and its own requests), or
+anonymous. With ``ORCHESTRATOR_AUTH_REQUIRED`` (the default when DEBUG is off)
+anonymous callers are refused; in development they are let in, so ``make run``
+needs no key.
 
-Isolation: a key sees only its own requests and staff see all, on every route;
-anyone else's request id answers 404, exactly like an unknown one.
+Isolation: a key or a member sees only its own requests and staff see all, on
+every route; anyone else's request id answers 404, exactly like an unknown one.
 
 SSE: a browser's EventSource cannot send headers, so ``POST /infer`` returns a
 short-lived ``stream_token`` bound to that one request; the long-lived key never
@@ -48,8 +50,10 @@ class Caller:
     user: Any = None
     perms: frozenset[str] = frozenset()
     ip: str | None = None
-    # A non-staff session user, or an anonymous caller while auth is required.
+    # An anonymous caller while auth is required.
     refused: Refusal | None = None
+    # A signed-in account without staff rights: it owns the requests it submits.
+    member: Any = None
 
     @property
     def staff(self) -> bool:
@@ -58,11 +62,22 @@ class Caller:
     @property
     def identity(self) -> str:
         """The bucket its rate limits count in."""
-        return f"key:{self.key.prefix}" if self.key else f"ip:{self.ip or 'unknown'}"
+        if self.key:
+            return f"key:{self.key.prefix}"
+        return f"user:{self.member.pk}" if self.member else f"ip:{self.ip or 'unknown'}"
 
     @property
     def key_prefix(self) -> str | None:
         return self.key.prefix if self.key else None
+
+    @property
+    def member_id(self) -> int | None:
+        return self.member.pk if self.member else None
+
+    def own_requests(self) -> InferenceRequestQuerySet:
+        """The requests it submitted itself (staff and anonymous callers: those
+        submitted with neither a key nor an account)."""
+        return InferenceRequest.objects.owned_by(self.key_prefix, self.member_id)
 
     def require(self, action: str, model: str = "inferencerequest") -> None:
         """A staff session needs the model permission the admin would want
@@ -77,7 +92,7 @@ class Caller:
         if self.staff:
             self.require("view")
             return InferenceRequest.objects.all()
-        return InferenceRequest.objects.owned_by(self.key_prefix)
+        return self.own_requests()
 
     def may_change_documents(self, action: str) -> bool:
         """``add`` or ``delete`` in the shared document store."""
@@ -85,7 +100,7 @@ class Caller:
             return self.key.can_manage_documents
         if self.staff:
             return f"inference.{action}_document" in self.perms
-        return not settings.ORCHESTRATOR_AUTH_REQUIRED
+        return self.member is None and not settings.ORCHESTRATOR_AUTH_REQUIRED
 
     def priority(self, asked: int) -> int:
         """The priority a request asking for ``asked`` gets: a key's ceiling clamps it."""
@@ -150,14 +165,13 @@ def caller_for(key: ApiKey | None, user: Any, ip: str | None) -> Caller:
     """The caller behind a verified key (or none), a session user and an address."""
     if key is not None:
         return Caller(key=key, ip=ip)
-    if user is not None and user.is_authenticated and user.is_active and user.is_staff:
-        return Caller(user=user, perms=frozenset(user.get_all_permissions()), ip=ip)
+    if user is not None and user.is_authenticated and user.is_active:
+        if user.is_staff:
+            return Caller(user=user, perms=frozenset(user.get_all_permissions()), ip=ip)
+        return Caller(member=user, ip=ip)
     refused: Refusal | None = None
     if settings.ORCHESTRATOR_AUTH_REQUIRED:
-        if user is not None and user.is_authenticated:
-            refused = Refusal(403, "forbidden", "Staff sessions or API keys only.")
-        else:
-            refused = unauthenticated("An API key is required.", "missing_api_key")
+        refused = unauthenticated("An API key is required.", "missing_api_key")
     return Caller(ip=ip, refused=refused)
 
 
@@ -193,7 +207,7 @@ def authenticate_scope(
 
 def stream_token(request: InferenceRequest) -> str:
     """A signed token that lets its bearer stream this one request for a while."""
-    payload = {"r": str(request.pk), "k": request.api_key_id}
+    payload = {"r": str(request.pk), "k": request.api_key_id, "u": request.owner_id}
     return signing.dumps(payload, salt=STREAM_TOKEN_SALT, compress=False)
 
 
@@ -211,6 +225,13 @@ def verify_stream_token(token: str, request_id: uuid.UUID) -> Caller:
     if not isinstance(payload, dict) or payload.get("r") != str(request_id):
         raise unauthenticated("The stream token is for another request.", "invalid_stream_token")
     prefix = payload.get("k")
+    if prefix is None and payload.get("u") is not None:
+        member = get_user_model().objects.filter(pk=payload["u"], is_active=True).first()
+        if member is None:
+            raise unauthenticated(
+                "The account behind this stream token is disabled.", "account_disabled"
+            )
+        return Caller(member=member)
     if prefix is None:
         return Caller()
     key = ApiKey.objects.filter(prefix=prefix).first()
@@ -234,14 +255,17 @@ def recheck(caller: Caller, max_age: float = 0) -> None:
     each message (``max_age`` 0); idle connections every
     ``ORCHESTRATOR_CREDENTIAL_RECHECK_SECONDS``, sharing one answer per
     credential per process for that long, so 10,000 sockets cost one query."""
-    if not (caller.key or caller.staff):
+    if not (caller.key or caller.staff or caller.member):
         return
-    name = caller.identity if caller.key else f"user:{caller.user.pk}"
+    name = caller.identity if caller.key or caller.member else f"user:{caller.user.pk}"
     if max_age and time.monotonic() - _verified.get(name, -1e9) < max_age:
         return
     _verified.pop(name, None)
     if caller.key is not None:
         _recheck_key(caller.key.prefix)
+    elif caller.member is not None:
+        if not get_user_model().objects.filter(pk=caller.member.pk, is_active=True).exists():
+            raise Refusal(403, "forbidden", "This account has been disabled.")
     elif not staff_users().filter(pk=caller.user.pk).exists():
         raise Refusal(403, "forbidden", "This account is no longer staff.")
     _verified[name] = time.monotonic()

@@ -186,9 +186,12 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         """A conversation's requests, oldest first (scope it to an owner first)."""
         return self.filter(session_id=session_id).order_by("created_at")
 
-    def owned_by(self, api_key_prefix: str | None) -> InferenceRequestQuerySet:
-        """One key's requests (None: those submitted without a key)."""
-        return self.filter(api_key_id=api_key_prefix)
+    def owned_by(
+        self, api_key_prefix: str | None, owner_id: int | None = None
+    ) -> InferenceRequestQuerySet:
+        """One key's requests, or one signed-in account's (both None: those
+        submitted by neither)."""
+        return self.filter(api_key_id=api_key_prefix, owner_id=owner_id)
 
     def claimable(self) -> InferenceRequestQuerySet:
         """Pending rows in claim order: highest priority first; inside a priority,
@@ -747,6 +750,15 @@ class InferenceRequest(models.Model):
         on_delete=models.CASCADE,
         related_name="requests",
     )
+    # The signed-in (non-staff) account that submitted it from the chat page: it
+    # sees only its own, like a key.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="inference_requests",
+    )
     session_id = models.CharField(max_length=128, db_index=True)
     prompt = models.TextField()
     # The chat messages a /v1 client sent (it owns the conversation): Assemble
@@ -904,8 +916,8 @@ class InferenceRequest(models.Model):
                 name="budget_unsettled_idx",
             ),
         ]
-        # An Idempotency-Key is unique per key (two clients may pick the same
-        # one); anonymous callers share one namespace.
+        # An Idempotency-Key is unique per key or account (two clients may pick
+        # the same one); anonymous callers share one namespace.
         constraints = [
             models.UniqueConstraint(
                 fields=["api_key", "idempotency_key"],
@@ -913,8 +925,15 @@ class InferenceRequest(models.Model):
                 name="unique_idempotency_key_per_api_key",
             ),
             models.UniqueConstraint(
+                fields=["owner", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False, owner__isnull=False),
+                name="unique_idempotency_key_per_owner",
+            ),
+            models.UniqueConstraint(
                 fields=["idempotency_key"],
-                condition=Q(idempotency_key__isnull=False, api_key__isnull=True),
+                condition=Q(
+                    idempotency_key__isnull=False, api_key__isnull=True, owner__isnull=True
+                ),
                 name="unique_anonymous_idempotency_key",
             ),
             # In-flight dedup's leadership: one generating request per key.
@@ -1094,6 +1113,53 @@ class DocumentChunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.document_id}#{self.position}"
+
+
+class SessionTitle(models.Model):
+    """A conversation's name, as its owner renamed it (the session list shows the
+    first prompt otherwise). The owner is the caller's key, else its user (a staff
+    or signed-in session), else neither (an anonymous caller in development)."""
+
+    api_key = models.ForeignKey(
+        ApiKey,
+        to_field="prefix",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="session_titles",
+    )
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="session_titles",
+    )
+    session_id = models.CharField(max_length=128)
+    title = models.CharField(max_length=200)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["api_key", "session_id"],
+                condition=Q(api_key__isnull=False),
+                name="unique_session_title_per_key",
+            ),
+            models.UniqueConstraint(
+                fields=["user", "session_id"],
+                condition=Q(api_key__isnull=True, user__isnull=False),
+                name="unique_session_title_per_user",
+            ),
+            models.UniqueConstraint(
+                fields=["session_id"],
+                condition=Q(api_key__isnull=True, user__isnull=True),
+                name="unique_session_title_unowned",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}: {self.title}"
 
 
 def chunk_text(text: str, max_chars: int = 1000) -> list[str]:

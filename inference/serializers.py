@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from django.utils.dateparse import parse_datetime
 from django.utils.functional import Promise
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
 from rest_framework import serializers
@@ -743,14 +746,142 @@ class DocumentDetailSerializer(DocumentSerializer):
 
 
 class SessionTurnSerializer(serializers.ModelSerializer):
+    """A turn as the chat page restores it: everything it shows, in one call."""
+
     request_id = serializers.UUIDField(source="id", read_only=True)
 
     class Meta:
         model = InferenceRequest
-        fields = ["request_id", "prompt", "result", "status", "error", "created_at"]
+        fields = [
+            "request_id",
+            "prompt",
+            "result",
+            "status",
+            "error",
+            "error_code",
+            "finish_reason",
+            "passages",
+            "metadata",
+            "params",
+            "created_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
 
 class SessionSerializer(serializers.Serializer):
     session_id = serializers.CharField()
+    title = serializers.CharField(help_text="Its renamed title, else its first prompt, cut.")
     turns = SessionTurnSerializer(many=True)
+
+
+class SessionSummarySerializer(serializers.Serializer):
+    """A conversation in the list: its requests sharing a ``session_id``."""
+
+    session_id = serializers.CharField()
+    title = serializers.CharField(help_text="Its renamed title, else its first prompt, cut.")
+    turns = serializers.IntegerField(help_text="How many requests it has.")
+    last_activity = serializers.DateTimeField(help_text="When its latest request was made.")
+    started_at = serializers.DateTimeField(help_text="When its first request was made.")
+
+
+class SessionPageSerializer(serializers.Serializer):
+    next = serializers.URLField(allow_null=True, help_text="The next page (null: the last).")
+    results = SessionSummarySerializer(many=True)
+
+
+@extend_schema_field({"type": "string", "description": "The next page's cursor (from next)."})
+class SessionCursorField(serializers.Field):
+    """The (last_activity, session_id) a page ends at, opaque to clients."""
+
+    default_error_messages = {"invalid": "Invalid cursor."}
+
+    @staticmethod
+    def encode(after: tuple[datetime, str]) -> str:
+        raw = json.dumps([after[0].isoformat(), after[1]]).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    def to_internal_value(self, data: Any) -> tuple[datetime, str]:
+        try:
+            at, session_id = json.loads(base64.urlsafe_b64decode(f"{data}{'=' * (-len(data) % 4)}"))
+            when = parse_datetime(at)
+        except (TypeError, ValueError):
+            self.fail("invalid")
+        if when is None or not isinstance(session_id, str):
+            self.fail("invalid")
+        return when, session_id
+
+    def to_representation(self, value: tuple[datetime, str]) -> str:
+        return self.encode(value)
+
+
+class SessionListQuerySerializer(KnownFieldsOnly):
+    """``GET /api/v1/sessions/``'s query."""
+
+    cursor = SessionCursorField(required=False)
+    page_size = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
+
+
+class SessionRenameSerializer(KnownFieldsOnly):
+    """``PATCH /api/v1/sessions/<id>``: empty or null goes back to the first prompt."""
+
+    title = StrictCharField(max_length=200, allow_blank=True, allow_null=True)
+
+
+EXPORT_FORMATS = {"json": "json", "markdown": "markdown", "md": "markdown"}
+
+
+class SessionExportQuerySerializer(KnownFieldsOnly):
+    format = serializers.ChoiceField(
+        choices=list(EXPORT_FORMATS), required=False, default="json", help_text="md = markdown."
+    )
+
+
+class SessionExportTurnSerializer(serializers.ModelSerializer):
+    request_id = serializers.UUIDField(source="id", read_only=True)
+
+    class Meta:
+        model = InferenceRequest
+        fields = [
+            "request_id",
+            "prompt",
+            "result",
+            "status",
+            "finish_reason",
+            "error",
+            "error_code",
+            "backend",
+            "model_used",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class SessionExportSerializer(serializers.Serializer):
+    session_id = serializers.CharField()
+    title = serializers.CharField()
+    exported_at = serializers.DateTimeField()
+    turns = SessionExportTurnSerializer(many=True)
+
+
+def session_markdown(export: Mapping[str, Any]) -> str:
+    """A readable transcript of a serialized export (SessionExportSerializer)."""
+    lines = [
+        f"# {export['title']}",
+        "",
+        f"Session `{export['session_id']}` · {len(export['turns'])} turns · "
+        f"exported {export['exported_at']}",
+    ]
+    for turn in export["turns"]:
+        lines += ["", "---", "", f"**You** · {turn['created_at']}", "", turn["prompt"], ""]
+        by = turn["model_used"] or turn["backend"] or "assistant"
+        lines += [f"**Assistant** ({by}) · {turn['status']}", ""]
+        if turn["result"]:
+            lines += [turn["result"], ""]
+        if turn["error"]:
+            lines += [f"> Error ({turn['error_code'] or turn['status']}): {turn['error']}", ""]
+        elif turn["finish_reason"] and turn["finish_reason"] != "stop":
+            lines += [f"> Finished: {turn['finish_reason']}", ""]
+    return "\n".join(lines).rstrip() + "\n"

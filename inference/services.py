@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -21,7 +21,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import Count, F, Sum
+from django.db.models import Count, F, Max, Min, Q, QuerySet, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
@@ -35,6 +35,7 @@ from inference.models import (
     DocumentChunk,
     InferenceRequest,
     InferenceRequestQuerySet,
+    SessionTitle,
     Status,
     Transport,
     canonical_sha256,
@@ -103,7 +104,7 @@ class Submission:
         """The same prompt and options as a stored request, submitted again by
         the same owner."""
         fields = {
-            "caller": Caller(key=request.api_key),
+            "caller": Caller(key=request.api_key, member=request.owner),
             "prompt": request.prompt,
             "conversation": request.conversation,
             "session_id": request.session_id,
@@ -132,7 +133,7 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     ``admission.Refusal`` under overload (a full queue, too many in flight).
     """
     submission.caller.require("add")
-    mine = InferenceRequest.objects.owned_by(submission.caller.key_prefix)
+    mine = submission.caller.own_requests()
     key = submission.idempotency_key
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
         return _replayed(existing, submission), False
@@ -203,6 +204,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
     return {
         "id": request_id,
         "api_key_id": submission.caller.key_prefix,
+        "owner_id": submission.caller.member_id,
         "prompt": submission.prompt,
         "conversation": submission.conversation,
         # A /v1 call reads its own answer: it is the request's first reader.
@@ -374,6 +376,157 @@ def delete_session(session: InferenceRequestQuerySet) -> int:
             cancel_request(request_id)
         deleted = session.delete()[1].get("inference.InferenceRequest", 0)
     return deleted
+
+
+# --- conversations: a caller's requests grouped by session_id --------------------------
+
+TITLE_CHARS = 60
+
+
+@dataclass
+class SessionSummary:
+    session_id: str
+    title: str
+    turns: int
+    last_activity: datetime
+    started_at: datetime
+
+
+@dataclass
+class SessionPage:
+    sessions: list[SessionSummary]
+    # (last_activity, session_id) of the last one listed, when more follow.
+    after: tuple[datetime, str] | None
+
+
+def title_owner(caller: Caller) -> dict[str, Any]:
+    """Whose renamed titles a caller reads and writes: its key's, else its
+    signed-in user's, else nobody's (an anonymous caller in development)."""
+    if caller.key is not None:
+        return {"api_key_id": caller.key.prefix, "user_id": None}
+    # A staff session's user, or a signed-in member's account.
+    person = caller.user or caller.member
+    return {"api_key_id": None, "user_id": getattr(person, "pk", None)}
+
+
+def session_titles(caller: Caller) -> QuerySet[SessionTitle]:
+    return SessionTitle.objects.filter(**title_owner(caller))
+
+
+def default_title(prompt: str) -> str:
+    """The first prompt on one line, cut to about TITLE_CHARS characters."""
+    text = " ".join(prompt.split())
+    if len(text) <= TITLE_CHARS:
+        return text
+    return text[: TITLE_CHARS - 1].rstrip() + "…"
+
+
+def list_sessions(
+    caller: Caller, page_size: int = 50, after: tuple[datetime, str] | None = None
+) -> SessionPage:
+    """The caller's conversations, newest activity first, a page after ``after``.
+    One GROUP BY over the caller's rows (a key's: its key_created_idx), one
+    look-up of the page's first prompts, one of its titles."""
+    groups = (
+        caller.requests()
+        .values("session_id")
+        .annotate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
+        .order_by("-last_activity", "session_id")
+    )
+    if after is not None:
+        at, session_id = after
+        groups = groups.filter(
+            Q(last_activity__lt=at) | Q(last_activity=at, session_id__gt=session_id)
+        )
+    rows = list(groups[: page_size + 1])
+    more = len(rows) > page_size
+    sessions = _summaries(caller, rows[:page_size])
+    last = sessions[-1] if sessions else None
+    return SessionPage(sessions, (last.last_activity, last.session_id) if more and last else None)
+
+
+def _summaries(caller: Caller, rows: Sequence[Mapping[str, Any]]) -> list[SessionSummary]:
+    if not rows:
+        return []
+    firsts = Q()
+    for row in rows:
+        firsts |= Q(session_id=row["session_id"], created_at=row["first_at"])
+    prompts: dict[str, str] = {}
+    for session_id, prompt in (
+        caller.requests().filter(firsts).order_by("created_at").values_list("session_id", "prompt")
+    ):
+        prompts.setdefault(session_id, prompt)
+    ids = [row["session_id"] for row in rows]
+    titles = dict(
+        session_titles(caller).filter(session_id__in=ids).values_list("session_id", "title")
+    )
+    return [
+        SessionSummary(
+            session_id=row["session_id"],
+            title=titles.get(row["session_id"])
+            or default_title(prompts.get(row["session_id"], "")),
+            turns=row["turns"],
+            last_activity=row["last_activity"],
+            started_at=row["first_at"],
+        )
+        for row in rows
+    ]
+
+
+def session_summary(caller: Caller, session_id: str) -> SessionSummary | None:
+    """One of the caller's conversations (None: it has none by that id)."""
+    row = (
+        caller.requests()
+        .filter(session_id=session_id)
+        .aggregate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
+    )
+    if not row["turns"]:
+        return None
+    return _summaries(caller, [{**row, "session_id": session_id}])[0]
+
+
+def rename_session(caller: Caller, session_id: str, title: str | None) -> SessionSummary | None:
+    """Name one of the caller's conversations (None or "": back to its first
+    prompt). None if the caller has no conversation by that id."""
+    with transaction.atomic():
+        if not caller.requests().filter(session_id=session_id).exists():
+            return None
+        owner = title_owner(caller)
+        if title:
+            SessionTitle.objects.update_or_create(
+                **owner, session_id=session_id, defaults={"title": title}
+            )
+        else:
+            SessionTitle.objects.filter(**owner, session_id=session_id).delete()
+    return session_summary(caller, session_id)
+
+
+def forget_session(caller: Caller, session_id: str) -> int:
+    """Delete one of the caller's conversations and its title; how many requests went."""
+    with transaction.atomic():
+        deleted = delete_session(caller.requests().in_session(session_id))
+        if deleted:
+            session_titles(caller).filter(session_id=session_id).delete()
+    return deleted
+
+
+def session_turns(
+    caller: Caller, session_id: str
+) -> tuple[SessionSummary, list[InferenceRequest]] | None:
+    """A conversation of the caller's and its turns, oldest first (None: no such)."""
+    turns = list(caller.requests().in_session(session_id))
+    if not turns:
+        return None
+    titles = session_titles(caller).filter(session_id=session_id)
+    title = titles.values_list("title", flat=True).first()
+    summary = SessionSummary(
+        session_id=session_id,
+        title=title or default_title(turns[0].prompt),
+        turns=len(turns),
+        last_activity=max(turn.created_at for turn in turns),
+        started_at=turns[0].created_at,
+    )
+    return summary, turns
 
 
 # --- the response cache ---------------------------------------------------------------

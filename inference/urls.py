@@ -15,7 +15,13 @@ urlpatterns = [
     path("infer", views.InferView.as_view(), name="infer"),
     path("status/<str:request_id>", views.StatusView.as_view(), name="status"),
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
+    path("sessions/", views.SessionListView.as_view(), name="sessions"),
     path("sessions/<str:session_id>", views.SessionView.as_view(), name="session"),
+    path(
+        "sessions/<str:session_id>/export",
+        views.SessionExportView.as_view(),
+        name="session-export",
+    ),
     path("config", views.ConfigView.as_view(), name="config"),
     path("usage", views.UsageView.as_view(), name="usage"),
     path("cache", views.CacheView.as_view(), name="cache"),

@@ -18,19 +18,25 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import login_required
 from django.db import connection
-from django.http import Http404, HttpRequest, HttpResponseBase
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django.utils.decorators import method_decorator
+from django.utils.text import slugify
 from django.views.generic import TemplateView
 from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import mixins, pagination, permissions, serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.utils.urls import replace_query_param
 
 from inference import services
 from inference.auth import Caller
@@ -53,6 +59,7 @@ from inference.models import (
 from inference.serializers import (
     CACHE_HEADER_PARAMETERS,
     CACHE_KEY,
+    EXPORT_FORMATS,
     CacheFlushSerializer,
     CacheStatsSerializer,
     ConfigSerializer,
@@ -62,12 +69,20 @@ from inference.serializers import (
     HealthSerializer,
     InferenceRequestSerializer,
     InferRequestSerializer,
+    SessionCursorField,
+    SessionExportQuerySerializer,
+    SessionExportSerializer,
+    SessionListQuerySerializer,
+    SessionPageSerializer,
+    SessionRenameSerializer,
     SessionSerializer,
+    SessionSummarySerializer,
     StreamableRequestSerializer,
     UsageQuerySerializer,
     UsageReportSerializer,
     cache_headers,
     idempotency_key_of,
+    session_markdown,
 )
 
 # Errors every API operation shares (401, 403, 429, 503, 400, 404) are added by
@@ -207,14 +222,15 @@ def wait_seconds(raw: str | None) -> float:
 
 
 class ChatPageView(TemplateView):
-    """The WebSocket chat page: open in development, staff only once keys are
-    required (its socket then authenticates with the staff session)."""
+    """The WebSocket chat page: open in development; once keys are required, for
+    signed-in accounts (its socket then authenticates with the session): a member
+    chats with its own conversations, staff see everyone's."""
 
     template_name = "chat.html"
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
         if settings.ORCHESTRATOR_AUTH_REQUIRED:
-            return staff_member_required(super().dispatch)(request, *args, **kwargs)
+            return login_required(super().dispatch)(request, *args, **kwargs)
         return super().dispatch(request, *args, **kwargs)
 
     # The model a backend runs when its options name none. These mirror the
@@ -454,19 +470,117 @@ class SessionView(APIView):
 
     @extend_schema(operation_id="session", responses={200: SessionSerializer})
     async def get(self, request: Request, session_id: str) -> Response:
-        turns = [row async for row in caller_of(request).requests().in_session(session_id)]
-        if not turns:
+        found = await sync_to_async(services.session_turns)(caller_of(request), session_id)
+        if found is None:
             raise Http404("No session with that id.")
-        return Response(SessionSerializer({"session_id": session_id, "turns": turns}).data)
+        summary, turns = found
+        body = {"session_id": session_id, "title": summary.title, "turns": turns}
+        return Response(SessionSerializer(body).data)
+
+    @extend_schema(
+        operation_id="session_rename",
+        request=SessionRenameSerializer,
+        responses={200: SessionSummarySerializer},
+    )
+    async def patch(self, request: Request, session_id: str) -> Response:
+        body = SessionRenameSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        rename = sync_to_async(services.rename_session)
+        summary = await rename(caller_of(request), session_id, body.validated_data["title"])
+        if summary is None:
+            raise Http404("No session with that id.")
+        return Response(SessionSummarySerializer(summary).data)
 
     @extend_schema(operation_id="session_delete", responses={204: None})
     async def delete(self, request: Request, session_id: str) -> Response:
         caller = caller_of(request)
         caller.require("delete")
-        session = caller.requests().in_session(session_id)
-        if not await sync_to_async(services.delete_session)(session):
+        if not await sync_to_async(services.forget_session)(caller, session_id):
             raise Http404("No session with that id.")
         return Response(status=204)
+
+
+def query_of(request: Request) -> Any:
+    """The query parameters a view validates: ``format`` is content negotiation's."""
+    query = request.query_params.copy()
+    query.pop("format", None)
+    return query
+
+
+class SessionListView(APIView):
+    """The caller's conversations (its requests grouped by ``session_id``)."""
+
+    @extend_schema(
+        operation_id="sessions",
+        parameters=[SessionListQuerySerializer],
+        responses={200: SessionPageSerializer},
+    )
+    async def get(self, request: Request) -> Response:
+        query = SessionListQuerySerializer(data=query_of(request))
+        query.is_valid(raise_exception=True)
+        page = await sync_to_async(services.list_sessions)(
+            caller_of(request),
+            page_size=query.validated_data["page_size"],
+            after=query.validated_data.get("cursor"),
+        )
+        next_url = None
+        if page.after is not None:
+            cursor = SessionCursorField.encode(page.after)
+            next_url = replace_query_param(request.build_absolute_uri(), "cursor", cursor)
+        body = {"next": next_url, "results": page.sessions}
+        return Response(SessionPageSerializer(body).data)
+
+
+class JSONErrorsOnly(BaseContentNegotiation):
+    """The export picks its format from its own ``format`` parameter (which DRF
+    would read as a renderer's name); everything else, errors too, is JSON."""
+
+    def select_parser(self, request: Request, parsers: Any) -> Any:
+        return parsers[0] if parsers else None
+
+    def select_renderer(self, request: Request, renderers: Any, format_suffix: Any = None) -> Any:
+        return renderers[0], renderers[0].media_type
+
+
+class SessionExportView(APIView):
+    """A conversation as a download: JSON (its turns) or a Markdown transcript."""
+
+    content_negotiation_class = JSONErrorsOnly
+
+    @extend_schema(
+        operation_id="session_export",
+        parameters=[SessionExportQuerySerializer],
+        responses={
+            (200, "application/json"): SessionExportSerializer,
+            (200, "text/markdown"): OpenApiTypes.STR,
+        },
+    )
+    async def get(self, request: Request, session_id: str) -> HttpResponseBase:
+        query = SessionExportQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = await sync_to_async(services.session_turns)(caller_of(request), session_id)
+        if found is None:
+            raise Http404("No session with that id.")
+        summary, turns = found
+        export = SessionExportSerializer(
+            {
+                "session_id": session_id,
+                "title": summary.title,
+                "exported_at": timezone.now(),
+                "turns": turns,
+            }
+        ).data
+        if EXPORT_FORMATS[query.validated_data["format"]] == "markdown":
+            response: HttpResponseBase = HttpResponse(
+                session_markdown(export), content_type="text/markdown; charset=utf-8"
+            )
+            extension = "md"
+        else:
+            response, extension = Response(export), "json"
+        parts = (slugify(summary.title)[:50] or "conversation", slugify(session_id)[:12])
+        name = "-".join(part for part in parts if part)
+        response["Content-Disposition"] = f'attachment; filename="{name}.{extension}"'
+        return response
 
 
 def require_staff(request: Request) -> None:

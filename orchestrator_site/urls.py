@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
@@ -11,6 +12,10 @@ from inference.metrics_http import metrics_view
 urlpatterns = [
     path("", views.ChatPageView.as_view(), name="chat"),
     path("dashboard/", views.DashboardView.as_view(), name="dashboard"),
+    # Members (accounts without staff rights) sign in to the chat here; staff
+    # may too, or through the admin's own login.
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("api/v1/", include("inference.urls")),
     path("v1/", include("inference.openai_urls")),
     path("health", views.HealthView.as_view(), name="health"),

@@ -43,6 +43,7 @@ IN_KEY = {
     "stop": "params",
     "seed": "params",
     "api_key_id": "scope (unless the operator made the cache global)",
+    "owner_id": "scope (unless the operator made the cache global)",
 }
 NON_SEMANTIC = {
     "id": "identity",
@@ -125,6 +126,8 @@ def policy_for(request: RequestSnapshot, cache_on: bool, dedup_on: bool) -> Poli
 def scope_of(request: RequestSnapshot) -> str:
     if settings.ORCHESTRATOR_CACHE_SCOPE == "global":
         return "global"
+    if request.owner_id is not None:
+        return f"user:{request.owner_id}"
     return request.api_key_id or "anon"
 
 

@@ -36,7 +36,8 @@ class RequestSnapshot:
     params: GenerationParams
     metadata: dict[str, Any] = field(default_factory=dict)
     created_at: datetime | None = None
-    api_key_id: str | None = None  # the owner: session history is per key
+    api_key_id: str | None = None  # the owner: session history is per key...
+    owner_id: int | None = None  # ...or per signed-in account
     rag: dict[str, Any] = field(default_factory=dict)
     system: str = ""  # the request's own system prompt ("": the configured one)
     conversation: list[dict[str, str]] = field(default_factory=list)
@@ -57,6 +58,7 @@ class RequestSnapshot:
             metadata=request.metadata,
             created_at=request.created_at,
             api_key_id=request.api_key_id,
+            owner_id=request.owner_id,
             rag=request.params.get("rag") or {},
             system=request.params.get("system") or "",
             params=replace(GenerationParams.from_params(request.params), priority=request.priority),

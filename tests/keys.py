@@ -40,6 +40,7 @@ class Principals:
     expired: str
     wrong: str
     staff_session: str
+    member_session: str  # a signed-in account without staff rights
 
     @classmethod
     def create(cls) -> Principals:
@@ -53,6 +54,8 @@ class Principals:
         staff = operator("matrix-staff")
         client = Client()
         client.force_login(staff)
+        member = Client()
+        member.force_login(User.objects.create(username="matrix-member"))
         return cls(
             own=own,
             other=other,
@@ -60,6 +63,7 @@ class Principals:
             expired=expired,
             wrong=f"{prefix}.{'x' * 32}",
             staff_session=client.cookies["sessionid"].value,
+            member_session=member.cookies["sessionid"].value,
         )
 
     def headers(self, who: str) -> dict[str, str]:
@@ -73,8 +77,9 @@ class Principals:
             "other": {"X-API-Key": self.other},
             "own": bearer(self.own),
             "staff": {"Cookie": f"sessionid={self.staff_session}"},
+            "member": {"Cookie": f"sessionid={self.member_session}"},
         }[who]
 
 
-WHO = ("none", "malformed", "wrong", "revoked", "expired", "other", "own", "staff")
+WHO = ("none", "malformed", "wrong", "revoked", "expired", "other", "own", "staff", "member")
 REFUSED = ("none", "malformed", "wrong", "revoked", "expired")

@@ -159,18 +159,57 @@ def test_documents_are_readable_by_any_key_but_changed_only_by_managers(client: 
     assert client.get("/api/v1/documents/", headers=bearer(reader)).json()["results"]
 
 
-def test_a_non_staff_session_is_forbidden_not_unauthenticated(client: Client) -> None:
-    client.force_login(User.objects.create(username="someone"))
-    response = client.get("/api/v1/requests/")
-    assert response.status_code == 403 and response.json()["error"]["code"] == "forbidden"
+def test_a_members_session_sees_its_own_requests_only(client: Client) -> None:
+    """A signed-in account without staff rights is a member: like a key, it sees
+    what it submitted and nothing else (another's request is a 404)."""
+    _, secret = make_key()
+    theirs = Client().post(
+        "/api/v1/infer", {"prompt": "a key's"}, "application/json", headers=bearer(secret)
+    )
+    alice, bob = Client(), Client()
+    alice.force_login(User.objects.create(username="alice"))
+    bob.force_login(User.objects.create(username="bob"))
+    mine = alice.post("/api/v1/infer", {"prompt": "alice's"}, "application/json")
+    assert mine.status_code == 202
+    request_id = mine.json()["request_id"]
+    listed = alice.get("/api/v1/requests/").json()["results"]
+    assert [r["request_id"] for r in listed] == [request_id]
+    assert bob.get("/api/v1/requests/").json()["results"] == []
+    assert bob.get(f"/api/v1/status/{request_id}").status_code == 404
+    assert alice.get(f"/api/v1/status/{theirs.json()['request_id']}").status_code == 404
+    assert Client().get("/api/v1/requests/").status_code == 401  # anonymous: still refused
+    row = InferenceRequest.objects.get(pk=request_id)
+    assert (row.owner.username, row.api_key_id) == ("alice", None)
 
 
-def test_the_chat_page_is_for_staff_once_keys_are_required(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
-    assert client.get("/").status_code == 302
-    client.force_login(User.objects.create(username="ops", is_staff=True))
-    assert client.get("/").status_code == 200
+def test_the_chat_page_is_for_signed_in_accounts_once_keys_are_required(
+    client: Client,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    response = client.get("/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert "Sign in" in client.get(response["Location"]).content.decode()
+    client.force_login(User.objects.create(username="member"))
+    page = client.get("/")
+    assert page.status_code == 200
+    assert 'href="/dashboard/"' not in page.content.decode()  # staff's pages are not offered
+    staff = Client()
+    staff.force_login(User.objects.create(username="ops", is_staff=True))
+    assert 'href="/dashboard/"' in staff.get("/").content.decode()
     settings.ORCHESTRATOR_AUTH_REQUIRED = False
     assert Client().get("/").status_code == 200  # development: open
+
+
+def test_a_member_signs_in_on_the_login_page_and_out(client: Client) -> None:
+    User.objects.create_user(username="carol", password="correct horse battery")
+    wrong = client.post("/accounts/login/", {"username": "carol", "password": "nope"})
+    assert "did not match" in wrong.content.decode()
+    signed_in = client.post(
+        "/accounts/login/", {"username": "carol", "password": "correct horse battery"}
+    )
+    assert signed_in.status_code == 302 and client.get("/").status_code == 200
+    client.post("/accounts/logout/")
+    assert client.get("/").status_code == 302
 
 
 def test_metrics_take_their_own_token_when_one_is_set(client: Client, settings) -> None:  # type: ignore[no-untyped-def]
@@ -261,10 +300,11 @@ async def test_a_refused_socket_is_closed_with_4401_or_4403_before_any_message()
     await database_sync_to_async(client.force_login)(
         await database_sync_to_async(User.objects.create)(username="visitor")
     )
+    await database_sync_to_async(User.objects.filter(username="visitor").update)(is_active=False)
     cookie = [(b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())]
     socket = WebsocketCommunicator(app, "/api/v1/ws", cookie)
-    await socket.connect()
-    assert (await socket.receive_output(timeout=5))["code"] == 4403
+    await socket.connect()  # a disabled account is nobody
+    assert (await socket.receive_output(timeout=5))["code"] == 4401
     assert await database_sync_to_async(InferenceRequest.objects.count)() == 0
 
 

@@ -4,9 +4,10 @@ routers, not listed by hand, so a new route cannot escape: it must be classified
 below (public, staff-only page, or API) or this test fails.
 
 Principals: no key, a malformed one, a wrong secret, a revoked key, an expired
-key, another client's key, the owner's key, a staff session. Refused principals
-get 401 (4401 on the WebSocket); another client asking for the owner's request
-gets 404; no refused principal ever gets a 2xx.
+key, another client's key, the owner's key, a staff session, a member's session
+(an account without staff rights). Refused principals get 401 (4401 on the
+WebSocket); another client or a member asking for the owner's request gets 404;
+no refused principal ever gets a 2xx.
 """
 
 from __future__ import annotations
@@ -72,14 +73,17 @@ def methods_of(callback: Any) -> tuple[str, ...]:
 ROUTES = list(django_routes())
 CACHE_KEY = "c" * 64
 
-PUBLIC = {"health", "health-live", "metrics", "schema", "docs", "admin:login"}
-STAFF_PAGES = {"chat", "dashboard"}
+PUBLIC = {"health", "health-live", "metrics", "schema", "docs", "admin:login", "login"}
+STAFF_PAGES = {"dashboard"}
+# For any signed-in account (a member chats with its own conversations).
+ACCOUNT_PAGES = {"chat", "logout"}
 # The effective configuration, and the whole response cache: staff only.
 STAFF_API = {"inference:config", "inference:cache", "inference:cache-stats"}
-# POST bodies of the API's write routes.
+# POST and PATCH bodies of the API's write routes.
 BODIES = {
     "inference:infer": {"prompt": "hello"},
     "inference:documents-list": {"title": "t", "text": "some text"},
+    "inference:session": {"title": "renamed"},
 }
 
 
@@ -88,6 +92,8 @@ def kind(route: Route) -> str:
         return "public"
     if route.name in STAFF_PAGES or route.pattern.startswith("admin/"):
         return "staff"
+    if route.name in ACCOUNT_PAGES:
+        return "account"
     if route.pattern in ("api/v1/^.*$", "v1/^.*$"):
         return "no-route"
     if route.name.startswith(("inference:", "openai:")):
@@ -104,17 +110,19 @@ def concrete(pattern: str, values: dict[str, str]) -> str:
 
 
 def expected_api(route: Route, method: str, who: str) -> set[int]:
-    if who in REFUSED or (who == "staff" and route.name.startswith("openai:")):
+    sessions = ("staff", "member")
+    if who in REFUSED or (who in sessions and route.name.startswith("openai:")):
         return {401}  # /v1 takes keys only
     if route.name in STAFF_API:
         return {200} if who == "staff" else {403}
     targets_a_request = any(
         name in route.pattern for name in ("request_id", "session_id", "completion_id", "cache_key")
     )
-    if who == "other" and targets_a_request:
+    if who in ("other", "member") and targets_a_request:
         return {404}
-    if who == "other" and route.name.startswith("inference:documents") and method != "GET":
-        return {403}  # only keys allowed to manage documents may change them
+    changes_documents = route.name.startswith("inference:documents") and method != "GET"
+    if who in ("other", "member") and changes_documents:
+        return {403}  # only keys allowed to manage documents (and staff) may change them
     return {200, 201, 202, 204}
 
 
@@ -159,7 +167,7 @@ def call(client: Client, route: Route, method: str, who: str, principals: Princi
     InferenceRequest.objects.all().delete()
     Document.objects.all().delete()
     targets = Targets.create(principals.own)
-    body = BODIES.get(route.name) if method == "POST" else None
+    body = BODIES.get(route.name) if method in ("POST", "PATCH") else None
     response = client.generic(
         method,
         concrete(route.pattern, targets.values()),
@@ -190,6 +198,8 @@ def test_every_django_route_answers_every_principal_as_expected(route: Route) ->
                 ok = status in expected_api(route, method, who)
             elif category == "staff":
                 ok = status < 500 and (who == "staff" or not 200 <= status < 300)
+            elif category == "account":  # signed-in accounts only (logout is POST)
+                ok = status < 500 and (who in ("staff", "member") or not 200 <= status < 300)
             elif category == "no-route":
                 ok = status == 404
             else:  # public: answers everyone alike (health may be 503 without a layer;
@@ -206,6 +216,7 @@ def test_the_matrix_covers_the_api() -> None:
     names = {r.name for r in ROUTES}
     assert {"inference:infer", "inference:status", "inference:result"} <= names
     assert {"inference:requests-detail", "inference:documents-list", "inference:session"} <= names
+    assert {"inference:sessions", "inference:session-export"} <= names
     assert {"openai:models", "openai:model", "openai:completion"} <= names
     assert sum(kind(r) == "api" for r in ROUTES) >= 12
 
@@ -239,6 +250,7 @@ async def test_the_sse_stream_answers_every_principal_as_expected() -> None:
     principals = await database_sync_to_async(Principals.create)()
     targets = await database_sync_to_async(Targets.create)(principals.own)
     expected = {who: 401 for who in REFUSED} | {"other": 404, "own": 200, "staff": 200}
+    expected["member"] = 404
     seen = {}
     for who in WHO:
         path = f"/api/v1/stream/{targets.request.pk}"
@@ -264,7 +276,7 @@ async def test_chat_completions_take_keys_only(engine) -> None:  # type: ignore[
         client = SSEClient("/v1/chat/completions", headers, method="POST", body=body.encode())
         seen[who] = (await client.open()).status
         await client.events()
-    assert seen == {who: 401 for who in [*REFUSED, "staff"]} | {"other": 200, "own": 200}
+    assert seen == {who: 401 for who in [*REFUSED, "staff", "member"]} | {"other": 200, "own": 200}
 
 
 @pytest.mark.django_db(transaction=True)
@@ -314,7 +326,7 @@ async def test_the_websocket_answers_every_principal_as_expected() -> None:
         reply = await socket.receive_json_from(timeout=5)
         seen[who] = reply["type"] if reply["type"] == "result" else reply["error"]["code"]
         await socket.disconnect()
-    expected = {"other": "not_found", "own": "result", "staff": "result"}
+    expected = {"other": "not_found", "own": "result", "staff": "result", "member": "not_found"}
     assert seen == {who: 4401 for who in REFUSED} | expected
 
 

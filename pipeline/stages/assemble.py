@@ -50,7 +50,7 @@ def earlier_turns(request: RequestSnapshot) -> list[Message]:
         return []
     rows = (
         # Only the same key's turns: two clients may pick the same session id.
-        InferenceRequest.objects.owned_by(request.api_key_id)
+        InferenceRequest.objects.owned_by(request.api_key_id, request.owner_id)
         .in_session(request.session_id)
         .filter(status=Status.COMPLETED, created_at__lt=request.created_at)
         .exclude(pk=request.id)

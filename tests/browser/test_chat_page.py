@@ -437,3 +437,154 @@ def test_the_page_has_an_svg_favicon(page: Page, live_server_url: str) -> None:
     assert href and href.endswith(".svg")
     response = httpx.get(f"{live_server_url}{href}")
     assert response.status_code == 200 and b"<svg" in response.content
+
+
+# --- conversations: the sidebar -----------------------------------------------------------
+
+DESKTOP = {"width": 1200, "height": 800}
+
+
+def unique(text: str) -> str:
+    """A prompt no other test's conversation starts with (the live server is shared)."""
+    return f"{text} {os.urandom(3).hex()}"
+
+
+def conversation(page: Page, title: str):  # type: ignore[no-untyped-def]
+    return page.locator("#conversations li.conversation").filter(
+        has=page.locator(".conv-title", has_text=title)
+    )
+
+
+def current_session(page: Page) -> str:
+    return str(page.evaluate("localStorage.getItem('po.session')"))
+
+
+def two_conversations(page: Page) -> tuple[str, str]:
+    """Ask in one conversation, start a new chat, ask in another: their prompts."""
+    first, second = unique("alpha question"), unique("beta question")
+    done(ask(page, first))
+    # On a phone the sidebar's button is in the drawer; the chat bar has its own.
+    page.locator("#new-chat, #new-chat-bar").locator("visible=true").click()
+    expect(page.locator("li.msg")).to_have_count(0)
+    done(ask(page, second))
+    return first, second
+
+
+def test_the_sidebar_lists_conversations_and_switches_between_them(
+    browser: Browser, live_server_url: str
+) -> None:
+    page = open_chat(browser, live_server_url, viewport=DESKTOP)
+    first, second = two_conversations(page)
+    expect(conversation(page, first)).to_have_count(1)
+    expect(conversation(page, second)).to_have_attribute("aria-current", "true")
+    # Newest activity first.
+    titles = page.locator("#conversations .conv-title").all_inner_texts()
+    assert titles.index(second) < titles.index(first)
+    conversation(page, first).locator(".conv-title").click()
+    expect(conversation(page, first)).to_have_attribute("aria-current", "true")
+    expect(page.locator("li.msg.user")).to_have_text([first])
+    expect(page.locator("li.msg.assistant .body")).to_have_text([first])
+    conversation(page, second).locator(".conv-title").click()
+    expect(page.locator("li.msg.user")).to_have_text([second])
+    # A turn in a conversation switched to goes into that conversation.
+    done(ask(page, "a follow-up"))
+    session = httpx.get(f"{live_server_url}/api/v1/sessions/{current_session(page)}").json()
+    assert [t["prompt"] for t in session["turns"]] == [second, "a follow-up"]
+    titles = page.locator("#conversations .conv-title").all_inner_texts()
+    assert titles.index(second) < titles.index(first)
+    screenshot(page, "chat-sidebar.png")
+
+
+def test_a_rename_persists_after_a_reload(browser: Browser, live_server_url: str) -> None:
+    page = open_chat(browser, live_server_url, viewport=DESKTOP)
+    prompt = unique("rename me")
+    done(ask(page, prompt))
+    item = conversation(page, prompt)
+    item.locator(".conv-rename").click()
+    page.locator(".conv-edit").fill("Holiday plans")
+    page.locator(".conv-edit").press("Enter")
+    renamed = conversation(page, "Holiday plans")
+    expect(renamed).to_have_attribute("data-session-id", current_session(page))
+    reload(page)
+    expect(conversation(page, "Holiday plans")).to_have_attribute("aria-current", "true")
+    session = httpx.get(f"{live_server_url}/api/v1/sessions/{current_session(page)}").json()
+    assert session["title"] == "Holiday plans"
+    # Escape gives up an edit.
+    conversation(page, "Holiday plans").locator(".conv-rename").click()
+    page.locator(".conv-edit").fill("never mind")
+    page.locator(".conv-edit").press("Escape")
+    expect(page.locator(".conv-edit")).to_have_count(0)
+    expect(conversation(page, "Holiday plans")).to_have_count(1)
+
+
+def test_delete_asks_first_then_removes_the_conversation(
+    browser: Browser, live_server_url: str
+) -> None:
+    page = open_chat(browser, live_server_url, viewport=DESKTOP)
+    first, second = two_conversations(page)
+    doomed = current_session(page)
+    page.once("dialog", lambda dialog: dialog.dismiss())
+    conversation(page, second).locator(".conv-delete").click()
+    expect(conversation(page, second)).to_have_count(1)
+    page.once("dialog", lambda dialog: dialog.accept())
+    conversation(page, second).locator(".conv-delete").click()
+    expect(conversation(page, second)).to_have_count(0)
+    expect(conversation(page, first)).to_have_count(1)
+    # The open conversation was the deleted one: the page starts a new chat.
+    expect(page.locator("li.msg")).to_have_count(0)
+    assert current_session(page) != doomed
+    assert httpx.get(f"{live_server_url}/api/v1/sessions/{doomed}").status_code == 404
+    reload(page)
+    expect(conversation(page, second)).to_have_count(0)
+
+
+def test_export_downloads_json_and_markdown(browser: Browser, live_server_url: str) -> None:
+    page = open_chat(browser, live_server_url, viewport=DESKTOP, accept_downloads=True)
+    prompt = unique("export this")
+    done(ask(page, prompt))
+    item = conversation(page, prompt)
+    with page.expect_download() as download:
+        item.locator(".conv-export[data-format=json]").click()
+    assert download.value.suggested_filename.endswith(".json")
+    exported = json.loads(Path(download.value.path()).read_text())
+    assert exported["session_id"] == current_session(page)
+    assert [(t["prompt"], t["result"], t["status"]) for t in exported["turns"]] == [
+        (prompt, prompt, "completed")
+    ]
+    with page.expect_download() as download:
+        item.locator(".conv-export[data-format=markdown]").click()
+    assert download.value.suggested_filename.endswith(".md")
+    transcript = Path(download.value.path()).read_text()
+    assert transcript.startswith(f"# {prompt}\n") and "**You**" in transcript
+
+
+def test_on_a_phone_the_sidebar_opens_from_a_button(browser: Browser, live_server_url: str) -> None:
+    page = open_chat(browser, live_server_url, viewport={"width": 375, "height": 740})
+    first, _ = two_conversations(page)
+    expect(page.locator("#sidebar")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    page.click("#sidebar-toggle")
+    expect(page.locator("#sidebar")).to_be_visible()
+    expect(page.locator("#sidebar-toggle")).to_have_attribute("aria-expanded", "true")
+    box = page.locator("#sidebar").bounding_box()
+    assert box and box["x"] == 0 and box["width"] <= 375
+    screenshot(page, "chat-sidebar-phone.png")
+    conversation(page, first).locator(".conv-title").click()
+    expect(page.locator("#sidebar")).to_be_hidden()
+    expect(page.locator("li.msg.user")).to_have_text([first])
+    # A tap beside the drawer closes it too.
+    page.click("#sidebar-toggle")
+    page.mouse.click(370, 400)
+    expect(page.locator("#sidebar")).to_be_hidden()
+
+
+def test_the_sidebar_is_dark_in_dark_mode(browser: Browser, live_server_url: str) -> None:
+    page = open_chat(browser, live_server_url, viewport=DESKTOP, color_scheme="dark")
+    prompt = unique("dark sidebar")
+    done(ask(page, prompt))
+    item = conversation(page, prompt)
+    expect(item).to_have_attribute("aria-current", "true")
+    assert item.evaluate("el => getComputedStyle(el).backgroundColor") == "rgb(35, 49, 79)"
+    title = item.locator(".conv-title").evaluate("el => getComputedStyle(el).color")
+    assert title == "rgb(228, 231, 238)"
+    screenshot(page, "chat-sidebar-dark.png")

@@ -263,6 +263,22 @@
   }
 
   const statusOf = (requestId) => getJSON(`/api/v1/status/${encodeURIComponent(requestId)}`);
+  const sessionUrl = (id) => `/api/v1/sessions/${encodeURIComponent(id)}`;
+
+  // A change (rename, delete); a staff session's cookie needs the CSRF token.
+  async function sendJSON(method, url, body) {
+    try {
+      const response = await fetch(url, {
+        method,
+        headers: { Accept: "application/json", "Content-Type": "application/json",
+          "X-CSRFToken": root.dataset.csrf || "" },
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+      return response.ok;
+    } catch {
+      return false;
+    }
+  }
 
   // The ack always says "processing"; the record says whether it is still waiting
   // for a worker. No API reports a queue position, so "queued" is all we can say.
@@ -316,6 +332,7 @@
       setStatus(entry, "processing");
       if (entry.cancelOnAck) cancel(entry);
       else watchQueue(entry);
+      loadConversations();
     },
     token(m) {
       const entry = requests.get(m.request_id);
@@ -434,38 +451,26 @@
   for (const example of document.querySelectorAll(".example")) {
     example.onclick = () => { $("prompt").value = example.textContent; $("prompt").focus(); };
   }
-  $("new-chat").onclick = () => {
-    sessionId = newId();
-    localStorage.setItem("po.session", sessionId);
-    $("session-id").textContent = sessionId.slice(0, 8);
-    messages.replaceChildren();
-    requests.clear();
-    updateStop();
-  };
+  $("new-chat").onclick = $("new-chat-bar").onclick = () => switchTo(newId());
 
   // --- restoring a conversation after a reload --------------------------------
 
-  // The session's turns carry status, result and error; the records add what
-  // they lack (finish_reason, passages, metadata): one list call for all.
-  async function sessionRecords() {
-    const query = `session_id=${encodeURIComponent(sessionId)}&page_size=500`;
-    const page = await getJSON(`/api/v1/requests/?${query}`);
-    return new Map((page ? page.results : []).map((r) => [r.request_id, r]));
-  }
-
-  function restoreTurn(turn, record) {
-    const regenerated = Boolean(record.metadata && record.metadata.regenerate_of);
+  // A session's turns carry all a reload shows (status, result, error,
+  // finish_reason, passages, and the metadata/params that mark regenerations
+  // and RAG-less questions): one call restores the conversation.
+  function restoreTurn(turn) {
+    const regenerated = Boolean(turn.metadata && turn.metadata.regenerate_of);
     if (!regenerated) addUserMessage(turn.prompt);
     const entry = newEntry({ prompt: turn.prompt, text: turn.result || "", regenerated,
-      done: !ACTIVE.includes(turn.status), rag: !(record.params && record.params.rag
-        && record.params.rag.enabled === false) });
+      done: !ACTIVE.includes(turn.status), rag: !(turn.params && turn.params.rag
+        && turn.params.rag.enabled === false) });
     addAnswer(entry);
     bindRequest(entry, turn.request_id);
     render(entry);
     setStatus(entry, turn.status);
     if (turn.status === "completed") {
-      showFinish(entry, record.finish_reason);
-      showSources(entry, record.passages);
+      showFinish(entry, turn.finish_reason);
+      showSources(entry, turn.passages);
     } else if (entry.done) {
       showReason(entry, turn.status, turn.error);
     }
@@ -473,19 +478,134 @@
   }
 
   async function restoreSession() {
-    const session = await getJSON(`/api/v1/sessions/${encodeURIComponent(sessionId)}`);
-    if (!session) return;
-    const records = await sessionRecords();
-    const entries = session.turns.map((turn) => restoreTurn(turn, records.get(turn.request_id) || {}));
+    const restoring = sessionId;
+    const session = await getJSON(sessionUrl(restoring));
+    if (!session || restoring !== sessionId) return; // switched away meanwhile
+    const entries = session.turns.map(restoreTurn);
     // A turn that ended without an answer keeps its partial text in its stream:
-    // replay the latest few over the socket once it opens.
+    // replay the latest few over the socket (now, or once it opens).
     const partial = entries.filter((e) => e.done && e.status !== "completed" && !e.text);
-    for (const entry of partial.slice(-MAX_REPLAYS)) entry.replay = true;
+    for (const entry of partial.slice(-MAX_REPLAYS)) {
+      entry.replay = true;
+      send({ type: "resume", request_id: entry.requestId, last_chunk: entry.lastChunk });
+    }
     toBottom();
   }
 
+  // --- conversations: the sidebar (GET /api/v1/sessions/) -------------------------
+
+  const sidebar = $("chat-layout");
+  const conversations = $("conversations");
+
+  function setSidebar(open) {
+    sidebar.dataset.sidebar = open ? "open" : "closed";
+    $("sidebar-toggle").setAttribute("aria-expanded", String(open));
+  }
+
+  // Show another conversation (or a new, empty one): its turns come from the server.
+  function switchTo(id) {
+    sessionId = id;
+    localStorage.setItem("po.session", sessionId);
+    $("session-id").textContent = sessionId.slice(0, 8);
+    messages.replaceChildren();
+    requests.clear();
+    updateStop();
+    markCurrent();
+    setSidebar(false);
+    return restoreSession();
+  }
+
+  function markCurrent() {
+    for (const li of conversations.children) {
+      if (li.dataset.sessionId === sessionId) li.setAttribute("aria-current", "true");
+      else li.removeAttribute("aria-current");
+    }
+  }
+
+  function exportLink(id, format, label) {
+    const a = document.createElement("a");
+    a.className = "conv-export";
+    a.dataset.format = format;
+    a.href = `${sessionUrl(id)}/export?format=${format}`;
+    a.download = "";
+    a.textContent = label;
+    a.title = `Download as ${format === "json" ? "JSON" : "Markdown"}`;
+    return a;
+  }
+
+  function conversationItem(conversation) {
+    const li = document.createElement("li");
+    li.className = "conversation";
+    li.dataset.sessionId = conversation.session_id;
+    const open = document.createElement("button");
+    open.type = "button"; open.className = "conv-title";
+    open.textContent = conversation.title || conversation.session_id.slice(0, 8);
+    open.title = open.textContent;
+    open.onclick = () => { if (conversation.session_id !== sessionId) switchTo(conversation.session_id); };
+    const actions = document.createElement("div");
+    actions.className = "conv-actions";
+    actions.append(
+      button("conv-rename", "Rename", () => startRename(li, conversation)),
+      exportLink(conversation.session_id, "json", "JSON"),
+      exportLink(conversation.session_id, "markdown", "MD"),
+      button("conv-delete", "Delete", () => deleteConversation(conversation)),
+    );
+    li.append(open, actions);
+    return li;
+  }
+
+  async function loadConversations() {
+    const page = await getJSON("/api/v1/sessions/?page_size=100");
+    if (!page || conversations.querySelector(".conv-edit")) return; // keep an edit going
+    conversations.replaceChildren(...page.results.map(conversationItem));
+    $("conversations-empty").hidden = page.results.length > 0;
+    markCurrent();
+  }
+
+  // Inline rename: Enter (or leaving the field) saves, Escape gives up; an
+  // empty title goes back to the first prompt.
+  function startRename(li, conversation) {
+    const title = li.querySelector(".conv-title");
+    const input = document.createElement("input");
+    input.className = "conv-edit"; input.value = title.textContent; input.maxLength = 200;
+    input.setAttribute("aria-label", "Conversation title");
+    let finished = false;
+    const finish = async (save) => {
+      if (finished) return;
+      finished = true;
+      const value = input.value.trim();
+      if (save && value !== title.textContent) {
+        title.textContent = value || title.textContent;
+        await sendJSON("PATCH", sessionUrl(conversation.session_id), { title: value });
+      }
+      input.replaceWith(title);
+      loadConversations();
+    };
+    input.onkeydown = (event) => {
+      if (event.key === "Enter") { event.preventDefault(); finish(true); }
+      if (event.key === "Escape") finish(false);
+    };
+    input.onblur = () => finish(true);
+    title.replaceWith(input);
+    input.focus();
+    input.select();
+  }
+
+  async function deleteConversation(conversation) {
+    if (!confirm(`Delete "${conversation.title}"? Its turns are removed for good.`)) return;
+    await sendJSON("DELETE", sessionUrl(conversation.session_id));
+    if (conversation.session_id === sessionId) await switchTo(newId());
+    await loadConversations();
+  }
+
+  $("sidebar-toggle").onclick = () => setSidebar(sidebar.dataset.sidebar !== "open");
+  // A tap beside the open drawer (on the layout's backdrop) closes it.
+  sidebar.addEventListener("click", (event) => { if (event.target === sidebar) setSidebar(false); });
+  setSidebar(false);
+
   // For tests and debugging: drop the socket as a network failure would.
   window.chatDebug = { dropSocket: () => socket && socket.close() };
+  loadConversations();
   restoreSession().finally(() => {
     root.dataset.ready = "true"; // the empty state waits for the restore
     connect();
