@@ -193,6 +193,20 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         submitted by neither)."""
         return self.filter(api_key_id=api_key_prefix, owner_id=owner_id)
 
+    def ahead_of(self, request: InferenceRequest) -> int:
+        """Pending requests a worker would claim before ``request`` (claim order:
+        priority, fair-share stamp, age), counted on the claim index."""
+        same = Q(priority=request.priority)
+        return (
+            self.filter(status=Status.PENDING)
+            .filter(
+                Q(priority__gt=request.priority)
+                | (same & Q(fair_at__lt=request.fair_at))
+                | (same & Q(fair_at=request.fair_at, created_at__lt=request.created_at))
+            )
+            .count()
+        )
+
     def claimable(self) -> InferenceRequestQuerySet:
         """Pending rows in claim order: highest priority first; inside a priority,
         by fair-share stamp (each key's requests spaced by their cost, so a key

@@ -683,6 +683,21 @@ class StreamableRequestSerializer(InferenceRequestSerializer):
         return {**super().to_representation(instance), "stream_token": stream_token(instance)}
 
 
+class StatusSerializer(StreamableRequestSerializer):
+    """``GET /api/v1/status/<id>``: the record, and while it waits its place in the queue."""
+
+    queue_position = serializers.IntegerField(
+        allow_null=True,
+        read_only=True,
+        help_text="While pending: 1 = the next a worker claims (null otherwise).",
+    )
+
+    def to_representation(self, instance: InferenceRequest) -> dict[str, Any]:
+        """``context["queue_position"]``: counted by the view (a query)."""
+        body = super().to_representation(instance)
+        return {**body, "queue_position": self.context.get("queue_position")}
+
+
 class ErrorDetailSerializer(serializers.Serializer):
     message = serializers.CharField()
     type = serializers.CharField()

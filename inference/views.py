@@ -77,6 +77,7 @@ from inference.serializers import (
     SessionRenameSerializer,
     SessionSerializer,
     SessionSummarySerializer,
+    StatusSerializer,
     StreamableRequestSerializer,
     UsageQuerySerializer,
     UsageReportSerializer,
@@ -177,11 +178,15 @@ class StatusView(APIView):
     @extend_schema(
         operation_id="status",
         summary="A request's status",
-        responses={200: StreamableRequestSerializer},
+        responses={200: StatusSerializer},
     )
     async def get(self, request: Request, request_id: str) -> Response:
         row = await get_request_or_404(caller_of(request), request_id)
-        return Response(StreamableRequestSerializer(row).data, headers=cache_headers(row))
+        position = None
+        if row.status == Status.PENDING:
+            position = await sync_to_async(InferenceRequest.objects.ahead_of)(row) + 1
+        body = StatusSerializer(row, context={"queue_position": position}).data
+        return Response(body, headers=cache_headers(row))
 
 
 class ResultView(APIView):

@@ -144,3 +144,17 @@ def test_the_quick_rendering_of_a_request_is_drfs_own() -> None:
             assert list(quick) == list(drf)
             same = {key: value for key, value in quick.items() if key != "stream_token"}
             assert same == {key: drf[key] for key in same}
+
+
+@pytest.mark.django_db
+def test_a_pending_requests_status_says_its_place_in_the_queue(client: Client) -> None:
+    first, later = submit("first"), submit("later")
+    urgent = submit("urgent", priority=9)
+    positions = {
+        request.prompt: client.get(f"/api/v1/status/{request.pk}").json()["queue_position"]
+        for request in (first, later, urgent)
+    }
+    assert positions == {"urgent": 1, "first": 2, "later": 3}
+    InferenceRequest.objects.filter(pk=urgent.pk).update(status="processing")
+    assert client.get(f"/api/v1/status/{urgent.pk}").json()["queue_position"] is None
+    assert client.get(f"/api/v1/status/{first.pk}").json()["queue_position"] == 1

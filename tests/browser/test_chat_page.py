@@ -220,7 +220,7 @@ def test_a_queued_answer_says_queued_then_generating(page: Page, live_server_url
                 while client.get(f"/api/v1/status/{request_id}").json()["status"] == "pending":
                     pass
             answer = ask(page, "am I queued")
-            expect(answer.locator(".status")).to_have_text("queued", timeout=10_000)
+            expect(answer.locator(".status")).to_have_text("queued (position 1)", timeout=10_000)
             expect(answer).to_have_attribute("data-status", "pending")
         finally:
             for request_id in blockers:

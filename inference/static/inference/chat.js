@@ -281,12 +281,15 @@
   }
 
   // The ack always says "processing"; the record says whether it is still waiting
-  // for a worker. No API reports a queue position, so "queued" is all we can say.
+  // for a worker, and its place in the queue.
   async function watchQueue(entry) {
     while (!entry.done && entry.lastChunk < 0) {
       const record = await statusOf(entry.requestId);
       if (!record || entry.done || entry.lastChunk >= 0) return;
       setStatus(entry, record.status === "pending" ? "pending" : "processing");
+      if (record.queue_position) {
+        entry.el.querySelector(".status").textContent = `queued (position ${record.queue_position})`;
+      }
       if (record.status !== "pending") return;
       await new Promise((resolve) => setTimeout(resolve, QUEUE_POLL_MS));
     }
