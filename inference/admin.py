@@ -285,8 +285,9 @@ class InferenceRequestAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Nobody edits a request: its page is a view (no save buttons, a POST to
-        it is refused). The list's actions still work with the view permission."""
-        return False
+        it is refused). The list's actions (cancel, re-run) change requests: they
+        take the change permission, as the API's cancel does."""
+        return obj is None and super().has_change_permission(request)
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
         """The curated fields first; any other model field (bookkeeping) after them."""
@@ -415,14 +416,16 @@ class InferenceRequestAdmin(admin.ModelAdmin):
         )
         return format_html("{}{}{}", skipped, bars, extra)
 
-    @admin.action(description="Cancel selected requests")
+    @admin.action(description="Cancel selected requests", permissions=["change"])
     def cancel_selected(self, request: HttpRequest, queryset: InferenceRequestQuerySet) -> None:
         cancelled = sum(
             services.cancel_request(row.pk).status == "cancelled" for row in queryset.active()
         )
         self.message_user(request, f"Cancelled {cancelled} request(s).", messages.SUCCESS)
 
-    @admin.action(description="Retry selected finished requests (as new requests)")
+    @admin.action(
+        description="Retry selected finished requests (as new requests)", permissions=["change"]
+    )
     def retry_selected(self, request: HttpRequest, queryset: QuerySet[InferenceRequest]) -> None:
         try:
             retried = [services.retry_request(row.pk) for row in queryset]

@@ -24,7 +24,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -203,35 +204,44 @@ class Arrival:
 
 
 def admit_submission(caller: Caller, arrival: Arrival) -> datetime:
-    """Refuse work the system cannot take: a full queue (503; a soft cap, counted
-    before the insert), a full tier (429: other tiers still admit) or a caller with
-    all its in-flight slots taken (429; an atomic reservation, held until the
-    request finishes or its deadline). Returns the request's fair-share stamp (its
-    arrival when fair queueing is off for it, or the store is unreachable)."""
+    """``admit_submissions`` for one request."""
+    return admit_submissions(caller, [arrival])[0]
+
+
+def admit_submissions(caller: Caller, arrivals: Sequence[Arrival]) -> list[datetime]:
+    """Refuse work the system cannot take, all of it or none: a full queue (503; a
+    soft cap, counted before the insert), a full tier (429: other tiers still
+    admit) or a caller without enough in-flight slots (429; an atomic reservation,
+    held until each request finishes or its deadline). Returns each request's
+    fair-share stamp (its arrival when fair queueing is off for it, or the store is
+    unreachable)."""
     try:
-        return _admit_submission(caller, arrival)
+        return _admit_submissions(caller, arrivals)
     except Refusal as refusal:
         metrics.REFUSED.labels(refusal.code).inc()
         raise
 
 
-def _admit_submission(caller: Caller, arrival: Arrival) -> datetime:
+def _admit_submissions(caller: Caller, arrivals: Sequence[Arrival]) -> list[datetime]:
     cap = settings.ORCHESTRATOR_MAX_PENDING
-    if cap and (pending := pending_count()) >= cap:
+    if cap and (pending := pending_count()) + len(arrivals) > cap:
         message = f"The queue is full ({pending} waiting)."
         raise Refusal(503, "queue_full", message, retry_after=backlog_retry_after(pending))
-    tier = tier_of(arrival.priority)
-    tier_cap = settings.ORCHESTRATOR_QUEUE_MAX_PENDING.get(tier)
-    if tier_cap and (waiting := pending_count.in_tier(tier)) >= tier_cap:
-        message = f"The {tier} tier is full ({waiting} waiting); other tiers still admit."
-        raise Refusal(429, "queue_full", message, retry_after=backlog_retry_after(waiting))
-    quota, stamp = take_place(caller, arrival)
+    asking = Counter(tier_of(arrival.priority) for arrival in arrivals)
+    for tier, count in asking.items():
+        tier_cap = settings.ORCHESTRATOR_QUEUE_MAX_PENDING.get(tier)
+        if tier_cap and (waiting := pending_count.in_tier(tier)) + count > tier_cap:
+            message = f"The {tier} tier is full ({waiting} waiting); other tiers still admit."
+            raise Refusal(429, "queue_full", message, retry_after=backlog_retry_after(waiting))
+    quota, stamps = take_places(caller, arrivals)
     if quota is not None and not quota.allowed:
         retry_after = backlog_retry_after(quota.limit)
-        message = f"You have {quota.limit} requests in flight, the limit; wait for one to finish."
+        message = f"You have {quota.limit} requests in flight at most; wait for some to finish."
         quota = dataclasses.replace(quota, reset=retry_after)
         raise Refusal(429, "too_many_in_flight", message, retry_after=retry_after, quota=quota)
-    return datetime.fromtimestamp(stamp, tz=UTC) if stamp is not None else arrival.arrived
+    if stamps is None:
+        return [arrival.arrived for arrival in arrivals]
+    return [datetime.fromtimestamp(stamp, tz=UTC) for stamp in stamps]
 
 
 def fair_share_cost(caller: Caller, estimated_tokens: int) -> float:
@@ -330,29 +340,36 @@ def _by_priority(rows: Any) -> list[tuple[int, int, datetime]]:
 pending_count = PendingCount()
 
 
-def take_place(caller: Caller, arrival: Arrival) -> tuple[Quota | None, float | None]:
-    """Hold one of the caller's in-flight slots for a new request until it finishes
-    (or its deadline, ``expires``), and stamp it on the caller's fair-share clock
-    for its priority: one atomic step (one round trip to Redis). Slots of finished
-    requests are given back when the caller's slots look full: no hook in the
-    worker has to remember to. Returns the slot quota (None: unlimited) and the
-    stamp (None: no clock); without Redis, both fail open."""
+def take_places(
+    caller: Caller, arrivals: Sequence[Arrival]
+) -> tuple[Quota | None, list[float] | None]:
+    """Hold one of the caller's in-flight slots for each new request until it
+    finishes (or its deadline), and stamp each on the caller's fair-share clock
+    for its priority: one atomic step (one round trip to Redis), all or none.
+    Slots of finished requests are given back when the caller's slots look full:
+    no hook in the worker has to remember to. Returns the slot quota (None:
+    unlimited) and the stamps (None: no clock); without Redis, both fail open."""
     limit = caller.limit("max_in_flight")
-    now = arrival.arrived.timestamp()
-    slot = counters.Slot(
-        caller.identity, str(arrival.request_id), limit, arrival.deadline.timestamp()
-    )
-    floor = pending_count.frontier(arrival.priority)
-    clock = counters.Clock(f"{caller.identity}:{arrival.priority}", arrival.cost, floor)
+    now = arrivals[0].arrived.timestamp()
+    slots = [
+        counters.Slot(caller.identity, str(a.request_id), limit, a.deadline.timestamp())
+        for a in arrivals
+    ]
+    clocks = [
+        counters.Clock(
+            f"{caller.identity}:{a.priority}", a.cost, pending_count.frontier(a.priority)
+        )
+        for a in arrivals
+    ]
     store = counters.store()
     try:
-        held, stamp = store.admit(slot, clock, now)
+        held, stamps = store.admit_many(slots, clocks, now)
         if held < 0 and _free_finished(caller.identity):
-            held, stamp = store.admit(slot, clock, now)
+            held, stamps = store.admit_many(slots, clocks, now)
     except redis.RedisError as exc:
         logger.warning("admission store unavailable, not limiting: %s", exc)
         return None, None
-    stamped = stamp if arrival.cost else None
+    stamped = stamps if any(a.cost for a in arrivals) else None
     if not limit:
         return None, stamped
     if held < 0:
@@ -360,12 +377,12 @@ def take_place(caller: Caller, arrival: Arrival) -> tuple[Quota | None, float | 
     return Quota("in_flight", limit, limit - held, 0, True), stamped
 
 
-def release_in_flight(caller: Caller, request_id: uuid.UUID) -> None:
-    """Give a slot back (a submit that did not store its row)."""
+def release_in_flight(caller: Caller, request_ids: Sequence[uuid.UUID]) -> None:
+    """Give slots back (a submit that did not store its rows)."""
     try:
-        counters.store().free_slots(caller.identity, [str(request_id)])
+        counters.store().free_slots(caller.identity, [str(pk) for pk in request_ids])
     except redis.RedisError:
-        pass  # the slot expires with the request's deadline
+        pass  # the slots expire with the requests' deadlines
 
 
 def _free_finished(bucket: str) -> bool:

@@ -71,13 +71,17 @@ class Caller:
         return self.key.prefix if self.key else None
 
     @property
-    def member_id(self) -> int | None:
-        return self.member.pk if self.member else None
+    def person_id(self) -> int | None:
+        """The signed-in account behind it (a member or staff; None for a key)."""
+        if self.key is not None:
+            return None
+        person = self.member or self.user
+        return person.pk if person is not None else None
 
     def own_requests(self) -> InferenceRequestQuerySet:
-        """The requests it submitted itself (staff and anonymous callers: those
-        submitted with neither a key nor an account)."""
-        return InferenceRequest.objects.owned_by(self.key_prefix, self.member_id)
+        """The requests it submitted itself (anonymous callers: those submitted
+        with neither a key nor an account)."""
+        return InferenceRequest.objects.owned_by(self.key_prefix, self.person_id)
 
     def require(self, action: str, model: str = "inferencerequest") -> None:
         """A staff session needs the model permission the admin would want
@@ -257,7 +261,10 @@ def recheck(caller: Caller, max_age: float = 0) -> None:
     credential per process for that long, so 10,000 sockets cost one query."""
     if not (caller.key or caller.staff or caller.member):
         return
-    name = caller.identity if caller.key or caller.member else f"user:{caller.user.pk}"
+    if caller.key:
+        name = caller.identity
+    else:  # one account may be staff, then a member (demoted): separate answers
+        name = f"{'member' if caller.member else 'staff'}:{caller.person_id}"
     if max_age and time.monotonic() - _verified.get(name, -1e9) < max_age:
         return
     _verified.pop(name, None)

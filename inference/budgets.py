@@ -25,6 +25,7 @@ was reserved (a prompt longer in tokens than estimated); the next is refused.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -120,14 +121,19 @@ def budget_of(caller: Caller) -> Budget | None:
     )
 
 
-def reserve(caller: Caller, arrived: datetime, tokens: int, cost: Decimal) -> dict[str, Any]:
-    """Reserve ``tokens`` and ``cost`` of the caller's budget for a request arriving
-    at ``arrived``, or refuse it (429 ``budget_exceeded``). Call inside the
-    transaction that stores the request: the key's ledger stays locked until it
-    commits. Returns the request's budget fields, and what is left (``left``)."""
+def reserve(
+    caller: Caller, arrived: datetime, asks: Sequence[tuple[int, Decimal]]
+) -> tuple[list[dict[str, Any]], Remaining | None]:
+    """Reserve the (tokens, cost) each of ``asks`` may take of the caller's budget
+    for requests arriving at ``arrived``, all or none, or refuse (429
+    ``budget_exceeded``). Call inside the transaction that stores the requests:
+    the key's ledger stays locked until it commits. Returns each request's budget
+    fields, and what is left (None: no budget)."""
     budget = budget_of(caller)
     if budget is None:
-        return {}
+        return [{} for _ in asks], None
+    tokens = sum(ask_tokens for ask_tokens, _ in asks)
+    cost = sum((ask_cost for _, ask_cost in asks), Decimal(0))
     start, end = budget.bounds(arrived)
     if (budget.tokens and tokens > budget.tokens) or (budget.cost and cost > budget.cost):
         raise larger_than(budget, tokens, cost)
@@ -142,8 +148,11 @@ def reserve(caller: Caller, arrived: datetime, tokens: int, cost: Decimal) -> di
         cost=budget.cost - used_cost - cost if budget.cost else None,
         reset=end,
     )
-    fields = {"budget_period": start, "budget_reserved_tokens": tokens}
-    return {**fields, "budget_reserved_cost": cost, "left": left}
+    fields = [
+        {"budget_period": start, "budget_reserved_tokens": t, "budget_reserved_cost": c}
+        for t, c in asks
+    ]
+    return fields, left
 
 
 def larger_than(budget: Budget, tokens: int, cost: Decimal) -> Refusal:

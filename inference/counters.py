@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Protocol
@@ -24,10 +25,17 @@ class Store(Protocol):
         """Count one hit in ``bucket``'s current window; the count so far."""
 
     def admit(self, slot: Slot, clock: Clock, now: float) -> tuple[int, float]:
-        """At once: hold ``slot`` until it expires if fewer than its limit are held
-        (dropping expired ones first; limit 0: none to hold) and, if held, stamp a
-        request on ``clock`` (cost 0: no clock, the stamp is ``now``). Returns
-        (slots held after, or -1 when full; the request's stamp)."""
+        """``admit_many`` for one request."""
+
+    def admit_many(
+        self, slots: Sequence[Slot], clocks: Sequence[Clock], now: float
+    ) -> tuple[int, list[float]]:
+        """At once, for requests of one caller (``slots`` share a bucket and a
+        limit): hold every slot until it expires if they all fit under the limit
+        (dropping expired ones first; limit 0: none to hold) and, if held, stamp
+        each request on its clock in order (cost 0: no clock, the stamp is
+        ``now``). Returns (slots held after, or -1 when they do not all fit; the
+        requests' stamps)."""
 
     def slots(self, bucket: str) -> list[str]: ...
 
@@ -60,7 +68,13 @@ class Clock:
     floor: float = 0.0
 
 
-class MemoryStore:
+class AdmitsOne:
+    def admit(self, slot: Slot, clock: Clock, now: float) -> tuple[int, float]:
+        held, stamps = self.admit_many([slot], [clock], now)  # type: ignore[attr-defined]
+        return held, stamps[0]
+
+
+class MemoryStore(AdmitsOne):
     """Embedded mode: one process, so a lock makes each check atomic."""
 
     def __init__(self) -> None:
@@ -77,29 +91,34 @@ class MemoryStore:
             self.windows[bucket] = (current, count)
             return count
 
-    def _take_slot(self, slot: Slot, now: float) -> int:
-        held = self.held.setdefault(slot.bucket, {})
+    def _take_slots(self, slots: Sequence[Slot], now: float) -> int:
+        held = self.held.setdefault(slots[0].bucket, {})
         for name in [name for name, until in held.items() if until <= now]:
             del held[name]
-        if len(held) >= slot.limit:
+        if len(held) + len(slots) > slots[0].limit:
             return -1
-        held[slot.member] = slot.expires
+        held.update((slot.member, slot.expires) for slot in slots)
         return len(held)
 
-    def admit(self, slot: Slot, clock: Clock, now: float) -> tuple[int, float]:
+    def admit_many(
+        self, slots: Sequence[Slot], clocks: Sequence[Clock], now: float
+    ) -> tuple[int, list[float]]:
         with self.lock:
             held = 0
-            if slot.limit and (held := self._take_slot(slot, now)) < 0:
-                return -1, now
-            if not clock.cost:
-                return held, now
-            stamp = max(now, clock.floor, self.clocks.get(clock.bucket, now)) + clock.cost
-            self.clocks[clock.bucket] = stamp
-            if len(self.clocks) > MAX_CLOCKS:  # a clock behind now is as good as none
-                self.clocks = {b: t for b, t in self.clocks.items() if t > now}
-                if len(self.clocks) > MAX_CLOCKS:  # still: forget them (fair share resets)
-                    self.clocks.clear()
-            return held, stamp
+            if slots[0].limit and (held := self._take_slots(slots, now)) < 0:
+                return -1, [now] * len(clocks)
+            return held, [self._stamp(clock, now) for clock in clocks]
+
+    def _stamp(self, clock: Clock, now: float) -> float:
+        if not clock.cost:
+            return now
+        stamp = max(now, clock.floor, self.clocks.get(clock.bucket, now)) + clock.cost
+        self.clocks[clock.bucket] = stamp
+        if len(self.clocks) > MAX_CLOCKS:  # a clock behind now is as good as none
+            self.clocks = {b: t for b, t in self.clocks.items() if t > now}
+            if len(self.clocks) > MAX_CLOCKS:  # still: forget them (fair share resets)
+                self.clocks.clear()
+        return stamp
 
     def slots(self, bucket: str) -> list[str]:
         with self.lock:
@@ -118,33 +137,45 @@ local count = redis.call('INCR', KEYS[1])
 if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
-# KEYS[1] in-flight sorted set, KEYS[2] fair-share clock; ARGV: now, limit (0:
-# none), expires, member, ttl, cost (0: no clock), floor. The stamp is returned as a
-# string: Redis would truncate a Lua number to an integer.
+# KEYS[1] in-flight sorted set, KEYS[1 + i] request i's fair-share clock; ARGV:
+# now, limit (0: none), ttl, then per request: member, expires, cost (0: no
+# clock), floor. Stamps are returned as strings: Redis would truncate a Lua
+# number to an integer.
 ADMIT_SCRIPT = """
 local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local n = #KEYS - 1
 local held = 0
-if tonumber(ARGV[2]) > 0 then
+if limit > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
   held = redis.call('ZCARD', KEYS[1])
-  if held >= tonumber(ARGV[2]) then return {-1, ARGV[1]} end
-  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
-  if redis.call('TTL', KEYS[1]) < tonumber(ARGV[5]) then
-    redis.call('EXPIRE', KEYS[1], ARGV[5])
+  if held + n > limit then return {-1} end
+  for i = 1, n do
+    local at = 3 + (i - 1) * 4
+    redis.call('ZADD', KEYS[1], ARGV[at + 2], ARGV[at + 1])
   end
-  held = held + 1
+  if redis.call('TTL', KEYS[1]) < tonumber(ARGV[3]) then
+    redis.call('EXPIRE', KEYS[1], ARGV[3])
+  end
+  held = held + n
 end
-local stamp = now
-if tonumber(ARGV[6]) > 0 then
-  local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-  stamp = math.max(now, tonumber(ARGV[7]), last) + tonumber(ARGV[6])
-  redis.call('SET', KEYS[2], string.format('%.6f', stamp), 'EX', math.ceil(stamp - now) + 1)
+local result = {held}
+for i = 1, n do
+  local at = 3 + (i - 1) * 4
+  local cost = tonumber(ARGV[at + 3])
+  local stamp = now
+  if cost > 0 then
+    local last = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+    stamp = math.max(now, tonumber(ARGV[at + 4]), last) + cost
+    redis.call('SET', KEYS[i + 1], string.format('%.6f', stamp), 'EX', math.ceil(stamp - now) + 1)
+  end
+  result[i + 1] = string.format('%.6f', stamp)
 end
-return {held, string.format('%.6f', stamp)}
+return result
 """
 
 
-class RedisStore:
+class RedisStore(AdmitsOne):
     """Scaled mode: every web process sees the same counters."""
 
     def __init__(self, url: str) -> None:
@@ -156,22 +187,21 @@ class RedisStore:
         key = f"ratelimit:{bucket}:{int(now // window)}"
         return int(self.hit_script(keys=[key], args=[window + 1]))
 
-    def admit(self, slot: Slot, clock: Clock, now: float) -> tuple[int, float]:
-        if not slot.limit and not clock.cost:
-            return 0, now  # nothing to count: no round trip
-        ttl = max(1, math.ceil(slot.expires - now))
-        keys = [f"inflight:{slot.bucket}", f"fair:{clock.bucket}"]
-        args: list[float | int | str] = [
-            now,
-            slot.limit,
-            slot.expires,
-            slot.member,
-            ttl,
-            clock.cost,
-            clock.floor,
-        ]
-        held, stamp = self.admit_script(keys=keys, args=args)
-        return int(held), float(stamp)
+    def admit_many(
+        self, slots: Sequence[Slot], clocks: Sequence[Clock], now: float
+    ) -> tuple[int, list[float]]:
+        limit = slots[0].limit
+        if not limit and not any(clock.cost for clock in clocks):
+            return 0, [now] * len(clocks)  # nothing to count: no round trip
+        ttl = max(1, math.ceil(max(slot.expires for slot in slots) - now))
+        keys = [f"inflight:{slots[0].bucket}", *(f"fair:{clock.bucket}" for clock in clocks)]
+        args: list[float | int | str] = [now, limit, ttl]
+        for slot, clock in zip(slots, clocks, strict=True):
+            args += [slot.member, slot.expires, clock.cost, clock.floor]
+        held, *stamps = self.admit_script(keys=keys, args=args)
+        if int(held) < 0:
+            return -1, [now] * len(clocks)
+        return int(held), [float(stamp) for stamp in stamps]
 
     def slots(self, bucket: str) -> list[str]:
         members: list[bytes] = self.redis.zrange(f"inflight:{bucket}", 0, -1)  # type: ignore[assignment]

@@ -50,9 +50,12 @@ def error_body(
 
 
 def _first_field_error(detail: Any, prefix: str = "") -> tuple[str | None, str, str]:
-    """(param, message, code) of the first error in a nested ValidationError."""
+    """(param, message, code) of the first error in a nested ValidationError; an
+    item of a list of objects is named by its index (``requests[3].prompt``)."""
     if isinstance(detail, dict):
         for key, value in detail.items():
+            if isinstance(key, int):  # an item of a nested many=True, by its index
+                return _first_field_error(value, f"{prefix}[{key}]")
             name = key if key != "non_field_errors" else ""
             path = f"{prefix}.{name}" if prefix and name else (name or prefix)
             return _first_field_error(value, path)

@@ -12,6 +12,7 @@ from drf_spectacular.extensions import (
 )
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiResponse
+from rest_framework import serializers
 
 # What any API operation can answer besides its own results.
 COMMON_ERRORS = {
@@ -42,6 +43,28 @@ class OrchestratorAutoSchema(AutoSchema):
                 error = OpenApiResponse(ErrorSerializer, description=description)
                 responses[code] = self._get_response_for_code(error, code)
         return responses
+
+    def _map_serializer(
+        self, serializer: Any, direction: Any, bypass_extensions: bool = False
+    ) -> Any:
+        """A body that refuses unknown fields (``KnownFieldsOnly``) says so."""
+        from inference.serializers import KnownFieldsOnly
+
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and isinstance(serializer, KnownFieldsOnly):
+            schema["additionalProperties"] = False
+        return schema
+
+    def _map_serializer_field(
+        self, field: Any, direction: Any, bypass_extensions: bool = False
+    ) -> Any:
+        """A nested list of objects keeps its bounds (a batch's 1 to max_batch items)."""
+        schema = super()._map_serializer_field(field, direction, bypass_extensions)
+        if isinstance(field, serializers.ListSerializer):
+            bounds = {"minItems": getattr(field, "min_length", None)}
+            bounds["maxItems"] = getattr(field, "max_length", None)
+            schema.update({name: value for name, value in bounds.items() if value is not None})
+        return schema
 
 
 class BackendChoices(OpenApiSerializerFieldExtension):

@@ -456,14 +456,18 @@ class InferRequestSerializer(KnownFieldsOnly):
         help_text="A system prompt for this request, instead of the configured one.",
     )
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+    def to_internal_value(self, data: Any) -> Any:
+        attrs = super().to_internal_value(data)
         # The seed's clients put "priority" inside metadata; honour it there too.
         hint = attrs["metadata"].get("priority")
-        if "priority" not in self.initial_data and hint is not None:
+        if "priority" not in data and hint is not None:
             try:
                 attrs["priority"] = PriorityField().to_internal_value(hint)
             except serializers.ValidationError:
                 pass  # free-form metadata: an unknown hint is not an error
+        return attrs
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         self.check_context(attrs)
         return attrs
 
@@ -475,7 +479,9 @@ class InferRequestSerializer(KnownFieldsOnly):
         backend = attrs.get("backend") or settings.ORCHESTRATOR_DEFAULT_BACKEND
         window = context_window(backend)
         max_tokens = attrs.get("max_tokens") or settings.ORCHESTRATOR_DEFAULT_MAX_TOKENS
-        prompt_tokens = len(attrs["prompt"]) // 4
+        # The prompt and its own system prompt (a session's history and retrieved
+        # passages are trimmed to fit by Assemble; they are not counted here).
+        prompt_tokens = (len(attrs["prompt"]) + len(attrs.get("system", ""))) // 4
         if window and prompt_tokens + max_tokens > window:
             message = (
                 f"This prompt is about {prompt_tokens} tokens and max_tokens is {max_tokens}: "
@@ -508,7 +514,13 @@ class InferRequestSerializer(KnownFieldsOnly):
 
     def to_submission(self, headers: Mapping[str, str] | None = None, **context: Any) -> Submission:
         """``headers``: the HTTP request's, for its cache directives."""
-        data = self.validated_data
+        return self.submission_of(self.validated_data, headers, **context)
+
+    @staticmethod
+    def submission_of(
+        data: Mapping[str, Any], headers: Mapping[str, str] | None = None, **context: Any
+    ) -> Submission:
+        """A validated body as a submission."""
         params = {key: data[key] for key in REQUEST_PARAMS if key in data}
         return Submission(
             prompt=data["prompt"],
@@ -521,6 +533,22 @@ class InferRequestSerializer(KnownFieldsOnly):
             cache_control=cache_directives(headers or {}, data.get("cache")),
             **context,
         )
+
+
+class BatchInferSerializer(KnownFieldsOnly):
+    """The body of ``POST /api/v1/infer/batch``: requests that are each exactly a
+    ``POST /api/v1/infer`` body; one invalid item refuses them all."""
+
+    # (min_length and max_length go to the ListSerializer, which the stubs miss.)
+    requests = InferRequestSerializer(  # type: ignore[call-arg]
+        many=True, min_length=1, max_length=settings.ORCHESTRATOR_MAX_BATCH
+    )
+
+    def to_submissions(
+        self, headers: Mapping[str, str] | None = None, **context: Any
+    ) -> list[Submission]:
+        submission_of = InferRequestSerializer.submission_of
+        return [submission_of(item, headers, **context) for item in self.validated_data["requests"]]
 
 
 IDEMPOTENCY_KEY = StrictCharField(max_length=255)
@@ -683,6 +711,12 @@ class StreamableRequestSerializer(InferenceRequestSerializer):
         return {**super().to_representation(instance), "stream_token": stream_token(instance)}
 
 
+class BatchAcceptedSerializer(serializers.Serializer):
+    """A batch's 202: its requests, in the order they were sent."""
+
+    requests = StreamableRequestSerializer(many=True)
+
+
 class StatusSerializer(StreamableRequestSerializer):
     """``GET /api/v1/status/<id>``: the record, and while it waits its place in the queue."""
 
@@ -838,9 +872,10 @@ class SessionListQuerySerializer(KnownFieldsOnly):
 
 
 class SessionRenameSerializer(KnownFieldsOnly):
-    """``PATCH /api/v1/sessions/<id>``: empty or null goes back to the first prompt."""
+    """``PATCH /api/v1/sessions/<id>``: empty or null goes back to the first prompt;
+    no title changes nothing."""
 
-    title = StrictCharField(max_length=200, allow_blank=True, allow_null=True)
+    title = StrictCharField(max_length=200, allow_blank=True, allow_null=True, required=False)
 
 
 EXPORT_FORMATS = {"json": "json", "markdown": "markdown", "md": "markdown"}

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -91,13 +92,12 @@ class Submission:
     def estimated_tokens(self) -> int:
         return sum(self.estimated_usage())
 
-    def reserve_budget(self, backend: str, arrived: datetime) -> dict[str, Any]:
-        """Hold the most it can consume of its key's budget (inside the transaction
-        that stores it); its row's budget fields and what is ``left``."""
+    def most_usage(self, backend: str) -> tuple[int, Decimal]:
+        """The most tokens it may consume, and what they may cost on ``backend``:
+        what its key's budget holds for it while it runs."""
         prompt, completion = self.estimated_usage()
         model = self.params.get("model") or ""
-        cost = pricing.most_cost_of(backend, model, prompt, completion)
-        return budgets.reserve(self.caller, arrived, prompt + completion, cost)
+        return prompt + completion, pricing.most_cost_of(backend, model, prompt, completion)
 
     @classmethod
     def from_request(cls, request: InferenceRequest, **overrides: Any) -> Submission:
@@ -137,40 +137,67 @@ def submit_request(submission: Submission, ring: bool = True) -> tuple[Inference
     key = submission.idempotency_key
     if key and (existing := mine.filter(idempotency_key=key).first()) is not None:
         return _replayed(existing, submission), False
-    fields = _row_fields(submission)
-    caller = submission.caller
-    arrival = admission.Arrival(
-        request_id=fields["id"],
-        arrived=fields["created_at"],
-        deadline=fields["deadline_at"],
-        priority=fields["priority"],
-        cost=admission.fair_share_cost(caller, submission.estimated_tokens()),
-    )
+    try:
+        (request,) = _store([submission], ring)
+    except (IntegrityError, admission.Refusal):
+        # Raced the same Idempotency-Key (lost the insert, or was refused while the
+        # winner held the budget): the winner's row is the answer.
+        if key and (winner := mine.filter(idempotency_key=key).first()) is not None:
+            return _replayed(winner, submission), False
+        raise
+    logs.REQUEST_ID.set(str(request.pk))
+    logger.info("accepted %s request", submission.transport)
+    return request, True
+
+
+def submit_batch(submissions: Sequence[Submission], ring: bool = True) -> list[InferenceRequest]:
+    """Store new pending requests of one caller, all or none (admitted together,
+    one multi-row INSERT), and ring the doorbell once. Raises
+    ``admission.Refusal`` if they do not all fit (queue, tier, in-flight slots,
+    budget)."""
+    submissions[0].caller.require("add")
+    requests = _store(submissions, ring)
+    logger.info("accepted a batch of %d requests", len(requests))
+    return requests
+
+
+def _store(submissions: Sequence[Submission], ring: bool) -> list[InferenceRequest]:
+    """Admit and insert one caller's submissions in one transaction; on any refusal
+    nothing is stored and their in-flight slots are given back."""
+    caller = submissions[0].caller
+    rows = [_row_fields(submission) for submission in submissions]
+    arrivals = [
+        admission.Arrival(
+            request_id=row["id"],
+            arrived=row["created_at"],
+            deadline=row["deadline_at"],
+            priority=row["priority"],
+            cost=admission.fair_share_cost(caller, submission.estimated_tokens()),
+        )
+        for row, submission in zip(rows, submissions, strict=True)
+    ]
+    asks = [s.most_usage(row["backend"]) for row, s in zip(rows, submissions, strict=True)]
     try:
         with transaction.atomic():
             # The budget first: a refused request must not take an in-flight slot
             # or move its key's fair-share clock.
-            fields.update(submission.reserve_budget(fields["backend"], fields["created_at"]))
-            left = fields.pop("left", None)
-            fields["fair_at"] = admission.admit_submission(caller, arrival)
-            request = InferenceRequest.objects.create(**fields)
-            request.budget_left = left
+            budget_fields, left = budgets.reserve(caller, rows[0]["created_at"], asks)
+            stamps = admission.admit_submissions(caller, arrivals)
+            requests = InferenceRequest.objects.bulk_create(
+                InferenceRequest(**row, **budget, fair_at=stamp)
+                for row, budget, stamp in zip(rows, budget_fields, stamps, strict=True)
+            )
             if ring:
-                _after_commit(events.ring_doorbell, request.pk)
-    except Exception as exc:
-        admission.release_in_flight(submission.caller, fields["id"])
-        # Raced the same Idempotency-Key (lost the insert, or was refused while the
-        # winner held the budget): the winner's row is the answer.
-        raced = key and isinstance(exc, IntegrityError | admission.Refusal)
-        if raced and (winner := mine.filter(idempotency_key=key).first()) is not None:
-            return _replayed(winner, submission), False
+                _after_commit(events.ring_doorbell, requests[0].pk)
+    except Exception:
+        admission.release_in_flight(caller, [row["id"] for row in rows])
         raise
-    if fields["priority"] < submission.priority:
-        metrics.PRIORITY_CLAMPED.inc()
-    metrics.SUBMITTED.labels(submission.transport).inc()
-    logs.REQUEST_ID.set(str(request.pk))
-    logger.info("accepted %s request", submission.transport)
-    return request, True
+    requests[-1].budget_left = left
+    for request, submission in zip(requests, submissions, strict=True):
+        if request.priority < submission.priority:
+            metrics.PRIORITY_CLAMPED.inc()
+    metrics.SUBMITTED.labels(submissions[0].transport).inc(len(requests))
+    return requests
 
 
 def _replayed(existing: InferenceRequest, submission: Submission) -> InferenceRequest:
@@ -204,7 +231,7 @@ def _row_fields(submission: Submission) -> dict[str, Any]:
     return {
         "id": request_id,
         "api_key_id": submission.caller.key_prefix,
-        "owner_id": submission.caller.member_id,
+        "owner_id": submission.caller.person_id,
         "prompt": submission.prompt,
         "conversation": submission.conversation,
         # A /v1 call reads its own answer: it is the request's first reader.
@@ -378,7 +405,8 @@ def delete_session(session: InferenceRequestQuerySet) -> int:
     return deleted
 
 
-# --- conversations: a caller's requests grouped by session_id --------------------------
+# --- conversations: the requests a caller submitted itself, grouped by session_id -----
+# (staff included: the sidebar is a person's own; staff inspect others in the admin)
 
 TITLE_CHARS = 60
 
@@ -428,7 +456,7 @@ def list_sessions(
     One GROUP BY over the caller's rows (a key's: its key_created_idx), one
     look-up of the page's first prompts, one of its titles."""
     groups = (
-        caller.requests()
+        caller.own_requests()
         .values("session_id")
         .annotate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
         .order_by("-last_activity", "session_id")
@@ -453,7 +481,10 @@ def _summaries(caller: Caller, rows: Sequence[Mapping[str, Any]]) -> list[Sessio
         firsts |= Q(session_id=row["session_id"], created_at=row["first_at"])
     prompts: dict[str, str] = {}
     for session_id, prompt in (
-        caller.requests().filter(firsts).order_by("created_at").values_list("session_id", "prompt")
+        caller.own_requests()
+        .filter(firsts)
+        .order_by("created_at")
+        .values_list("session_id", "prompt")
     ):
         prompts.setdefault(session_id, prompt)
     ids = [row["session_id"] for row in rows]
@@ -476,7 +507,7 @@ def _summaries(caller: Caller, rows: Sequence[Mapping[str, Any]]) -> list[Sessio
 def session_summary(caller: Caller, session_id: str) -> SessionSummary | None:
     """One of the caller's conversations (None: it has none by that id)."""
     row = (
-        caller.requests()
+        caller.own_requests()
         .filter(session_id=session_id)
         .aggregate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
     )
@@ -489,7 +520,7 @@ def rename_session(caller: Caller, session_id: str, title: str | None) -> Sessio
     """Name one of the caller's conversations (None or "": back to its first
     prompt). None if the caller has no conversation by that id."""
     with transaction.atomic():
-        if not caller.requests().filter(session_id=session_id).exists():
+        if not caller.own_requests().filter(session_id=session_id).exists():
             return None
         owner = title_owner(caller)
         if title:
@@ -504,7 +535,7 @@ def rename_session(caller: Caller, session_id: str, title: str | None) -> Sessio
 def forget_session(caller: Caller, session_id: str) -> int:
     """Delete one of the caller's conversations and its title; how many requests went."""
     with transaction.atomic():
-        deleted = delete_session(caller.requests().in_session(session_id))
+        deleted = delete_session(caller.own_requests().in_session(session_id))
         if deleted:
             session_titles(caller).filter(session_id=session_id).delete()
     return deleted
@@ -514,7 +545,7 @@ def session_turns(
     caller: Caller, session_id: str
 ) -> tuple[SessionSummary, list[InferenceRequest]] | None:
     """A conversation of the caller's and its turns, oldest first (None: no such)."""
-    turns = list(caller.requests().in_session(session_id))
+    turns = list(caller.own_requests().in_session(session_id))
     if not turns:
         return None
     titles = session_titles(caller).filter(session_id=session_id)

@@ -13,6 +13,7 @@ router.register("documents", views.DocumentViewSet, basename="documents")
 
 urlpatterns = [
     path("infer", views.InferView.as_view(), name="infer"),
+    path("infer/batch", views.BatchInferView.as_view(), name="infer-batch"),
     path("status/<str:request_id>", views.StatusView.as_view(), name="status"),
     path("result/<str:request_id>", views.ResultView.as_view(), name="result"),
     path("sessions/", views.SessionListView.as_view(), name="sessions"),

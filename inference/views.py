@@ -38,7 +38,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.utils.urls import replace_query_param
 
-from inference import services
+from inference import events, services
 from inference.auth import Caller
 from inference.budgets import budget_headers
 from inference.drf import (
@@ -60,6 +60,8 @@ from inference.serializers import (
     CACHE_HEADER_PARAMETERS,
     CACHE_KEY,
     EXPORT_FORMATS,
+    BatchAcceptedSerializer,
+    BatchInferSerializer,
     CacheFlushSerializer,
     CacheStatsSerializer,
     ConfigSerializer,
@@ -174,6 +176,37 @@ class InferView(APIView):
         )
 
 
+class BatchInferView(APIView):
+    @extend_schema(
+        operation_id="infer_batch",
+        summary="Submit many prompts at once",
+        description=(
+            "Up to `requests.max_batch` (1,000) requests, each exactly a `POST /api/v1/infer` "
+            "body. All or nothing: one invalid item is a 400 naming it by index "
+            "(`requests[3].prompt`), and a batch that does not fit the queue, the key's "
+            "in-flight slots or its budget is refused whole. Each accepted item is an "
+            "ordinary durable request (its own id, status, stream), stored by one "
+            "multi-row INSERT. No Idempotency-Key: a batch is not replayed."
+        ),
+        request=BatchInferSerializer,
+        parameters=[*CACHE_HEADER_PARAMETERS],
+        responses={
+            202: OpenApiResponse(BatchAcceptedSerializer, description="Accepted (committed)."),
+            413: TOO_LARGE,
+        },
+    )
+    async def post(self, request: Request) -> Response:
+        serializer = BatchInferSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        submissions = serializer.to_submissions(
+            headers=request.headers, transport=Transport.REST, caller=caller_of(request)
+        )
+        rows = await sync_to_async(services.submit_batch)(submissions, ring=False)
+        await events.submitted.ring()
+        body = {"requests": StreamableRequestSerializer(rows, many=True).data}
+        return Response(body, status=202, headers=budget_headers(rows[-1]))
+
+
 class StatusView(APIView):
     @extend_schema(
         operation_id="status",
@@ -228,15 +261,25 @@ def wait_seconds(raw: str | None) -> float:
 
 class ChatPageView(TemplateView):
     """The WebSocket chat page: open in development; once keys are required, for
-    signed-in accounts (its socket then authenticates with the session): a member
-    chats with its own conversations, staff see everyone's."""
+    signed-in accounts (its socket then authenticates with the session), each
+    with its own conversations."""
 
     template_name = "chat.html"
+    # Behind the Markdown sanitiser, a second line: the page loads nothing from
+    # elsewhere (an answer's remote image or stylesheet would be a beacon).
+    CONTENT_SECURITY_POLICY = (
+        "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; "
+        "script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+    )
 
     def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        page = super().dispatch
         if settings.ORCHESTRATOR_AUTH_REQUIRED:
-            return login_required(super().dispatch)(request, *args, **kwargs)
-        return super().dispatch(request, *args, **kwargs)
+            page = login_required(page)
+        response = page(request, *args, **kwargs)
+        response.setdefault("Content-Security-Policy", self.CONTENT_SECURITY_POLICY)
+        return response
 
     # The model a backend runs when its options name none. These mirror the
     # engine's defaults: inference may not import pipeline (tests/test_layering.py),
@@ -490,8 +533,12 @@ class SessionView(APIView):
     async def patch(self, request: Request, session_id: str) -> Response:
         body = SessionRenameSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        rename = sync_to_async(services.rename_session)
-        summary = await rename(caller_of(request), session_id, body.validated_data["title"])
+        caller = caller_of(request)
+        if "title" in body.validated_data:
+            rename = sync_to_async(services.rename_session)
+            summary = await rename(caller, session_id, body.validated_data["title"])
+        else:
+            summary = await sync_to_async(services.session_summary)(caller, session_id)
         if summary is None:
             raise Http404("No session with that id.")
         return Response(SessionSummarySerializer(summary).data)

@@ -97,6 +97,9 @@ class Requests(Section):
     max_tokens_ceiling: int = key(
         4096, "MAX_TOKENS_CEILING", "The largest max_tokens a request may ask for.", ge=1
     )
+    max_batch: int = key(
+        1000, "MAX_BATCH", "Requests one POST /api/v1/infer/batch may carry.", ge=1
+    )
     max_body_bytes: int = key(
         1024 * 1024, "MAX_BODY_BYTES", "Request body and WebSocket message cap.", ge=1024
     )

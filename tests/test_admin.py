@@ -323,3 +323,17 @@ def test_a_keys_budget_shows_in_the_list_and_its_periods_on_its_page(
     page = admin_client.get(f"{KEYS_URL}{key.pk}/change/").content.decode()
     assert "budget periods (finished requests, folded)" in page.lower()
     assert "1234" in page and "Nov. 30, 2026" in page
+
+
+def test_staff_who_may_only_view_requests_cannot_cancel_or_rerun_them() -> None:
+    from django.contrib.auth.models import Permission, User
+
+    viewer = User.objects.create(username="viewer", is_staff=True)
+    viewer.user_permissions.set(Permission.objects.filter(codename="view_inferencerequest"))
+    client = Client()
+    client.force_login(viewer)
+    waiting = submit()
+    assert client.get(URL).status_code == 200  # the list is theirs to see
+    client.post(URL, {"action": "cancel_selected", "_selected_action": [str(waiting.pk)]})
+    client.post(URL, {"action": "retry_selected", "_selected_action": [str(waiting.pk)]})
+    assert list(InferenceRequest.objects.values_list("status", flat=True)) == ["pending"]

@@ -329,3 +329,16 @@ def test_a_pathologically_nested_body_is_a_400_not_a_500(client: Client, setting
     response = client.post("/api/v1/infer", body, content_type="application/json")
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_demoted_staff_connection_is_not_vouched_for_by_the_same_account_as_member() -> None:
+    from inference import auth
+
+    auth.reset()
+    user = operator("demoted")
+    as_staff = auth.caller_for(None, user, None)
+    User.objects.filter(pk=user.pk).update(is_staff=False)
+    user.refresh_from_db()
+    auth.recheck(auth.caller_for(None, user, None))  # its member connection passes
+    with pytest.raises(auth.Refusal):
+        auth.recheck(as_staff, max_age=60)  # the staff one does not, even within max_age

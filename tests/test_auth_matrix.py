@@ -82,6 +82,7 @@ STAFF_API = {"inference:config", "inference:cache", "inference:cache-stats"}
 # POST and PATCH bodies of the API's write routes.
 BODIES = {
     "inference:infer": {"prompt": "hello"},
+    "inference:infer-batch": {"requests": [{"prompt": "hello"}, {"prompt": "again"}]},
     "inference:documents-list": {"title": "t", "text": "some text"},
     "inference:session": {"title": "renamed"},
 }
@@ -120,6 +121,8 @@ def expected_api(route: Route, method: str, who: str) -> set[int]:
     )
     if who in ("other", "member") and targets_a_request:
         return {404}
+    if who == "staff" and "session_id" in route.pattern:
+        return {404}  # conversations are a person's own, staff's too (the admin shows all)
     changes_documents = route.name.startswith("inference:documents") and method != "GET"
     if who in ("other", "member") and changes_documents:
         return {403}  # only keys allowed to manage documents (and staff) may change them

@@ -70,3 +70,9 @@ def test_the_default_models_match_the_engine() -> None:
         "LlamaCppBackend": LlamaCppBackend(name="local").model,
         "EchoBackend": EchoBackend.model,
     } == ChatPageView.DEFAULT_MODELS
+
+
+@pytest.mark.django_db
+def test_the_chat_page_loads_nothing_from_elsewhere(client) -> None:  # type: ignore[no-untyped-def]
+    policy = client.get("/")["Content-Security-Policy"]
+    assert "img-src 'self' data:" in policy and "default-src 'self'" in policy

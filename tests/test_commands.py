@@ -265,3 +265,34 @@ def test_ctrl_c_cancels_the_request_and_exits_130(tmp_path: Path) -> None:
     again = Terminal("infer", "next", env=env)
     assert again.wait() == 0
     assert sorted(_statuses(tmp_path)) == ["cancelled", "completed"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_ctrl_c_while_submitting_still_cancels_the_stored_request(settings, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The row may be committed as Ctrl-C arrives: it is cancelled, not left to run."""
+    import asyncio
+
+    from inference.models import Transport
+    from orchestrator_site.management.commands.infer import Command
+
+    settings.ORCHESTRATOR_WORKER_MODE = "external"  # no worker here: the row would stay pending
+    real = services.submit_request
+
+    def slow_submit(submission, *args, **kwargs):  # type: ignore[no-untyped-def]
+        stored = real(submission, *args, **kwargs)
+        time.sleep(0.3)  # Ctrl-C lands after the commit, before the submit returns
+        return stored
+
+    monkeypatch.setattr(services, "submit_request", slow_submit)
+
+    async def interrupted() -> None:
+        run = asyncio.create_task(
+            Command()._run(services.Submission(prompt="hi", transport=Transport.CLI))
+        )
+        await asyncio.sleep(0.1)
+        run.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(interrupted())
+    assert list(InferenceRequest.objects.values_list("status", flat=True)) == ["cancelled"]

@@ -119,7 +119,7 @@ def test_limits_fail_open_when_redis_is_unreachable(settings) -> None:  # type: 
     assert admission.check_rate(caller) is None
     now = timezone.now()
     arrival = admission.Arrival(uuid.uuid4(), now, now + timedelta(hours=1), 5, cost=1.0)
-    assert admission.take_place(caller, arrival) == (None, None)
+    assert admission.take_places(caller, [arrival]) == (None, None)
     assert submit().status == "pending"
 
 

@@ -148,6 +148,10 @@ print("hi")
 <script>window.pwned = 'script'</script>
 
 <a href="#" onclick="window.pwned = 'onclick'">press</a> [link](javascript:window.pwned='href')
+
+<table background="http://beacon.invalid/leak"><tr><td>cell</td></tr></table>
+
+<data id="prompt" value="hijacked">a control's name</data>
 """
 
 
@@ -164,8 +168,10 @@ def test_answers_render_markdown_and_html_in_them_never_runs(page: Page) -> None
         .startswith("ui-monospace")
     )
     assert body.locator("img, script, [onerror], [onclick], [style]").count() == 0
-    assert body.locator("a[href^='javascript']").count() == 0
+    assert body.locator("a[href^='javascript'], [background], [id], [name]").count() == 0
     assert page.evaluate("window.pwned") is None
+    # The page's own controls are still the page's: the next prompt is what is typed.
+    assert page.evaluate("document.getElementById('prompt').tagName") == "TEXTAREA"
     screenshot(page, "chat-markdown.png")
 
 

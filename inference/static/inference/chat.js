@@ -34,12 +34,14 @@
       node.setAttribute("rel", "noopener noreferrer nofollow");
     }
   });
-  // No images (a remote one is a beacon that can carry the conversation away),
-  // no forms or styles: an answer is text, lists, tables, links and code.
+  // No images or background attributes (a remote load is a beacon that can carry
+  // the conversation away), no forms or styles: an answer is text, lists, tables,
+  // links and code. No id or name either: an element of the answer named like one
+  // of the page's controls ("prompt", "rag") would take its place for getElementById.
   const PURIFY = {
     USE_PROFILES: { html: true },
     FORBID_TAGS: ["img", "style", "form", "input", "button", "textarea", "select", "video", "audio"],
-    FORBID_ATTR: ["style"],
+    FORBID_ATTR: ["style", "id", "name", "background", "srcset", "poster"],
   };
 
   function markdownToHtml(text) {

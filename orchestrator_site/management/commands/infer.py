@@ -15,7 +15,7 @@ from rest_framework.exceptions import ValidationError
 from inference import services
 from inference.admission import Refusal
 from inference.errors import validation_error_body
-from inference.models import Transport
+from inference.models import Status, Transport
 from inference.serializers import InferRequestSerializer
 from inference.streaming import Finished, Reset, Token, follow
 from pipeline.host import PipelineHost
@@ -89,8 +89,16 @@ class Command(BaseCommand):
             host = PipelineHost()
             host.start()
         try:
+            # Shielded: a Ctrl-C during the submit must not leave its row behind running.
+            submitting = asyncio.ensure_future(
+                database_sync_to_async(services.submit_request)(submission)
+            )
             try:
-                request, _ = await database_sync_to_async(services.submit_request)(submission)
+                request, _ = await asyncio.shield(submitting)
+            except asyncio.CancelledError:
+                request, _ = await submitting
+                await self._cancel(request.pk)
+                raise
             except Refusal as refusal:  # e.g. a full queue: what the API would answer
                 raise CommandError(f"refused ({refusal.code}): {refusal.message}") from None
             self._status(f"request {request.pk} submitted")
@@ -106,9 +114,16 @@ class Command(BaseCommand):
             # Ctrl-C: asyncio.run cancels this task, then raises KeyboardInterrupt.
             # Left alone the request would run on (the worker stopping hands it back
             # to the queue, and another one finishes it, unseen): cancel it.
-            await database_sync_to_async(services.cancel_request)(request_id)
-            self._status(f"cancelled {request_id}")
+            await self._cancel(request_id)
             raise
+
+    async def _cancel(self, request_id: uuid.UUID) -> None:
+        """Cancel it, and say so, unless it had already finished."""
+        request = await database_sync_to_async(services.cancel_request)(request_id)
+        if request.status == Status.CANCELLED:
+            self._status(f"cancelled {request_id}")
+        else:
+            self._status(f"status: {request.status} (it finished before the cancel)")
 
     async def _print_stream(self, request_id: uuid.UUID) -> str:
         async for event in follow(request_id):
