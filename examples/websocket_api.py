@@ -2,8 +2,10 @@
 
     python examples/websocket_api.py "Hello!" [--url ws://127.0.0.1:8000]
 
-A non-browser client must send an Origin header naming one of ALLOWED_HOSTS
-(browsers always send one; the server refuses handshakes without it).
+The server's address may be given as ws(s):// or http(s)://; keys come from
+ORCHESTRATOR_API_KEY (servers with DEBUG off want one: manage.py create_api_key NAME),
+sent on the handshake. A non-browser client must send an Origin header naming one
+of ALLOWED_HOSTS (browsers always send one; the server refuses handshakes without it).
 """
 
 from __future__ import annotations
@@ -12,14 +14,23 @@ import argparse
 import asyncio
 import json
 import os
+import sys
 from urllib.parse import urlsplit
 
 import websockets
 
 
+def ws_url(url: str) -> str:
+    """The server's base URL for the WebSocket, whichever scheme it was given with."""
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.startswith(http):
+            return ws + url.removeprefix(http)
+    return url.rstrip("/")
+
+
 async def chat(url: str, prompt: str) -> None:
-    origin = "http://" + urlsplit(url).netloc
-    # Servers with DEBUG off want a key (manage.py create_api_key NAME), on the handshake.
+    parts = urlsplit(url)
+    origin = f"{'https' if parts.scheme == 'wss' else 'http'}://{parts.netloc}"
     key = os.environ.get("ORCHESTRATOR_API_KEY")
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     connect = websockets.connect(f"{url}/api/v1/ws", origin=origin, additional_headers=headers)
@@ -44,7 +55,18 @@ def main() -> None:
     parser.add_argument("prompt")
     parser.add_argument("--url", default="ws://127.0.0.1:8000")
     args = parser.parse_args()
-    asyncio.run(chat(args.url, args.prompt))
+    url = ws_url(args.url)
+    try:
+        asyncio.run(chat(url, args.prompt))
+    except websockets.ConnectionClosedError as closed:
+        # 4401: no or bad key; 4403: not allowed; 4429: over a limit; 1012: restarting.
+        reason = f" {closed.rcvd.reason}" if closed.rcvd and closed.rcvd.reason else ""
+        code = closed.rcvd.code if closed.rcvd else "without a close frame"
+        sys.exit(f"\nthe server closed the socket: {code}{reason}")
+    except websockets.InvalidStatus as error:
+        sys.exit(f"handshake refused: HTTP {error.response.status_code}")
+    except (OSError, websockets.InvalidURI, websockets.InvalidHandshake) as error:
+        sys.exit(f"cannot reach {url}: {error or type(error).__name__}")
 
 
 if __name__ == "__main__":

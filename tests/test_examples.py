@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness.processes import ROOT, create_api_key, embedded_env, serving
+from harness.processes import ROOT, create_api_key, embedded_env, free_port, serving
 
 # reference/phase3-web-api.md, "Integration Examples / Python", as written but
 # for the address (the original served :8080; `make run` serves :8000).
@@ -51,20 +51,43 @@ def test_the_reference_python_snippet_works(live_server_url: str) -> None:
     assert run("-c", code).strip() == "What is Rust?"
 
 
-def test_examples_rest_api(live_server_url: str) -> None:
-    out = run("examples/rest_api.py", "What is Rust?", "--url", live_server_url)
+def as_ws(url: str) -> str:
+    return url.replace("http://", "ws://", 1)
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_examples_rest_api(live_server_url: str, scheme: str) -> None:
+    url = as_ws(live_server_url) if scheme == "ws" else live_server_url
+    out = run("examples/rest_api.py", "What is Rust?", "--url", url)
     assert "completed: What is Rust?" in out
 
 
-def test_examples_websocket_api(live_server_url: str) -> None:
-    url = live_server_url.replace("http://", "ws://")
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_examples_websocket_api(live_server_url: str, scheme: str) -> None:
+    url = as_ws(live_server_url) if scheme == "ws" else live_server_url
     out = run("examples/websocket_api.py", "Hello there friend", "--url", url)
     assert "Hello there friend" in out and "[completed]" in out
 
 
-def test_examples_sse_stream(live_server_url: str) -> None:
-    out = run("examples/sse_stream.py", "Hi there", "--url", live_server_url)
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_examples_sse_stream(live_server_url: str, scheme: str) -> None:
+    url = as_ws(live_server_url) if scheme == "ws" else live_server_url
+    out = run("examples/sse_stream.py", "Hi there", "--url", url)
     assert out.strip() == "Hi there\n[done]"
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+@pytest.mark.parametrize("example", ["rest_api.py", "sse_stream.py", "websocket_api.py"])
+def test_a_refused_connection_is_one_line_not_a_traceback(example: str, scheme: str) -> None:
+    url = f"{scheme}://127.0.0.1:{free_port()}"  # nothing listens there
+    args = [sys.executable, f"examples/{example}", "Hello", "--url", url]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot reach" in lines[0], done.stderr
+    assert "refused" in lines[0].lower() or "connect" in lines[0].lower(), lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +107,8 @@ def test_the_examples_send_the_key_from_the_environment(keyed_server, example: s
     args = [sys.executable, f"examples/{example}", "Hello keyed world", "--url", url]
     without = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert without.returncode != 0  # refused: 401, or the socket closed with 4401
+    assert "Traceback" not in without.stderr and len(without.stderr.strip().splitlines()) == 1
+    assert "401" in without.stderr, without.stderr
     env = {**os.environ, "ORCHESTRATOR_API_KEY": key}
     done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("name")
-        parser.add_argument("--owner", help="Username the key is issued to.")
+        parser.add_argument("--owner", help="Username the key is issued to (an existing user).")
         parser.add_argument("--expires-in-days", type=float, help="Default: never expires.")
         parser.add_argument("--requests-per-minute", type=int, help="Default: the server's.")
         parser.add_argument("--max-in-flight", type=int, help="Default: the server's.")
@@ -72,7 +72,12 @@ class Command(BaseCommand):
             try:
                 fields["owner"] = get_user_model().objects.get(username=options["owner"])
             except get_user_model().DoesNotExist:
-                raise CommandError(f"No user {options['owner']!r}.") from None
+                raise CommandError(
+                    f"No user {options['owner']!r}: --owner names an existing user. Create "
+                    "it first (the admin's Users page, or manage.py shell -c \"from "
+                    "django.contrib.auth.models import User; "
+                    f'User.objects.create_user({options["owner"]!r})"), or leave --owner out.'
+                ) from None
         if options["expires_in_days"] is not None:
             days = options["expires_in_days"]
             fields["expiry_date"] = timezone.now() + timedelta(days=days)
