@@ -141,6 +141,23 @@ def _error_name(exc: Exception) -> str:
     return f"HTTP {exc.status}" if isinstance(exc, HTTPStatusError) else type(exc).__name__
 
 
+def submit_batch(body: dict[str, Any], size: int) -> Operation:
+    """``POST /api/v1/infer/batch`` of ``size`` copies of ``body``: the latency of
+    one durable (committed) batch."""
+    payload = {"requests": [body] * size}
+
+    async def operation(connection: Connection, samples: Samples) -> None:
+        began = time.perf_counter()
+        response = await connection.request("POST", f"{INFER}/batch", payload)
+        samples.statuses[response.status] += 1
+        if response.status == 202 and len(response.json()["requests"]) == size:
+            samples.latencies.append(time.perf_counter() - began)
+        elif response.status == 202:
+            samples.errors["a 202 without every request"] += 1
+
+    return operation
+
+
 def submit(body: dict[str, Any]) -> Operation:
     """``POST /api/v1/infer``: the latency of a durable (committed) submit."""
 

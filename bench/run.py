@@ -14,6 +14,7 @@
      share of backend calls saved (embedded; every other scenario bypasses the cache)
   h. fairness: one API key floods at 5x capacity while another sends 5%: the small
      key's queue wait vs idle, the flood's goodput, per-tier waits (scaled)
+  i. bulk submit: POST /api/v1/infer/batch of 1,000 prompts, prompts accepted per second
 
 It starts what it measures itself, as real processes: **embedded** (one
 ``manage.py serve`` with the worker inside, SQLite, in-memory layer) and

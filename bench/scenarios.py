@@ -46,6 +46,7 @@ from bench.loads import (
     submit_and_poll,
     submit_and_poll_each,
     submit_and_stream,
+    submit_batch,
     uncached,
 )
 from bench.report import Table
@@ -94,6 +95,10 @@ class Plan:
     fair_flood_seconds: float
     fair_tier_seconds: float
     fair_deadline: float
+    # i: batches of batch_size on batch_connections connections
+    batches: int
+    batch_size: int
+    batch_connections: int
 
 
 FULL = Plan(
@@ -121,6 +126,9 @@ FULL = Plan(
     fair_flood_seconds=60,
     fair_tier_seconds=30,
     fair_deadline=10,
+    batches=20,
+    batch_size=1_000,
+    batch_connections=2,
 )
 SMOKE = Plan(
     warmup_seconds=1,
@@ -147,6 +155,9 @@ SMOKE = Plan(
     fair_flood_seconds=3,
     fair_tier_seconds=2,
     fair_deadline=3,
+    batches=4,
+    batch_size=50,
+    batch_connections=2,
 )
 
 
@@ -926,6 +937,46 @@ def _fair_notes(capacity: float, in_flight: int, plan: Plan) -> list[str]:
     ]
 
 
+# --- i. bulk submit -----------------------------------------------------------------------
+
+
+def bulk_submit(workspace: Workspace, plan: Plan, options: Options) -> Table:
+    table = Table(
+        "i",
+        "Bulk submit: POST /api/v1/infer/batch -> 202 once every row is committed",
+        ["config", "batches", "prompts/s accepted", "batch p50 ms", "batch p99 ms", "drain s"],
+        notes=[
+            f"{plan.batches} batches of {plan.batch_size:,} eight-token prompts on "
+            f"{plan.batch_connections} connections (closed loop); the workers run them "
+            "meanwhile; drain s: until every accepted request has finished.",
+        ],
+    )
+    operation = submit_batch(STREAM_BODY, plan.batch_size)
+    for config in CONFIGS:
+        with workspace.stack(config) as stack:
+            stack.wait_drained(120)
+            run = asyncio.run(
+                closed_loop(stack.web_urls, plan.batch_connections, operation, total=plan.batches)
+            )
+            drain = stack.wait_drained(600)
+            check_alive(stack, table)
+        prompts_per_second = run.rate * plan.batch_size
+        table.add(
+            "≥10,000 prompts/s",
+            prompts_per_second >= 10_000,
+            config=config,
+            batches=run.ok,
+            **{
+                "prompts/s accepted": prompts_per_second,
+                "batch p50 ms": run.percentile_ms(50),
+                "batch p99 ms": run.percentile_ms(99),
+                "drain s": drain,
+            },
+        )
+        table.problems += [f"{config}: {p}" for p in run.problems()]
+    return table
+
+
 SCENARIOS = {
     "a": durable_submit,
     "b": orchestration_overhead,
@@ -935,4 +986,5 @@ SCENARIOS = {
     "f": local_model,
     "g": response_cache,
     "h": fairness,
+    "i": bulk_submit,
 }

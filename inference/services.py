@@ -427,6 +427,13 @@ class SessionPage:
     after: tuple[datetime, str] | None
 
 
+def conversations(caller: Caller, action: str) -> InferenceRequestQuerySet:
+    """The requests behind the caller's own conversations, for ``action`` (staff
+    need the model permission, as everywhere)."""
+    caller.require(action)
+    return caller.own_requests()
+
+
 def title_owner(caller: Caller) -> dict[str, Any]:
     """Whose renamed titles a caller reads and writes: its key's, else its
     signed-in user's, else nobody's (an anonymous caller in development)."""
@@ -456,7 +463,7 @@ def list_sessions(
     One GROUP BY over the caller's rows (a key's: its key_created_idx), one
     look-up of the page's first prompts, one of its titles."""
     groups = (
-        caller.own_requests()
+        conversations(caller, "view")
         .values("session_id")
         .annotate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
         .order_by("-last_activity", "session_id")
@@ -481,7 +488,7 @@ def _summaries(caller: Caller, rows: Sequence[Mapping[str, Any]]) -> list[Sessio
         firsts |= Q(session_id=row["session_id"], created_at=row["first_at"])
     prompts: dict[str, str] = {}
     for session_id, prompt in (
-        caller.own_requests()
+        conversations(caller, "view")
         .filter(firsts)
         .order_by("created_at")
         .values_list("session_id", "prompt")
@@ -507,7 +514,7 @@ def _summaries(caller: Caller, rows: Sequence[Mapping[str, Any]]) -> list[Sessio
 def session_summary(caller: Caller, session_id: str) -> SessionSummary | None:
     """One of the caller's conversations (None: it has none by that id)."""
     row = (
-        caller.own_requests()
+        conversations(caller, "view")
         .filter(session_id=session_id)
         .aggregate(turns=Count("pk"), last_activity=Max("created_at"), first_at=Min("created_at"))
     )
@@ -520,7 +527,7 @@ def rename_session(caller: Caller, session_id: str, title: str | None) -> Sessio
     """Name one of the caller's conversations (None or "": back to its first
     prompt). None if the caller has no conversation by that id."""
     with transaction.atomic():
-        if not caller.own_requests().filter(session_id=session_id).exists():
+        if not conversations(caller, "change").filter(session_id=session_id).exists():
             return None
         owner = title_owner(caller)
         if title:
@@ -535,7 +542,7 @@ def rename_session(caller: Caller, session_id: str, title: str | None) -> Sessio
 def forget_session(caller: Caller, session_id: str) -> int:
     """Delete one of the caller's conversations and its title; how many requests went."""
     with transaction.atomic():
-        deleted = delete_session(caller.own_requests().in_session(session_id))
+        deleted = delete_session(conversations(caller, "delete").in_session(session_id))
         if deleted:
             session_titles(caller).filter(session_id=session_id).delete()
     return deleted
@@ -545,7 +552,7 @@ def session_turns(
     caller: Caller, session_id: str
 ) -> tuple[SessionSummary, list[InferenceRequest]] | None:
     """A conversation of the caller's and its turns, oldest first (None: no such)."""
-    turns = list(caller.own_requests().in_session(session_id))
+    turns = list(conversations(caller, "view").in_session(session_id))
     if not turns:
         return None
     titles = session_titles(caller).filter(session_id=session_id)
