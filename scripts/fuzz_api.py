@@ -41,6 +41,10 @@ def server_env(data_dir: Path) -> dict[str, str]:
         # Echo only: a request on the local model may stream for longer than the
         # fuzzer's read timeout when it opens that request's SSE stream.
         ORCHESTRATOR_BACKENDS=json.dumps({"echo": {"class": "pipeline.backends.echo.EchoBackend"}}),
+        # Small batches: 1,000-prompt batches would queue so much work that a request
+        # with a one-second deadline (the fuzzer tries the least) expires waiting,
+        # and /v1 answers that with its documented 504.
+        ORCHESTRATOR_MAX_BATCH="8",
     )
 
 
