@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from django.conf import settings
 from django.core.validators import RegexValidator
+from django.http import QueryDict
 from django.utils.dateparse import parse_datetime
 from django.utils.functional import Promise
 from drf_spectacular.utils import OpenApiParameter, extend_schema_field
@@ -358,7 +359,9 @@ class CacheStatsSerializer(serializers.Serializer):
 
 class KnownFieldsOnly(serializers.Serializer):
     """An input whose every field the API has: an unknown one is a 400 naming it
-    (a misspelt ``max_token`` silently ignored gave a default the client never chose)."""
+    (a misspelt ``max_token`` silently ignored gave a default the client never chose).
+    In a query string, an empty ``name=`` is a 400 too: DRF would read it as absent
+    and quietly use the default."""
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, Mapping):
@@ -367,6 +370,11 @@ class KnownFieldsOnly(serializers.Serializer):
             }
             if unknown:
                 raise serializers.ValidationError(unknown)
+        if isinstance(data, QueryDict):
+            blank = ErrorDetail("This parameter may not be empty.", code="blank")
+            empty = [name for name, value in data.items() if value == ""]
+            if empty := [n for n in empty if not getattr(self.fields[n], "allow_blank", False)]:
+                raise serializers.ValidationError({name: [blank] for name in empty})
         return super().to_internal_value(data)
 
 

@@ -147,3 +147,12 @@ async def test_a_websocket_submit_with_an_unknown_field_is_refused_naming_it() -
     assert message["type"] == "error" and message["error"]["param"] == "max_token"
     assert message["error"]["code"] == "unknown_field"
     await socket.disconnect()
+
+
+@pytest.mark.parametrize(
+    "url", ["/api/v1/sessions/?page_size=", "/api/v1/sessions/s/export?format="]
+)
+def test_an_empty_query_parameter_is_a_400_not_the_default(client: Client, url: str) -> None:
+    InferenceRequest.objects.create(session_id="s", prompt="p", backend="echo")
+    response = client.get(url)
+    assert response.status_code == 400 and response.json()["error"]["code"] == "blank"
