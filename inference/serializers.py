@@ -363,10 +363,19 @@ class KnownFieldsOnly(serializers.Serializer):
     In a query string, an empty ``name=`` is a 400 too: DRF would read it as absent
     and quietly use the default."""
 
+    unknown_what = "field"  # what a name is called in the 400: "query parameter" for a query
+
     def to_internal_value(self, data: Any) -> Any:
+        self.check_names(data)
+        return super().to_internal_value(data)
+
+    def check_names(self, data: Any) -> None:
         if isinstance(data, Mapping):
+            what = self.unknown_what
             unknown = {
-                name: [unknown_field(name, self.fields)] for name in data if name not in self.fields
+                name: [unknown_field(name, self.fields, what)]
+                for name in data
+                if name not in self.fields
             }
             if unknown:
                 raise serializers.ValidationError(unknown)
@@ -375,7 +384,6 @@ class KnownFieldsOnly(serializers.Serializer):
             empty = [name for name, value in data.items() if value == ""]
             if empty := [n for n in empty if not getattr(self.fields[n], "allow_blank", False)]:
                 raise serializers.ValidationError({name: [blank] for name in empty})
-        return super().to_internal_value(data)
 
 
 def context_window(backend: str) -> int | None:
@@ -399,11 +407,10 @@ class UsageQuerySerializer(KnownFieldsOnly):
         required=False, max_length=16, help_text="Staff: one key's usage (its prefix)."
     )
 
+    unknown_what = "query parameter"
+
     def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if unknown := [name for name in data if name not in self.fields]:
-            raise serializers.ValidationError(
-                {name: [unknown_field(name, self.fields, "query parameter")] for name in unknown}
-            )
+        self.check_names(data)
         flat = {name: data.get(name) for name in ("since", "until", "key") if name in data}
         groups = [g for value in data.getlist("group_by") for g in value.split(",") if g]
         return super().to_internal_value({**flat, "group_by": groups or ["day"]})
@@ -875,6 +882,8 @@ class SessionCursorField(serializers.Field):
 class SessionListQuerySerializer(KnownFieldsOnly):
     """``GET /api/v1/sessions/``'s query."""
 
+    unknown_what = "query parameter"
+
     cursor = SessionCursorField(required=False)
     page_size = serializers.IntegerField(required=False, default=50, min_value=1, max_value=200)
 
@@ -890,6 +899,8 @@ EXPORT_FORMATS = {"json": "json", "markdown": "markdown", "md": "markdown"}
 
 
 class SessionExportQuerySerializer(KnownFieldsOnly):
+    unknown_what = "query parameter"
+
     format = serializers.ChoiceField(
         choices=list(EXPORT_FORMATS), required=False, default="json", help_text="md = markdown."
     )

@@ -16,6 +16,7 @@ from contextvars import Context
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import PurePath
 from typing import Any
 
 from asgiref.sync import async_to_sync, sync_to_async
@@ -39,6 +40,7 @@ from inference.models import (
     SessionTitle,
     Status,
     Transport,
+    backend_names,
     canonical_sha256,
     chunk_text,
 )
@@ -117,6 +119,37 @@ class Submission:
             "cache_control": request.cache_control,
         }
         return cls(**{**fields, **overrides})
+
+
+# The model a backend runs when its options name none. These mirror the engine's
+# defaults: inference may not import pipeline (tests/test_layering.py), so they
+# are read from the configuration, as /v1/models does.
+DEFAULT_MODELS = {"LlamaCppBackend": "SmolLM2-135M-Instruct", "EchoBackend": "echo"}
+
+
+def offered_backends(show_echo: bool) -> list[dict[str, str]]:
+    """The backends the chat page offers, each with the model it answers with (echo,
+    for tests and benchmarks, only when ``show_echo``)."""
+    return [
+        {"name": name, "model": _model_of(name)}
+        for name in backend_names()
+        if show_echo or not (name == "echo" or _class_name(name) == "EchoBackend")
+    ]
+
+
+def _class_name(backend: str) -> str:
+    return str(settings.ORCHESTRATOR_BACKENDS[backend].get("class", "")).rsplit(".", 1)[-1]
+
+
+def _model_of(backend: str) -> str:
+    """Its configured ``model``, else its model file's name, else its class's
+    default ("" if unknown)."""
+    options = settings.ORCHESTRATOR_BACKENDS[backend].get("options", {})
+    if options.get("model"):
+        return str(options["model"])
+    if options.get("model_path"):
+        return PurePath(str(options["model_path"])).stem
+    return DEFAULT_MODELS.get(_class_name(backend), "")
 
 
 def _after_commit(publish: Any, *args: Any) -> None:

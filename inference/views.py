@@ -53,7 +53,6 @@ from inference.models import (
     InferenceRequest,
     Status,
     Transport,
-    backend_names,
     tier_of,
 )
 from inference.serializers import (
@@ -281,17 +280,8 @@ class ChatPageView(TemplateView):
         response.setdefault("Content-Security-Policy", self.CONTENT_SECURITY_POLICY)
         return response
 
-    # The model a backend runs when its options name none. These mirror the
-    # engine's defaults: inference may not import pipeline (tests/test_layering.py),
-    # so the page reads them from the configuration, as /v1/models does.
-    DEFAULT_MODELS = {"LlamaCppBackend": "SmolLM2-135M-Instruct", "EchoBackend": "echo"}
-
     def get_context_data(self, **kwargs: Any) -> dict[str, Any]:
-        backends = [
-            {"name": name, "model": self.model_of(name)}
-            for name in backend_names()
-            if settings.DEBUG or not self.is_echo(name)
-        ]
+        backends = services.offered_backends(show_echo=settings.DEBUG)
         names = [backend["name"] for backend in backends]
         default = settings.ORCHESTRATOR_DEFAULT_BACKEND
         return {
@@ -300,28 +290,6 @@ class ChatPageView(TemplateView):
             # A hidden default (echo with DEBUG off) leaves the first shown one.
             "default_backend": default if default in names else next(iter(names), ""),
         }
-
-    @staticmethod
-    def class_name(name: str) -> str:
-        return str(settings.ORCHESTRATOR_BACKENDS[name].get("class", "")).rsplit(".", 1)[-1]
-
-    @classmethod
-    def is_echo(cls, name: str) -> bool:
-        """The echo backend is for tests and benchmarks: not offered to users."""
-        return name == "echo" or cls.class_name(name) == "EchoBackend"
-
-    @classmethod
-    def model_of(cls, name: str) -> str:
-        """The model a backend answers with: its configured ``model``, else its
-        model file's name, else its class's default ("" if unknown)."""
-        from pathlib import PurePath
-
-        options = settings.ORCHESTRATOR_BACKENDS[name].get("options", {})
-        if options.get("model"):
-            return str(options["model"])
-        if options.get("model_path"):
-            return PurePath(str(options["model_path"])).stem
-        return cls.DEFAULT_MODELS.get(cls.class_name(name), "")
 
 
 @method_decorator(staff_member_required, name="dispatch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from inference.views import ChatPageView
+from inference import services
 
 pytestmark = pytest.mark.django_db
 
@@ -69,7 +69,7 @@ def test_the_default_models_match_the_engine() -> None:
     assert {
         "LlamaCppBackend": LlamaCppBackend(name="local").model,
         "EchoBackend": EchoBackend.model,
-    } == ChatPageView.DEFAULT_MODELS
+    } == services.DEFAULT_MODELS
 
 
 @pytest.mark.django_db
