@@ -11,7 +11,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 SERVICES_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/orchestrator_ci
 SERVICES_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-.PHONY: run extras k8s-render k8s-apply test test-services test-browser bench bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
+.PHONY: run extras k8s-render k8s-apply test test-services test-browser bench bench-peers bench-smoke bench-local bench-memory bench-overload chaos lint schema check fuzz security clean
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -53,6 +53,19 @@ test-browser: $(VENV)/.installed-dev
 ## bench: every benchmark of DESIGN §12 (embedded + scaled on PostgreSQL/Redis), one table each
 bench: $(VENV)/.installed-dev
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+## bench-peers: ours (scaled) beside the LiteLLM proxy and a naive DRF + INSERT app, one table
+## (installs LiteLLM into its own venv, var/peers/litellm; needs PostgreSQL + Redis; not in CI)
+PEERS_VENV := var/peers/litellm
+$(PEERS_VENV)/.installed: bench/peers-requirements.txt
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV) || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	@echo "Installing the LiteLLM proxy into $(PEERS_VENV) (a few hundred MB, once)"
+	$(PEERS_VENV)/bin/python -m pip install --progress-bar on -r bench/peers-requirements.txt
+	touch $@
+
+bench-peers: $(VENV)/.installed-dev $(PEERS_VENV)/.installed
+	$(PY) -m bench.peers $(BENCH_ARGS)
 
 ## bench-smoke: the same with tiny counts, a few seconds per scenario (CI: fails on errors)
 bench-smoke: $(VENV)/.installed-dev

@@ -512,7 +512,8 @@ IDLE_REUSE = 2.0
 @dataclass
 class Sender:
     """One client of an open-loop load: Poisson arrivals at ``rate`` per second,
-    each ``POST /api/v1/infer`` of a ``body()`` with API key ``key``; what came back."""
+    each ``POST /api/v1/infer`` of a ``body()`` with API key ``key`` (none if empty);
+    what came back."""
 
     rate: float
     body: Callable[[], dict[str, Any]]
@@ -521,6 +522,7 @@ class Sender:
     statuses: Counter[int] = field(default_factory=Counter)
     errors: Counter[str] = field(default_factory=Counter)
     without_retry_after: int = 0  # refusals (429/503) that did not say when to retry
+    latencies: list[float] = field(default_factory=list)  # seconds, of the accepted
 
     @property
     def accepted(self) -> int:
@@ -556,8 +558,9 @@ async def open_loop(urls: list[str], senders: list[Sender], seconds: float, seed
         return Connection(url)
 
     async def send(sender: Sender, url: str, body: dict[str, Any]) -> None:
+        began = time.perf_counter()
         connection = await connect(url)
-        headers = {"Authorization": f"Bearer {sender.key}"}
+        headers = {"Authorization": f"Bearer {sender.key}"} if sender.key else {}
         try:
             response = await connection.request("POST", INFER, body, headers)
         except (OSError, asyncio.IncompleteReadError) as exc:
@@ -566,6 +569,8 @@ async def open_loop(urls: list[str], senders: list[Sender], seconds: float, seed
             return
         idle[url].append((connection, time.perf_counter()))
         sender.statuses[response.status] += 1
+        if response.status == 202:
+            sender.latencies.append(time.perf_counter() - began)
         if response.status in (429, 503) and "retry-after" not in response.headers:
             sender.without_retry_after += 1
 
