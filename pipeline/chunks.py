@@ -59,6 +59,7 @@ class ChunkWriter:
         self._lock = asyncio.Lock()
         self._timer: asyncio.Task[None] | None = None
         self._first_buffered_at = 0.0
+        self._finished = False  # finish(): the buffer belongs to the completion
 
     async def write(self, text: str) -> None:
         if not self._buffer:
@@ -75,9 +76,20 @@ class ChunkWriter:
         if self._timer is not None:
             self._timer.cancel()
 
+    async def finish(self) -> None:
+        """No more tokens: the buffer is kept for the completion, which commits it
+        with the request's end (``tail``); no flush writes it any more."""
+        async with self._lock:  # a flush under way completes first
+            self._finished = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def tail(self) -> tuple[int, list[str]]:
+        return self.next_seq, list(self._buffer)
+
     async def flush(self) -> None:
         async with self._lock:
-            if not self._buffer:
+            if not self._buffer or self._finished:
                 return
             # Tokens written during the await land after this prefix; a failed
             # write leaves the buffer intact for the next flush.

@@ -17,7 +17,14 @@ class TokenSink(Protocol):
 
     async def write(self, text: str) -> None: ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Write what is buffered now (an attempt ending in failure)."""
+
+    async def finish(self) -> None:
+        """No more tokens: what is buffered goes with the completion (``tail``)."""
+
+    def tail(self) -> tuple[int, list[str]]:
+        """The tokens not yet written: (their first seq, their texts)."""
 
     def share_with_followers(self, dedup_key: str | None) -> None:
         """Identical requests may follow this one (in-flight dedup): write for them

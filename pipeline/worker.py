@@ -327,6 +327,7 @@ class Engine:
         finish_reason = (ctx.usage.finish_reason or "stop")[:16]  # (the column's width)
         stored_until = self._stored_until(request, ctx, finish_reason)
         usage = measured_usage(ctx, answered=True)
+        tail_seq, tail = writer.tail()
         outcome = Outcome(
             result=ctx.result,
             timings=ctx.timings,
@@ -338,6 +339,8 @@ class Engine:
             cache_key=ctx.cache_key,
             cache_status=CacheStatus.STORED if stored_until else ctx.cache_status,
             cache_expires_at=stored_until,
+            tail_seq=tail_seq,
+            tail=tail,
             **usage,
         )
         complete = database_sync_to_async(InferenceRequest.objects.complete)

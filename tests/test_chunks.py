@@ -7,7 +7,8 @@ import asyncio
 import pytest
 from channels.db import database_sync_to_async
 
-from inference.models import InferenceRequest, StreamChunk
+from inference.models import InferenceRequest, Outcome, StreamChunk
+from inference.streaming import Token, follow
 from pipeline.chunks import ChunkWriter, LeaseLost
 from tests.conftest import submit
 
@@ -57,6 +58,59 @@ async def test_a_slow_trickle_is_flushed_within_the_delay() -> None:
         await asyncio.sleep(0.01)
     assert await stored() == [(0, "lonely")]
     await writer.close()
+
+
+async def test_finish_leaves_the_last_batch_to_the_completion(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """After the Stream stage's finish() nothing flushes the buffer (not even a
+    timer already running): the completion commits it with the terminal status,
+    and a reader that sees the end has every token."""
+    events = []
+
+    async def record(request_id, attempt, last_seq):  # type: ignore[no-untyped-def]
+        events.append(last_seq)
+
+    monkeypatch.setattr("inference.events.notify_chunks", record)
+    request = await claimed()
+    writer = ChunkWriter(request, max_tokens=100, max_delay=0.02)
+    for token in ("a", "b", "c"):
+        await writer.write(token)  # "a" at once; "b", "c" wait for the timer
+    await writer.finish()
+    await asyncio.sleep(0.05)  # past the timer's delay
+    assert await stored() == [(0, "a")] and events == [0]
+    assert writer.tail() == (1, ["b", "c"])
+
+    outcome = Outcome(
+        result="abc",
+        prompt_tokens=1,
+        completion_tokens=3,
+        timings={},
+        backend_used="echo",
+        tail_seq=1,
+        tail=["b", "c"],
+    )
+    complete = database_sync_to_async(InferenceRequest.objects.complete)
+    assert await complete(request.pk, request.attempt, outcome) == []
+    assert await stored() == [(0, "a"), (1, "b"), (2, "c")]
+    row = await InferenceRequest.objects.aget(pk=request.pk)
+    assert (row.status, row.last_seq) == ("completed", 2)
+    tokens = [e.text async for e in follow(request.pk) if isinstance(e, Token)]
+    assert "".join(tokens) == "abc"
+
+
+async def test_a_fenced_out_completion_writes_no_tail() -> None:
+    request = await claimed()
+    await InferenceRequest.objects.filter(pk=request.pk).aupdate(status="cancelled")
+    outcome = Outcome(
+        result="x",
+        prompt_tokens=1,
+        completion_tokens=1,
+        timings={},
+        backend_used="echo",
+        tail=["x"],
+    )
+    complete = database_sync_to_async(InferenceRequest.objects.complete)
+    assert await complete(request.pk, request.attempt, outcome) is None
+    assert await stored() == []
 
 
 async def test_writing_after_the_lease_is_lost_raises() -> None:
