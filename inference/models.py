@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -125,10 +126,18 @@ class Outcome:
     # What the backend call cost (only the request that made it pays: see ``billed``).
     cost: Decimal = Decimal(0)
     price_version: str = ""
+    # The stream's last tokens from ``tail_seq`` on, committed with the end: one
+    # transaction and one wake-up of the readers fewer than a flush, then the end.
+    tail_seq: int = 0
+    tail: list[str] = field(default_factory=list)
 
     @property
     def billed(self) -> dict[str, Any]:
         return {"cost": self.cost, "price_version": self.price_version}
+
+    def tail_columns(self) -> dict[str, Any]:
+        """``last_seq`` when the completion brings tokens of its own."""
+        return {"last_seq": self.tail_seq + len(self.tail) - 1} if self.tail else {}
 
 
 class CacheStatus(models.TextChoices):
@@ -262,18 +271,19 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
         )
         held = InferenceRequest.objects.filter(pk__in=candidates, lease_owner=owner, started_at=now)
         taken = list(held.order_by("-priority", "fair_at", "created_at"))
-        restarted = [row.pk for row in taken]
-        # A leader run again (its worker was lost) keeps its followers: they
-        # start over with it (only a row claimed before can have any).
+        # Only a row claimed before can have chunks or followers: a first attempt
+        # costs no more queries (the common case, one claim per burst).
         if again := [row.pk for row in taken if row.attempt > 1]:
+            # A leader run again (its worker was lost) keeps its followers: they
+            # start over with it.
             followers = self.filter(coalesced_into__in=again, status=Status.PROCESSING)
-            restarted += followers.values_list("pk", flat=True)
+            restarted = again + list(followers.values_list("pk", flat=True))
             # (a restart, not a try of their own: their budget grows with it)
             followers.update(
                 attempt=F("attempt") + 1, max_attempts=F("max_attempts") + 1, last_seq=-1
             )
-        # A new attempt streams from seq 0; the previous attempt's chunks go.
-        StreamChunk.objects.filter(request_id__in=restarted).delete()
+            # A new attempt streams from seq 0; the previous attempt's chunks go.
+            StreamChunk.objects.filter(request_id__in=restarted).delete()
         return taken
 
     def held_by(self, pk: uuid.UUID, attempt: int) -> InferenceRequestQuerySet:
@@ -290,10 +300,11 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
     def complete(
         self, pk: uuid.UUID, attempt: int, outcome: Outcome
     ) -> list[tuple[uuid.UUID, str]] | None:
-        """Store the answer, fenced on the attempt; the request's followers (in-flight
-        dedup) complete with it in the same transaction. Returns the followers
+        """Store the answer and the stream's last tokens (``outcome.tail``), fenced on
+        the attempt; the request's followers (in-flight dedup) complete with it in
+        the same transaction. Returns the followers
         completed (id, transport), or None when the attempt no longer holds it."""
-        answer = _answer(outcome)
+        answer = _answer(outcome) | outcome.tail_columns()
         with transaction.atomic():
             held = self.held_by(pk, attempt).update(
                 **answer,
@@ -304,12 +315,16 @@ class InferenceRequestQuerySet(models.QuerySet["InferenceRequest"]):
             )
             if not held:
                 return None
-            if not outcome.cache_key:  # not eligible: nobody can be following it
-                return []
-            followers = self._followers(pk)
-            self.filter(pk__in=[f for f, _ in followers]).update(
-                **answer, cache_status=CacheStatus.COLLAPSED, cache_source=pk
-            )
+            followers: list[tuple[uuid.UUID, str]] = []
+            readers = [(pk, attempt)]  # who gets the tail (a follower's stream is a copy)
+            if outcome.cache_key:  # eligible: identical requests may follow it
+                followers = self._followers(pk)
+                following = self.filter(pk__in=[f for f, _ in followers])
+                following.update(**answer, cache_status=CacheStatus.COLLAPSED, cache_source=pk)
+                if outcome.tail and followers:
+                    readers += following.values_list("pk", "attempt")
+            if outcome.tail:
+                _insert_chunks(readers, outcome.tail_seq, outcome.tail)
         return followers
 
     def _followers(self, pk: uuid.UUID) -> list[tuple[uuid.UUID, str]]:
@@ -1021,12 +1036,17 @@ class InferenceRequest(models.Model):
                 rows += followers.values_list("pk", "attempt")
                 if len(rows) > 1:
                     followers.update(last_seq=last)
-            StreamChunk.objects.bulk_create(
-                StreamChunk(request_id=pk, seq=first_seq + i, text=t, attempt=attempt)
-                for pk, attempt in rows
-                for i, t in enumerate(texts)
-            )
+            _insert_chunks(rows, first_seq, texts)
         return rows
+
+
+def _insert_chunks(rows: list[tuple[uuid.UUID, int]], first_seq: int, texts: list[str]) -> None:
+    """The same tokens, numbered from ``first_seq``, for each ``(request, attempt)``."""
+    StreamChunk.objects.bulk_create(
+        StreamChunk(request_id=pk, seq=first_seq + i, text=t, attempt=attempt)
+        for pk, attempt in rows
+        for i, t in enumerate(texts)
+    )
 
 
 class StreamChunk(models.Model):
@@ -1114,10 +1134,45 @@ class Document(models.Model):
         return self.title
 
 
+class DocumentChunkManager(models.Manager["DocumentChunk"]):
+    """Chunks, and whether this process may skip retrieval: a store found empty
+    is believed empty for ``EMPTY_RECHECK_SECONDS`` (no query per request while
+    nobody has ingested anything); one found with chunks is searched from then on.
+    An ingest in this process is seen at once, one in another process within that."""
+
+    EMPTY_RECHECK_SECONDS = 1.0
+    _empty_until = 0.0  # time.monotonic(); per process, shared by every thread
+    _has_chunks = False
+
+    def known_empty(self) -> bool:
+        """True while the store was empty at a recent look (no I/O)."""
+        return time.monotonic() < DocumentChunkManager._empty_until
+
+    def store_is_empty(self) -> bool:
+        """Look (one EXISTS), unless the store is known empty or known to have chunks."""
+        if self.known_empty():
+            return True
+        if not DocumentChunkManager._has_chunks:
+            DocumentChunkManager._has_chunks = self.exists()
+            if not DocumentChunkManager._has_chunks:
+                DocumentChunkManager._empty_until = time.monotonic() + self.EMPTY_RECHECK_SECONDS
+        return not DocumentChunkManager._has_chunks
+
+    def added(self) -> None:
+        """Chunks were stored (an ingest in this process): search from now on."""
+        DocumentChunkManager._empty_until = 0.0
+
+    def forget(self) -> None:
+        """Look again next time (tests: each starts from its own database)."""
+        DocumentChunkManager._empty_until, DocumentChunkManager._has_chunks = 0.0, False
+
+
 class DocumentChunk(models.Model):
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     position = models.PositiveIntegerField()
     text = models.TextField()
+
+    objects = DocumentChunkManager()
 
     class Meta:
         ordering = ["document", "position"]

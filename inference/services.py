@@ -425,6 +425,7 @@ def ingest_document(title: str, text: str, source: str = "") -> Document:
             DocumentChunk(document=document, position=i, text=chunk)
             for i, chunk in enumerate(chunks)
         )
+    DocumentChunk.objects.added()
     return document
 
 

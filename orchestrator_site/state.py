@@ -11,6 +11,7 @@ from __future__ import annotations
 from channels.layers import channel_layers
 
 from inference import admission, auth, dashboard, events, flags
+from inference.models import DocumentChunk
 from pipeline.backends import reset_backends
 from pipeline.resilience import reset_breakers
 from pipeline.stages import configured_stages
@@ -26,3 +27,4 @@ def reset() -> None:
     reset_backends()
     reset_breakers()
     configured_stages.cache_clear()
+    DocumentChunk.objects.forget()

@@ -54,7 +54,7 @@ class Retriever:
 
     def search(self, query: str, top_k: int, documents: list[int] | None = None) -> list[Passage]:
         terms = query_terms(query)
-        if not terms or top_k < 1:
+        if not terms or top_k < 1 or DocumentChunk.objects.store_is_empty():
             return []
         scored = self.scored_chunk_ids(terms, top_k, documents or [])
         minimum = settings.ORCHESTRATOR_RAG_MIN_SCORE

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from inference.models import InferenceRequest, Outcome, StreamChunk
@@ -122,6 +123,23 @@ def test_an_expired_lease_is_reclaimed_then_run_again() -> None:
     row = InferenceRequest.objects.get(pk=request.pk)
     assert (row.status, row.lease_owner, row.lease_expires_at) == ("pending", "", None)
     assert claim("w2", 30).attempt == 2
+
+
+def test_a_claim_run_again_starts_its_stream_over_and_a_first_claim_deletes_nothing() -> None:
+    request = submit()
+    first = claim("w1", 30)
+    assert first.append_chunks(0, ["a", "b"]) == [(request.pk, 1)]
+    expire_lease(first)
+    InferenceRequest.objects.reclaim_expired_leases()
+    with CaptureQueriesContext(connection) as again:
+        assert claim("w2", 30).attempt == 2
+    assert not StreamChunk.objects.filter(request_id=request.pk).exists()
+    assert any(q["sql"].startswith("DELETE") for q in again.captured_queries)
+
+    submit()
+    with CaptureQueriesContext(connection) as fresh:
+        assert claim("w3", 30).attempt == 1
+    assert not any(q["sql"].startswith("DELETE") for q in fresh.captured_queries)
 
 
 def test_an_expired_lease_fails_with_worker_lost_once_attempts_are_spent() -> None:

@@ -7,7 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from inference import services
-from inference.models import Document, DocumentChunk, chunk_text
+from inference.models import Document, DocumentChunk, DocumentChunkManager, chunk_text
 from pipeline.retrieval import get_retriever, query_terms
 from tests import retrieval_cases
 from tests.retrieval_cases import CORPUS
@@ -66,3 +66,34 @@ def test_chunks_pack_paragraphs_up_to_the_limit() -> None:
 def test_query_terms_drop_stop_words_and_punctuation() -> None:
     # Single characters are noise to a lexical index, so "9" goes too.
     assert query_terms("What is the CAPITAL of Zorblax-9?!") == ["capital", "zorblax"]
+
+
+def test_an_empty_store_is_not_searched_until_it_is_looked_at_again(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No query per request while nothing is ingested: the stage skips even the
+    thread hop; a document stored by another process is searched a recheck later,
+    one ingested here at once."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    chunks = DocumentChunk.objects
+    assert get_retriever().search("rust borrow checker", 3) == []  # looked: empty
+    assert chunks.known_empty()
+    with CaptureQueriesContext(connection) as queries:
+        assert get_retriever().search("rust borrow checker", 3) == []
+    assert not queries.captured_queries
+
+    # Another process's ingest (no added() here): seen once the recheck is due.
+    document = Document.objects.create(title="Rust", source="other", text="x")
+    DocumentChunk.objects.create(document=document, position=0, text="the borrow checker")
+    assert get_retriever().search("borrow checker", 3) == []
+    monkeypatch.setattr(DocumentChunkManager, "_empty_until", 0.0)  # the recheck is due
+    assert [p.document_id for p in get_retriever().search("borrow checker", 3)] == [document.pk]
+    assert not chunks.known_empty()
+
+
+def test_an_ingest_in_this_process_is_searched_at_once() -> None:
+    assert get_retriever().search("rust borrow checker", 3) == []
+    assert DocumentChunk.objects.known_empty()
+    services.ingest_document("Rust", "the borrow checker", "rust")
+    assert not DocumentChunk.objects.known_empty()
+    assert len(get_retriever().search("borrow checker", 3)) == 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 from channels.db import database_sync_to_async
 from django.conf import settings
 
+from inference.models import DocumentChunk
 from pipeline.context import PipelineContext
 from pipeline.retrieval import get_retriever
 from pipeline.stages.base import Stage
@@ -20,8 +21,8 @@ class RagStage(Stage):
 
     async def run(self, ctx: PipelineContext) -> PipelineContext:
         options = ctx.request.rag
-        if options.get("enabled", True) is False:
-            return ctx
+        if options.get("enabled", True) is False or DocumentChunk.objects.known_empty():
+            return ctx  # (an empty store: not even a thread hop to find nothing)
         top_k = options.get("top_k", settings.ORCHESTRATOR_RAG_TOP_K)
         search = database_sync_to_async(get_retriever().search)
         passages = await search(ctx.request.prompt, top_k, options.get("documents"))
