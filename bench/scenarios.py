@@ -79,10 +79,11 @@ class Plan:
     first_tokens: int
     idle_sockets: int
     streaming_sockets: int
+    # e: a warm-up, then rounds until RSS plateaus or memory_max requests ran
     memory_warmup: int
-    memory_requests: int
-    memory_warmup_seconds: float  # caps: growth is scaled to 10k from what ran
-    memory_seconds: float
+    memory_round: int
+    memory_max: int
+    memory_plateau_mb: float  # per round, in every process, two rounds running
     local_runs: int
     local_tokens: int
     # g: requests over a pool of distinct prompts, each asked as often
@@ -113,9 +114,9 @@ FULL = Plan(
     idle_sockets=10_000,
     streaming_sockets=1_000,
     memory_warmup=1_000,
-    memory_requests=10_000,
-    memory_warmup_seconds=15,
-    memory_seconds=45,
+    memory_round=2_000,
+    memory_max=20_000,
+    memory_plateau_mb=0.5,
     local_runs=3,
     local_tokens=128,
     cache_requests=200,
@@ -142,9 +143,9 @@ SMOKE = Plan(
     idle_sockets=200,
     streaming_sockets=50,
     memory_warmup=20,
-    memory_requests=60,
-    memory_warmup_seconds=5,
-    memory_seconds=10,
+    memory_round=20,
+    memory_max=60,
+    memory_plateau_mb=0.5,
     local_runs=1,
     local_tokens=8,
     cache_requests=24,
@@ -565,42 +566,82 @@ async def _swarm(stack: Stack, plan: Plan) -> SwarmResult:
 def memory_growth(workspace: Workspace, plan: Plan, options: Options) -> Table:
     table = Table(
         "e",
-        "Memory growth per 10,000 requests (RSS)",
-        ["config", "process", "after warm-up MB", "after MB", "requests", "growth MB/10k"],
+        "Memory growth per 10,000 requests after the plateau (RSS)",
+        [
+            "config",
+            "process",
+            "after warm-up MB",
+            "plateau MB",
+            "final MB",
+            "requests",
+            "plateau at",
+            "growth MB/10k",
+        ],
         notes=[
             f"Load: submit + SSE to `complete` (as in b) on 16 connections; warm-up "
-            f"{plan.memory_warmup:,} requests (at most {plan.memory_warmup_seconds:g} s), then "
-            f"{plan.memory_requests:,} more (at most {plan.memory_seconds:g} s; growth is "
-            "scaled to 10k from the requests that ran); RSS read once the queue is drained.",
+            f"{plan.memory_warmup:,} requests, then rounds of {plan.memory_round:,}, RSS read "
+            "after each once the queue is drained, until every process grew less than "
+            f"{plan.memory_plateau_mb:g} MB in each of two rounds running (the plateau) or "
+            f"{plan.memory_max:,} requests ran. Growth: from the RSS where the plateau "
+            "began (else the middle round) to the end, scaled to 10,000 requests.",
         ],
     )
     operation = submit_and_stream(STREAM_BODY)
     for config in CONFIGS:
         with workspace.stack(config) as stack:
-            warm = _requests(stack, operation, plan.memory_warmup, plan.memory_warmup_seconds)
-            before = stack.rss_mb()
-            run = _requests(stack, operation, plan.memory_requests, plan.memory_seconds)
-            after = stack.rss_mb()
+            warm = _requests(stack, operation, plan.memory_warmup)
+            readings = [(0, stack.rss_mb())]
+            runs = []
+            while readings[-1][0] < plan.memory_max and _plateau(readings, plan) is None:
+                runs.append(_requests(stack, operation, plan.memory_round))
+                if not runs[-1].ok:
+                    break  # (its errors are the table's problems)
+                readings.append((readings[-1][0] + runs[-1].ok, stack.rss_mb()))
             check_alive(stack, table)
-        for name in before:
-            growth = (after[name] - before[name]) * 10_000 / run.ok if run.ok else math.nan
-            table.add(
-                "≤5 MB/10k",
-                growth <= 5,
-                config=config,
-                process=name,
-                **{"after warm-up MB": before[name], "after MB": after[name]},
-                requests=run.ok,
-                **{"growth MB/10k": growth},
-            )
-        for label, samples in (("warm-up", warm), ("run", run)):
+        _memory_rows(table, config, readings, plan)
+        for label, samples in (("warm-up", warm), ("run", Samples.merged(runs))):
             table.problems += [f"{config} {label}: {p}" for p in samples.problems()]
     return table
 
 
-def _requests(stack: Stack, operation: Operation, count: int, seconds: float) -> Samples:
-    """``count`` requests (or as many as fit in ``seconds``), then a drained queue."""
-    samples = asyncio.run(closed_loop(stack.web_urls, 16, operation, seconds=seconds, total=count))
+def _plateau(readings: list[tuple[int, dict[str, float]]], plan: Plan) -> int | None:
+    """The index of the reading where the plateau began: every process grew less
+    than ``memory_plateau_mb`` in each of the two rounds since (None: not yet)."""
+    if len(readings) < 3:
+        return None
+    (_, start), (_, middle), (_, end) = readings[-3:]
+    flat = all(
+        middle[name] - start[name] < plan.memory_plateau_mb
+        and end[name] - middle[name] < plan.memory_plateau_mb
+        for name in start
+    )
+    return len(readings) - 3 if flat else None
+
+
+def _memory_rows(
+    table: Table, config: str, readings: list[tuple[int, dict[str, float]]], plan: Plan
+) -> None:
+    plateau = _plateau(readings, plan)
+    begin = plateau if plateau is not None else len(readings) // 2
+    (start_count, start), (end_count, end) = readings[begin], readings[-1]
+    ran = end_count - start_count
+    for name in start:
+        growth = (end[name] - start[name]) * 10_000 / ran if ran else math.nan
+        table.add(
+            "≤5 MB/10k",
+            growth <= 5,
+            config=config,
+            process=name,
+            **{"after warm-up MB": readings[0][1][name], "plateau MB": start[name]},
+            **{"final MB": end[name], "requests": end_count},
+            **{"plateau at": f"{start_count:,}" if plateau is not None else "none"},
+            **{"growth MB/10k": growth},
+        )
+
+
+def _requests(stack: Stack, operation: Operation, count: int) -> Samples:
+    """``count`` requests, then a drained queue."""
+    samples = asyncio.run(closed_loop(stack.web_urls, 16, operation, total=count))
     stack.wait_drained(60)
     return samples
 
