@@ -36,6 +36,11 @@ REQUESTS = Counter(
 )
 SUBMITTED = Counter("orchestrator_requests_submitted_total", "Accepted submits", ["transport"])
 REFUSED = Counter("orchestrator_requests_refused_total", "Refused submits", ["reason"])
+SUBMIT_GROUP = Histogram(
+    "orchestrator_submit_group_size",
+    "Single submits stored by one transaction (a web process's group commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 REQUEST_DURATION = Histogram(
     "orchestrator_request_duration_seconds",
     "From submit to the final status",

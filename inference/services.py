@@ -197,6 +197,25 @@ def submit_batch(submissions: Sequence[Submission], ring: bool = True) -> list[I
 def _store(submissions: Sequence[Submission], ring: bool) -> list[InferenceRequest]:
     """Admit and insert one caller's submissions in one transaction; on any refusal
     nothing is stored and their in-flight slots are given back."""
+    requests: list[InferenceRequest] = []
+    try:
+        with transaction.atomic():
+            requests = _admitted(submissions)
+            InferenceRequest.objects.bulk_create(requests)
+            if ring:
+                _after_commit(events.ring_doorbell, requests[0].pk)
+    except Exception:
+        if requests:  # (a refusal in _admitted gave its slots back itself)
+            admission.release_in_flight(submissions[0].caller, [r.pk for r in requests])
+        raise
+    _count_accepted(requests, submissions)
+    return requests
+
+
+def _admitted(submissions: Sequence[Submission]) -> list[InferenceRequest]:
+    """One caller's submissions as unsaved rows, once its budget (inside the
+    caller's transaction: it locks the key's ledger) and admission let them in.
+    Raises ``admission.Refusal`` (their in-flight slots given back)."""
     caller = submissions[0].caller
     rows = [_row_fields(submission) for submission in submissions]
     arrivals = [
@@ -211,26 +230,78 @@ def _store(submissions: Sequence[Submission], ring: bool) -> list[InferenceReque
     ]
     asks = [s.most_usage(row["backend"]) for row, s in zip(rows, submissions, strict=True)]
     try:
-        with transaction.atomic():
-            # The budget first: a refused request must not take an in-flight slot
-            # or move its key's fair-share clock.
-            budget_fields, left = budgets.reserve(caller, rows[0]["created_at"], asks)
-            stamps = admission.admit_submissions(caller, arrivals)
-            requests = InferenceRequest.objects.bulk_create(
-                InferenceRequest(**row, **budget, fair_at=stamp)
-                for row, budget, stamp in zip(rows, budget_fields, stamps, strict=True)
-            )
-            if ring:
-                _after_commit(events.ring_doorbell, requests[0].pk)
+        # The budget first: a refused request must not take an in-flight slot
+        # or move its key's fair-share clock.
+        budget_fields, left = budgets.reserve(caller, rows[0]["created_at"], asks)
+        stamps = admission.admit_submissions(caller, arrivals)
     except Exception:
         admission.release_in_flight(caller, [row["id"] for row in rows])
         raise
+    requests = [
+        InferenceRequest(**row, **budget, fair_at=stamp)
+        for row, budget, stamp in zip(rows, budget_fields, stamps, strict=True)
+    ]
     requests[-1].budget_left = left
+    return requests
+
+
+def _count_accepted(
+    requests: Sequence[InferenceRequest], submissions: Sequence[Submission]
+) -> None:
     for request, submission in zip(requests, submissions, strict=True):
         if request.priority < submission.priority:
             metrics.PRIORITY_CLAMPED.inc()
-    metrics.SUBMITTED.labels(submissions[0].transport).inc(len(requests))
-    return requests
+        metrics.SUBMITTED.labels(submission.transport).inc()
+
+
+SubmitOutcome = tuple[InferenceRequest, bool] | Exception
+
+
+def submit_many(submissions: Sequence[Submission]) -> list[SubmitOutcome]:
+    """Single submits of any callers, stored together (``SubmitGroup``): one
+    transaction and one multi-row INSERT for every submission that needs nothing
+    else of the database. One with an Idempotency-Key or a budgeted key is
+    stored alone, as ``submit_request`` does: its checks read rows the group has
+    not written yet. Each outcome is its own, ``(request, created)`` or what
+    refused it; nothing is accepted before its commit. Rings no doorbell."""
+    if len(submissions) == 1:  # (the common case when the process is not busy)
+        metrics.SUBMIT_GROUP.observe(1)
+        return [_outcome(submit_request, submissions[0])]
+    outcomes: list[SubmitOutcome | None] = [None] * len(submissions)
+    grouped: dict[int, InferenceRequest] = {}
+    for index, submission in enumerate(submissions):
+        if submission.idempotency_key or budgets.budget_of(submission.caller) is not None:
+            outcomes[index] = _outcome(submit_request, submission)
+            continue
+        try:
+            submission.caller.require("add")
+            (grouped[index],) = _admitted([submission])
+        except Exception as exc:  # a refusal: this one's answer, not the group's
+            outcomes[index] = exc
+    try:
+        with transaction.atomic():
+            InferenceRequest.objects.bulk_create(grouped.values())
+    except Exception as exc:  # (the database went away) none of the group is stored
+        for index, request in grouped.items():
+            admission.release_in_flight(submissions[index].caller, [request.pk])
+            outcomes[index] = exc
+    else:
+        metrics.SUBMIT_GROUP.observe(len(grouped))
+        for index, request in grouped.items():
+            _count_accepted([request], [submissions[index]])
+            outcomes[index] = (request, True)
+            logs.REQUEST_ID.set(str(request.pk))
+            logger.info("accepted %s request (a group of %d)", request.transport, len(grouped))
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _outcome(
+    submit: Callable[..., tuple[InferenceRequest, bool]], submission: Submission
+) -> SubmitOutcome:
+    try:
+        return submit(submission, ring=False)
+    except Exception as exc:
+        return exc
 
 
 def _replayed(existing: InferenceRequest, submission: Submission) -> InferenceRequest:
@@ -247,14 +318,72 @@ def _replayed(existing: InferenceRequest, submission: Submission) -> InferenceRe
 async def asubmit_request(
     submission: Submission, to_thread: Callable[..., Any] = sync_to_async
 ) -> tuple[InferenceRequest, bool]:
-    """``submit_request`` from async code: the row is committed in a thread, then
+    """``submit_request`` from async code, grouped with the submits this process
+    receives meanwhile (``SubmitGroup``): the rows are committed in a thread, then
     the doorbell rings from the event loop, so no thread waits on the channel
     layer. Views keep ``sync_to_async`` (request signals manage the connection);
     consumers pass Channels' ``database_sync_to_async``, which manages it itself."""
-    request, created = await to_thread(submit_request)(submission, ring=False)
+    request, created = await submit_group.submit(submission, to_thread)
+    logs.REQUEST_ID.set(str(request.pk))
     if created:
         await events.submitted.ring()
     return request, created
+
+
+class SubmitGroup:
+    """Group commit of the single submits a process receives at once.
+
+    The first submit to arrive while no group is being stored leads: it takes
+    every submit waiting (its own included) to its thread and stores them with
+    ``submit_many``, in one transaction. Submits arriving meanwhile wait, and the
+    first of them leads the next group once this one is done. A lone submit is
+    stored at once, as before; under load a thread hop, a transaction and a
+    commit serve many. The group is stored by a task of its own, so a leader
+    whose client goes away leaves its group's answers to come.
+    """
+
+    def __init__(self) -> None:
+        self.waiting: list[tuple[Submission, asyncio.Future[Any]]] = []
+        self.storing: asyncio.Task[None] | None = None
+
+    async def submit(
+        self, submission: Submission, to_thread: Callable[..., Any]
+    ) -> tuple[InferenceRequest, bool]:
+        answer: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.waiting.append((submission, answer))
+        try:
+            while not answer.done():
+                if self.storing is None:
+                    group, self.waiting = self.waiting, []
+                    self.storing = asyncio.ensure_future(self._store(group, to_thread))
+                await asyncio.wait([self.storing])
+        except asyncio.CancelledError:
+            answer.cancel()  # its client left: the group stores it all the same
+            raise
+        result: tuple[InferenceRequest, bool] = answer.result()
+        return result
+
+    async def _store(
+        self, group: list[tuple[Submission, asyncio.Future[Any]]], to_thread: Callable[..., Any]
+    ) -> None:
+        try:
+            outcomes = await to_thread(submit_many)([submission for submission, _ in group])
+        except Exception as exc:
+            outcomes = [exc] * len(group)
+        finally:
+            self.storing = None
+        if len(outcomes) != len(group):  # (never: but no waiter may wait forever)
+            outcomes = [RuntimeError("the submit group lost its outcomes")] * len(group)
+        for (_, answer), outcome in zip(group, outcomes, strict=True):
+            if answer.cancelled():
+                continue
+            if isinstance(outcome, Exception):
+                answer.set_exception(outcome)
+            else:
+                answer.set_result(outcome)
+
+
+submit_group = SubmitGroup()
 
 
 def _row_fields(submission: Submission) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from channels.layers import channel_layers
 
-from inference import admission, auth, dashboard, events, flags
+from inference import admission, auth, dashboard, events, flags, services
 from inference.models import DocumentChunk
 from pipeline.backends import reset_backends
 from pipeline.resilience import reset_breakers
@@ -28,3 +28,4 @@ def reset() -> None:
     reset_breakers()
     configured_stages.cache_clear()
     DocumentChunk.objects.forget()
+    services.submit_group = services.SubmitGroup()

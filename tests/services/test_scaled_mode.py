@@ -67,7 +67,20 @@ def test_200_concurrent_requests_all_complete_once_in_order(stack: Stack, db_acc
         assert row.attempt == 1
         owners.add(row.lease_owner)
     assert len(owners) >= 2, "both worker processes should have taken work"
+    # 200 at once: the web process stored them in groups, fewer transactions than submits.
+    groups = metric_values(httpx.get(f"{stack.base_url}/metrics").text, "orchestrator_submit_group")
+    assert groups["_sum"] >= 200 and groups["_count"] < groups["_sum"]
     stack.stop_workers()
+
+
+def metric_values(text: str, name: str) -> dict[str, float]:
+    """``name``'s unlabelled series by suffix (``_sum``, ``_count``) in a scrape."""
+    found = {}
+    for line in text.splitlines():
+        series, _, value = line.partition(" ")
+        if series.startswith(name) and "{" not in series:
+            found[series.removeprefix(name).removeprefix("_size")] = float(value)
+    return found
 
 
 def test_killing_a_worker_with_50_in_flight_loses_none(stack: Stack, db_access) -> None:  # type: ignore[no-untyped-def]
