@@ -30,6 +30,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import subprocess
@@ -76,6 +77,7 @@ REQUIREMENTS = Path(__file__).with_name("peers-requirements.txt")
 NAIVE_DB = f"orchestrator_bench_naive_{os.getpid()}"
 MOCK_MODEL = "mock"
 CONNECTIONS = 64
+SYSTEMS = ("litellm", "naive", "ours")
 # The same words for every system: our echo backend answers the prompt itself,
 # LiteLLM's mock model this fixed answer. Neither sends the cache field.
 PROMPT = STREAM_BODY["prompt"]
@@ -346,7 +348,7 @@ SUBMITS = "durable submit (202)"
 HALF = "durable submit at half the saturating rate"
 
 
-def measure(workspace: Workspace, plan: Plan, tool: str) -> Table:
+def measure(workspace: Workspace, plan: Plan, tool: str, systems: list[str]) -> Table:
     table = Table(
         "peers",
         "Side by side: LiteLLM proxy, a naive DRF + INSERT app and ours (scaled), one box",
@@ -365,33 +367,54 @@ def measure(workspace: Workspace, plan: Plan, tool: str) -> Table:
     )
     workdir = Path(tempfile.mkdtemp(prefix="orchestrator-peers-"))
     measured: dict[tuple[str, str], Result] = {}
-    with litellm(workspace.logs, workdir) as system:
-        measured[STREAMED, "LiteLLM"] = closed(system, chat_stream(PLAIN_BODY, MOCK_MODEL), plan)
-        measured[UNSTREAMED, "LiteLLM"] = closed(
-            system, chat_completion(PLAIN_BODY, MOCK_MODEL), plan
-        )
-        litellm_rss, litellm_name = system.peak_rss, system.name
-    with naive(workspace.logs) as system:
-        measured[SUBMITS, "naive"] = submits(system, plan, tool)
-        measured[HALF, "naive"] = paced_submits(system, measured[SUBMITS, "naive"].rate / 2, plan)
-        naive_rss = system.peak_rss
-    with ours(workspace) as system:
-        measured[STREAMED, "ours /v1"] = closed(system, chat_stream(STREAM_BODY), plan)
-        measured[STREAMED, "ours native SSE"] = closed(system, submit_and_stream(STREAM_BODY), plan)
-        measured[UNSTREAMED, "ours /v1"] = closed(system, chat_completion(STREAM_BODY), plan)
-        measured[UNSTREAMED, "ours native long-poll"] = closed(
-            system, submit_and_poll(STREAM_BODY), plan
-        )
-        measured[SUBMITS, "ours"] = submits(system, plan, tool)
-        measured[HALF, "ours"] = paced_submits(system, measured[SUBMITS, "ours"].rate / 2, plan)
-        ours_rss = system.peak_rss
-    names = {"LiteLLM": litellm_name, "naive": "naive DRF + INSERT"}
-    rss = {"LiteLLM": litellm_rss, "naive": naive_rss}
+    rss: dict[str, float] = {}
+    names = {"LiteLLM": "LiteLLM", "naive": "naive DRF + INSERT"}
+    if "litellm" in systems:
+        with litellm(workspace.logs, workdir) as system:
+            measured[STREAMED, "LiteLLM"] = closed(
+                system, chat_stream(PLAIN_BODY, MOCK_MODEL), plan
+            )
+            measured[UNSTREAMED, "LiteLLM"] = closed(
+                system, chat_completion(PLAIN_BODY, MOCK_MODEL), plan
+            )
+            rss["LiteLLM"], names["LiteLLM"] = system.peak_rss, system.name
+    if "naive" in systems:
+        with naive(workspace.logs) as system:
+            measured[SUBMITS, "naive"] = submits(system, plan, tool)
+            half = measured[SUBMITS, "naive"].rate / 2
+            measured[HALF, "naive"] = paced_submits(system, half, plan)
+            rss["naive"] = system.peak_rss
+    if "ours" in systems:
+        with ours(workspace) as system:
+            measured[STREAMED, "ours /v1"] = closed(system, chat_stream(STREAM_BODY), plan)
+            measured[STREAMED, "ours native SSE"] = closed(
+                system, submit_and_stream(STREAM_BODY), plan
+            )
+            measured[UNSTREAMED, "ours /v1"] = closed(system, chat_completion(STREAM_BODY), plan)
+            measured[UNSTREAMED, "ours native long-poll"] = closed(
+                system, submit_and_poll(STREAM_BODY), plan
+            )
+            measured[SUBMITS, "ours"] = submits(system, plan, tool)
+            half = measured[SUBMITS, "ours"].rate / 2
+            measured[HALF, "ours"] = paced_submits(system, half, plan)
+            rss["ours"] = system.peak_rss
+    _rows(table, measured, rss, names)
+    return table
+
+
+def _rows(
+    table: Table,
+    measured: dict[tuple[str, str], Result],
+    rss: dict[str, float],
+    names: dict[str, str],
+) -> None:
+    nothing = Result(math.nan, math.nan, math.nan, math.nan)
     for (load, who), result in measured.items():
-        baseline = measured[load, "LiteLLM" if load in (STREAMED, UNSTREAMED) else "naive"]
-        ratio = result.rate / baseline.rate if baseline.rate else float("nan")
+        peer = "LiteLLM" if load in (STREAMED, UNSTREAMED) else "naive"
+        baseline = measured.get((load, peer), nothing)
+        ratio = _ratio(result.rate, baseline.rate)
         if load == HALF:
-            ratio = baseline.p99_ms / result.p99_ms if result.p99_ms else float("nan")
+            ratio = _ratio(baseline.p99_ms, result.p99_ms)
         target, met = _target(load, who, ratio, result)
         table.add(
             target,
@@ -399,23 +422,29 @@ def measure(workspace: Workspace, plan: Plan, tool: str) -> Table:
             load=load,
             system=names.get(who, who),
             **{"per second": result.rate, "p50 ms": result.p50_ms, "p99 ms": result.p99_ms},
-            **{"CPU ms/req": result.cpu_ms, "RSS MB": rss.get(who, ours_rss)},
-            ratio=f"{ratio:.2f}x" if who not in names else "1x",
+            **{"CPU ms/req": result.cpu_ms, "RSS MB": rss.get(who, rss.get("ours", math.nan))},
+            ratio="1x" if who in names else "—" if math.isnan(ratio) else f"{ratio:.2f}x",
         )
         table.problems += [f"{load}, {who}: {problem}" for problem in result.problems]
-    share = ours_rss / litellm_rss if litellm_rss else float("nan")
-    table.add(
-        "≤ 50% of LiteLLM's",
-        share <= 0.5,
-        load="whole stack RSS under load",
-        system="ours, scaled",
-        **{"RSS MB": ours_rss},
-        ratio=f"{share:.0%} of LiteLLM's",
-    )
-    return table
+    if "ours" in rss:
+        share = _ratio(rss["ours"], rss.get("LiteLLM", math.nan))
+        table.add(
+            "≤ 50% of LiteLLM's",
+            None if math.isnan(share) else share <= 0.5,
+            load="whole stack RSS under load",
+            system="ours, scaled",
+            **{"RSS MB": rss["ours"]},
+            ratio="—" if math.isnan(share) else f"{share:.0%} of LiteLLM's",
+        )
+
+
+def _ratio(ours: float, theirs: float) -> float:
+    return ours / theirs if theirs else math.nan
 
 
 def _target(load: str, who: str, ratio: float, result: Result) -> tuple[str, bool | None]:
+    if math.isnan(ratio) and load != HALF:
+        return "", None  # (its peer was not measured)
     if who == "ours /v1" and load == STREAMED:
         return "≥ 2x LiteLLM", ratio >= 2
     if who == "ours /v1" and load == UNSTREAMED:
@@ -433,7 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per measured load")
     parser.add_argument("--generator", choices=("auto", "wrk", "python"), default="auto")
     parser.add_argument("--json", type=Path, default=OUTPUT / "peers.json")
+    parser.add_argument(
+        "--only", default=",".join(SYSTEMS), help=f"comma-separated, of {', '.join(SYSTEMS)}"
+    )
     args = parser.parse_args(argv)
+    systems = [name.strip() for name in args.only.split(",") if name.strip()]
+    if unknown := set(systems) - set(SYSTEMS):
+        parser.error(f"unknown system(s) {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     check_services()
     plan = SMOKE if args.smoke else FULL
@@ -450,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     workspace = Workspace(OUTPUT / "logs-peers")
     began = time.monotonic()
     try:
-        table = measure(workspace, plan, tool)
+        table = measure(workspace, plan, tool, systems)
     finally:
         workspace.close()
     table.seconds = time.monotonic() - began

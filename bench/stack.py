@@ -32,9 +32,12 @@ from pathlib import Path
 import psycopg
 import redis
 
-from harness.processes import OPEN_ACCESS, free_port, run_manage, wait_until_serving
+from harness.processes import OPEN_ACCESS, free_port, wait_until_serving
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tree whose manage.py the stacks run: this one, or another revision's checkout
+# (``bench.ab`` measures two revisions with the same bench code).
+SERVER_TREE = Path(os.environ.get("BENCH_SERVER_TREE") or ROOT)
 PG_SERVER = "postgres://postgres@127.0.0.1:5432"
 # Per run: a server left over from a killed run can never touch this run's data.
 BENCH_DB = f"orchestrator_bench_{os.getpid()}"
@@ -170,12 +173,18 @@ def manage(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes
     with open(log, "ab") as out:
         return subprocess.Popen(
             [sys.executable, "manage.py", *args],
-            cwd=ROOT,
+            cwd=SERVER_TREE,
             env={**os.environ, **env},
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
+
+
+def run_manage(*args: str, env: dict[str, str]) -> None:
+    """``manage.py <args>`` of the server tree, to its end (migrations)."""
+    command = [sys.executable, "manage.py", *args]
+    subprocess.run(command, cwd=SERVER_TREE, env={**os.environ, **env}, check=True)
 
 
 def stop_all(processes: list[subprocess.Popen[bytes]], timeout: float = 20) -> None:
