@@ -126,11 +126,16 @@ class StreamConsumer(SSEConsumer):
     ) -> None:
         keepalive = settings.ORCHESTRATOR_SSE_KEEPALIVE_SECONDS
         last_sent = time.monotonic()
+        held = b""  # the events of tokens that came together: one write for them
         while event is not None:
             payload = b""
             if isinstance(event, Token):
                 data = {"chunk": event.seq, "data": event.text}
-                payload = sse("token", data, sse_event_id(event.seq, attempt))
+                held += sse("token", data, sse_event_id(event.seq, attempt))
+                if event.more:
+                    event = await anext(events, None)
+                    continue
+                payload, held = held, b""
             elif isinstance(event, Reset):
                 attempt = event.attempt
                 payload = sse("reset", {"attempt": event.attempt})
@@ -139,7 +144,7 @@ class StreamConsumer(SSEConsumer):
                     payload = b": keepalive\n\n"
             else:
                 stay.answered = True
-                await self.send_body(self.final_event(event), more_body=False)
+                await self.send_body(held + self.final_event(event), more_body=False)
                 return
             if payload:
                 await self.send_body(payload, more_body=True)

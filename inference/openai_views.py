@@ -204,10 +204,14 @@ class ChatCompletionsConsumer(SSEConsumer):
         when the request finished; else an error, and the request runs on)."""
         keepalive = settings.ORCHESTRATOR_SSE_KEEPALIVE_SECONDS
         last_sent, sent_text = time.monotonic(), False
+        held = b""  # the chunks of tokens that came together: one write for them
         async for event in follow(request_id):
             payload = b""
             if isinstance(event, Token):
-                payload, sent_text = writer.content(event.text), True
+                held, sent_text = held + writer.content(event.text), True
+                if event.more:
+                    continue
+                payload, held = held, b""
             elif isinstance(event, Reset) and sent_text:
                 # A worker was lost mid-answer: the new attempt cannot be spliced on.
                 fetch = f"/v1/chat/completions/{writer.head['id']}"
@@ -218,9 +222,9 @@ class ChatCompletionsConsumer(SSEConsumer):
             elif isinstance(event, Finished):
                 stay.answered = True
                 if event.request.status == Status.COMPLETED:
-                    return writer.end(event.request)
+                    return held + writer.end(event.request)
                 status, code, message = failure_of(event.request)
-                return error_line(status, message, code)
+                return held + error_line(status, message, code)
             if payload:
                 await self.send_body(payload, more_body=True)
                 last_sent = time.monotonic()

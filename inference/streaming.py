@@ -33,6 +33,9 @@ LAYER_DOWN_POLL_SECONDS = 0.5
 class Token:
     seq: int
     text: str
+    # Another event of the same read follows at once (a token, or the end): a
+    # writer may hold this one's bytes and send them together, one write, not many.
+    more: bool = False
 
 
 @dataclass(frozen=True)
@@ -57,18 +60,21 @@ StreamEvent = Token | Reset | Finished | Idle
 
 @dataclass(frozen=True)
 class _Snapshot:
-    request: InferenceRequest
-    chunks: list[StreamChunk]
+    attempt: int
+    chunks: list[tuple[int, str]]  # (seq, text)
+    finished: InferenceRequest | None  # the whole row, once it is terminal
 
 
 def _read(request_id: uuid.UUID, after_seq: int) -> _Snapshot:
-    request = InferenceRequest.objects.get(pk=request_id)
-    chunks = list(
-        StreamChunk.objects.filter(
-            request_id=request_id, attempt=request.attempt, seq__gt=after_seq
-        ).order_by("seq")
-    )
-    return _Snapshot(request, chunks)
+    """The attempt, its chunks after ``after_seq``, and the row if it is terminal:
+    while it runs, a reader wakes per chunk batch and needs only its status."""
+    status, attempt = InferenceRequest.objects.values_list("status", "attempt").get(pk=request_id)
+    finished = None
+    if status in TERMINAL_STATUSES:
+        finished = InferenceRequest.objects.get(pk=request_id)
+        attempt = finished.attempt
+    chunks = StreamChunk.objects.filter(request_id=request_id, attempt=attempt, seq__gt=after_seq)
+    return _Snapshot(attempt, list(chunks.order_by("seq").values_list("seq", "text")), finished)
 
 
 @contextlib.asynccontextmanager
@@ -123,19 +129,19 @@ async def follow(
     async with _subscription(request_id) as channel:
         while True:
             snap = await read(request_id, after_seq)
-            current = snap.request.attempt
-            if attempt is not None and current != attempt and after_seq >= 0:
-                yield Reset(current)
+            if attempt is not None and snap.attempt != attempt and after_seq >= 0:
+                yield Reset(snap.attempt)
                 after_seq = -1
                 snap = await read(request_id, after_seq)
-            attempt = current
-            for chunk in snap.chunks:
-                yield Token(chunk.seq, chunk.text)
-                after_seq = chunk.seq
+            attempt = snap.attempt
+            last = len(snap.chunks) - 1
+            for index, (seq, text) in enumerate(snap.chunks):
+                yield Token(seq, text, more=index < last or snap.finished is not None)
+                after_seq = seq
             # The row is read before its chunks, and a worker writes every chunk
-            # before the terminal status: a terminal row means we have them all.
-            if snap.request.status in TERMINAL_STATUSES:
-                yield Finished(snap.request)
+            # before (or with) the terminal status: a terminal row means we have them all.
+            if snap.finished is not None:
+                yield Finished(snap.finished)
                 return
             if await _wait_for_event(channel, poll) is None:
                 yield Idle()

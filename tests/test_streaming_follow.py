@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from channels.db import database_sync_to_async
 
-from inference.models import InferenceRequest
+from inference.models import InferenceRequest, Outcome
 from inference.streaming import Finished, Reset, Token, follow
 from pipeline.worker import Engine
 from tests.conftest import asubmit, finished
@@ -71,3 +72,32 @@ async def test_following_an_unknown_request_raises(transactional_db) -> None:  #
     with pytest.raises(InferenceRequest.DoesNotExist):
         async for _ in follow(uuid.uuid4()):
             pass
+
+
+async def test_tokens_read_together_say_more_follows_so_writers_send_them_at_once() -> None:
+    """A running request's read: every token but its last says ``more``; a finished
+    one's: all do (the end follows), so a relay writes the tail and the end as one."""
+    request = await asubmit("unused")
+    claimed = await database_sync_to_async(InferenceRequest.objects.claim_next)("w", 30)
+    assert claimed is not None and claimed.pk == request.pk
+    await database_sync_to_async(claimed.append_chunks)(0, ["a", "b", "c"])
+    events = follow(request.pk)
+    running = [await anext(events) for _ in range(3)]
+    assert [(t.text, t.more) for t in running] == [("a", True), ("b", True), ("c", False)]
+    await events.aclose()
+
+    outcome = Outcome(
+        result="abcde",
+        prompt_tokens=1,
+        completion_tokens=5,
+        timings={},
+        backend_used="echo",
+        tail_seq=3,
+        tail=["d", "e"],
+    )
+    await database_sync_to_async(InferenceRequest.objects.complete)(
+        request.pk, claimed.attempt, outcome
+    )
+    ended = [event async for event in follow(request.pk, after_seq=2)]
+    assert [(e.text, e.more) for e in ended[:2]] == [("d", True), ("e", True)]
+    assert isinstance(ended[2], Finished) and ended[2].request.result == "abcde"
