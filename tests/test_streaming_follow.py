@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import pytest
 from channels.db import database_sync_to_async
@@ -101,3 +102,40 @@ async def test_tokens_read_together_say_more_follows_so_writers_send_them_at_onc
     ended = [event async for event in follow(request.pk, after_seq=2)]
     assert [(e.text, e.more) for e in ended[:2]] == [("d", True), ("e", True)]
     assert isinstance(ended[2], Finished) and ended[2].request.result == "abcde"
+
+
+async def test_events_that_arrive_after_their_reader_left_are_swept(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """channels_redis keeps, per channel, what arrives for a channel nobody receives
+    on any more (a group event sent as its reader left): such buffers are dropped,
+    a live reader's kept."""
+    import collections
+
+    from inference import streaming
+
+    class Layer:  # the part of channels_redis's core layer the sweep looks at
+        def __init__(self) -> None:
+            self.receive_buffer: dict[str, list[str]] = collections.defaultdict(list)
+            self.count = 0
+
+        async def new_channel(self, prefix: str) -> str:
+            self.count += 1
+            return f"{prefix}.x!{self.count}"
+
+        async def group_add(self, group: str, channel: str) -> None: ...
+
+        async def group_discard(self, group: str, channel: str) -> None: ...
+
+    layer = Layer()
+    monkeypatch.setattr(streaming, "get_channel_layer", lambda: layer)
+    monkeypatch.setattr(streaming, "SWEEP_SECONDS", 0.0)
+    async with streaming._subscription(uuid.uuid4()) as gone:
+        pass
+    layer.receive_buffer[gone].append("finished, too late")  # nobody will receive it
+    layer.receive_buffer["worker.x!1"].append("not a reader's")
+    async with streaming._subscription(uuid.uuid4()) as live:
+        layer.receive_buffer[live].append("for a reader still here")
+        async with streaming._subscription(uuid.uuid4()):
+            pass  # its exit sweeps
+        assert gone not in layer.receive_buffer
+        assert layer.receive_buffer[live] == ["for a reader still here"]
+        assert "worker.x!1" in layer.receive_buffer
