@@ -278,6 +278,18 @@ def submit_many(submissions: Sequence[Submission]) -> list[SubmitOutcome]:
             (grouped[index],) = _admitted([submission])
         except Exception as exc:  # a refusal: this one's answer, not the group's
             outcomes[index] = exc
+    if grouped:
+        _insert_group(grouped, submissions, outcomes)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _insert_group(
+    grouped: dict[int, InferenceRequest],
+    submissions: Sequence[Submission],
+    outcomes: list[SubmitOutcome | None],
+) -> None:
+    """The admitted rows of a group in one transaction (one multi-row INSERT); each
+    one's outcome goes to its index in ``outcomes``."""
     try:
         with transaction.atomic():
             InferenceRequest.objects.bulk_create(grouped.values())
@@ -285,14 +297,13 @@ def submit_many(submissions: Sequence[Submission]) -> list[SubmitOutcome]:
         for index, request in grouped.items():
             admission.release_in_flight(submissions[index].caller, [request.pk])
             outcomes[index] = exc
-    else:
-        metrics.SUBMIT_GROUP.observe(len(grouped))
-        for index, request in grouped.items():
-            _count_accepted([request], [submissions[index]])
-            outcomes[index] = (request, True)
-            logs.REQUEST_ID.set(str(request.pk))
-            logger.info("accepted %s request (a group of %d)", request.transport, len(grouped))
-    return [outcome for outcome in outcomes if outcome is not None]
+        return
+    metrics.SUBMIT_GROUP.observe(len(grouped))
+    for index, request in grouped.items():
+        _count_accepted([request], [submissions[index]])
+        outcomes[index] = (request, True)
+        logs.REQUEST_ID.set(str(request.pk))
+        logger.info("accepted %s request (a group of %d)", request.transport, len(grouped))
 
 
 def _outcome(
