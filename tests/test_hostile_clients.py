@@ -21,6 +21,7 @@ import pytest
 import websockets
 
 from harness.processes import ROOT, create_api_key, embedded_env, serving
+from tests.conftest import start_of_a_fresh_window
 
 LIMITS = {
     "ORCHESTRATOR_AUTH_REQUIRED": "true",
@@ -361,6 +362,7 @@ def test_a_socket_ends_at_its_lifetime_with_4408(tmp_path: Path) -> None:
 def test_resumes_count_against_the_per_minute_limit(tmp_path: Path) -> None:
     env = embedded_env(tmp_path, **{**LIMITS, "ORCHESTRATOR_REQUESTS_PER_MINUTE": "5"})
     with serving(env, tmp_path / "server.log") as url:
+        start_of_a_fresh_window()
         server = Server(url, env, tmp_path / "server.log")
         key = server.key()
         rid = post(server, key, b'{"prompt": "x"}').json()["request_id"]
@@ -384,6 +386,7 @@ def test_resumes_count_against_the_per_minute_limit(tmp_path: Path) -> None:
 def test_calls_without_a_key_are_limited_per_address(tmp_path: Path) -> None:
     env = embedded_env(tmp_path, **{**LIMITS, "ORCHESTRATOR_UNAUTHENTICATED_PER_MINUTE": "5"})
     with serving(env, tmp_path / "server.log") as url:
+        start_of_a_fresh_window()
         statuses = [httpx.get(f"{url}/api/v1/requests/").status_code for _ in range(8)]
         bad_key = {"Authorization": "Bearer abcdefgh.wrongwrongwrongwrongwrongwrongwr"}
         refused = httpx.get(f"{url}/api/v1/requests/", headers=bad_key)
@@ -405,6 +408,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies(tmp_path: Path) -> 
     )
     log = tmp_path / "server.log"
     with serving(env, log, "--proxy-headers") as url:
+        start_of_a_fresh_window()
         statuses = [
             httpx.get(
                 f"{url}/api/v1/requests/",

@@ -3,7 +3,6 @@ budget, whichever process answers (no 2x leak), and the headers say so."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +10,7 @@ import httpx
 import pytest
 
 from harness.processes import create_api_key, free_port, manage, running, wait_until_serving
+from tests.conftest import start_of_a_fresh_window
 from tests.services.conftest import Stack
 
 pytestmark = pytest.mark.services
@@ -44,12 +44,6 @@ def two_web_processes(stack: Stack) -> Iterator[tuple[list[str], dict[str, str]]
         for url, web in zip(urls, webs, strict=True):
             wait_until_serving(url, web)
         yield urls, env
-
-
-def start_of_a_fresh_window(margin: float = 15) -> None:
-    """The per-minute window must not roll over mid-test."""
-    if time.time() % 60 > 60 - margin:
-        time.sleep(60 - time.time() % 60 + 0.1)
 
 
 def test_the_per_minute_budget_is_shared_by_both_processes(two_web_processes) -> None:  # type: ignore[no-untyped-def]
