@@ -64,9 +64,9 @@ from bench.stack import (
     Workspace,
     check_services,
     cpu_seconds,
-    die_with_parent,
     pids_named,
     rss_mb,
+    spawn,
 )
 from bench.wrk import describe, generator, run_submit
 from harness.processes import free_port
@@ -160,21 +160,6 @@ def metered(system: System) -> Iterator[dict[str, float]]:
 
 
 # --- the systems ----------------------------------------------------------------------------
-
-
-def spawn(
-    argv: list[str], env: dict[str, str], log: Path, unset: tuple[str, ...] = ()
-) -> subprocess.Popen[bytes]:
-    environment = {k: v for k, v in os.environ.items() if k not in unset} | env
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            argv,
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,
-        )
 
 
 def wait_answering(url: str, process: subprocess.Popen[bytes], timeout: float = 180) -> None:

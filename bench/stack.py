@@ -167,18 +167,30 @@ def die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def manage(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """``manage.py <args>`` from the project root, output to ``log``; unlike
-    ``harness.processes.manage`` it cannot outlive the bench."""
+def spawn(
+    argv: list[str],
+    env: dict[str, str],
+    log: Path,
+    cwd: Path = ROOT,
+    unset: tuple[str, ...] = (),
+) -> subprocess.Popen[bytes]:
+    """``argv`` with ``env`` over this environment (less ``unset``), output to
+    ``log``; unlike ``harness.processes.spawn`` it cannot outlive the bench."""
+    environment = {k: v for k, v in os.environ.items() if k not in unset} | env
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "manage.py", *args],
-            cwd=SERVER_TREE,
-            env={**os.environ, **env},
+            argv,
+            cwd=cwd,
+            env=environment,
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
         )
+
+
+def manage(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """``manage.py <args>`` of the server tree, output to ``log``."""
+    return spawn([sys.executable, "manage.py", *args], env, log, cwd=SERVER_TREE)
 
 
 def run_manage(*args: str, env: dict[str, str]) -> None:
