@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextvars import Context
 from dataclasses import dataclass, field
@@ -248,10 +249,11 @@ def _admitted(submissions: Sequence[Submission]) -> list[InferenceRequest]:
 def _count_accepted(
     requests: Sequence[InferenceRequest], submissions: Sequence[Submission]
 ) -> None:
-    for request, submission in zip(requests, submissions, strict=True):
-        if request.priority < submission.priority:
-            metrics.PRIORITY_CLAMPED.inc()
-        metrics.SUBMITTED.labels(submission.transport).inc()
+    clamped = sum(r.priority < s.priority for r, s in zip(requests, submissions, strict=True))
+    if clamped:
+        metrics.PRIORITY_CLAMPED.inc(clamped)
+    for transport, count in Counter(s.transport for s in submissions).items():
+        metrics.SUBMITTED.labels(transport).inc(count)
 
 
 SubmitOutcome = tuple[InferenceRequest, bool] | Exception
